@@ -1,0 +1,74 @@
+//! The configuration file: its typed model, the pure parser that turns YAML
+//! text into a validated [`Config`], and the errors that name the file, the
+//! key and the reason.
+//!
+//! This module does not touch the network or the clock: loading a file and
+//! reacting to changes live in `reload.rs`, turning a [`Config`] into running
+//! state lives in `app.rs`.
+
+mod model;
+mod validate;
+
+pub use model::*;
+
+use std::path::{Path, PathBuf};
+
+/// A configuration that cannot be used. Every variant says where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid { file: PathBuf, key: String, reason: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, file)
+    }
+
+    /// Parses and validates configuration text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            ConfigError::invalid(file, key, strip_location(&e.into_inner().to_string()))
+        })?;
+        validate::validate(&config, file)?;
+        Ok(config)
+    }
+
+    /// The effective configuration, defaults filled in, as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// serde_yaml appends "at line X column Y" which is useful; keep it, but drop
+/// the leading path serde_path_to_error already reports.
+fn strip_location(msg: &str) -> String {
+    msg.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests;

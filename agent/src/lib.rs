@@ -1,0 +1,34 @@
+//! nodeward: a node-level OpenID Connect identity agent. One process per node
+//! validates bearer tokens for every enrolled workload against a shared JWKS
+//! cache, applies claim-based policy, forwards allowed requests with the
+//! verified identity, and explains every refusal.
+//!
+//! Map of the crate (see ARCHITECTURE.md for the life of a request):
+//! - `config`: the YAML model and its pure parser/validator;
+//! - `provider`: discovery, JWKS cache, refresh, disk copy;
+//! - `token` + `token_cache`: RFC 8725 validation and the verified-token cache;
+//! - `policy` + `authz`: rules and the per-request decision;
+//! - `proxy`: listeners, header hygiene, upstream forwarding;
+//! - `admin`, `metrics`, `audit`: what operators see;
+//! - `app`, `state`, `reload`: wiring and live configuration;
+//! - `devidp`: a development OpenID provider for demos and tests.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod authz;
+pub mod config;
+pub mod devidp;
+pub mod explain;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod provider;
+pub mod proxy;
+pub mod reload;
+pub mod state;
+pub mod token;
+pub mod token_cache;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,0 +1,124 @@
+//! The `nodeward` command: `run`, `check`, `explain`, `dev-idp`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use nodeward::app::Agent;
+use nodeward::config::Config;
+use nodeward::devidp;
+use nodeward::reload::Reloader;
+
+#[derive(Parser, Debug)]
+#[command(name = "nodeward", version, about = "Node-level OpenID Connect identity agent")]
+struct Cli {
+    /// Logs (not audit lines) as JSON.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// How often the config file is checked for changes (SIGHUP also reloads).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        reload_interval: Duration,
+    },
+    /// Validate a config file and print the effective configuration.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the decision for one request, the rule that matched and why.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        workload: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The bearer token (never logged).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// A development OpenID provider, for demos and tests only.
+    DevIdp(devidp::DevIdpArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    nodeward::logging::init(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.to_yaml());
+                eprintln!("{}: ok", config.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Explain {
+            config,
+            workload,
+            method,
+            path,
+            token,
+        } => {
+            let c = Config::load(&config)?;
+            let e = nodeward::explain::explain(c, &workload, &method, &path, token.as_deref()).await?;
+            print!("{e}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevIdp(args) => {
+            devidp::run_cli(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            reload_interval,
+        } => {
+            let text = std::fs::read(&config).with_context(|| format!("{}: cannot read", config.display()))?;
+            let c = Config::parse(std::str::from_utf8(&text).context("config is not UTF-8")?, &config)?;
+            let agent = Agent::start(c).await?;
+            let reloader = Reloader::new(&config, Some(text));
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = reloader.run(&agent, reload_interval) => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down: draining in-flight requests");
+            agent.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

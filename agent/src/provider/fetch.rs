@@ -1,0 +1,209 @@
+//! Fetching a provider's discovery document and JWKS: one HTTP client per
+//! provider (its own CA bundle), a time limit and a size limit on every fetch,
+//! and the Cache-Control max-age that steers the next refresh.
+
+use std::time::Duration;
+
+use crate::config::ProviderConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate: {why}")]
+    CaParse { path: std::path::PathBuf, why: String },
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("GET {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url}: status {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: body larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("GET {url}: timed out after {0:?}", timeout)]
+    Timeout { url: String, timeout: Duration },
+    #[error("discovery document at {url}: {why}")]
+    Discovery { url: String, why: String },
+}
+
+impl FetchError {
+    /// A short label for the `result` metric dimension.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CaFile { .. } | Self::CaParse { .. } | Self::Client(_) => "config",
+            Self::Http { .. } => "network",
+            Self::Status { .. } => "status",
+            Self::TooLarge { .. } => "too_large",
+            Self::Timeout { .. } => "timeout",
+            Self::Discovery { .. } => "bad_discovery",
+        }
+    }
+}
+
+/// A fetched document and how long the provider says it stays fresh.
+pub struct Fetched {
+    pub body: Vec<u8>,
+    pub max_age: Option<Duration>,
+}
+
+pub struct Fetcher {
+    client: reqwest::Client,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl Fetcher {
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, FetchError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(cfg.refresh.fetch_timeout)
+            .timeout(cfg.refresh.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("nodeward/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|source| FetchError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| FetchError::CaParse {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            if certs.is_empty() {
+                return Err(FetchError::CaParse {
+                    path: path.clone(),
+                    why: "no certificates".into(),
+                });
+            }
+            // Only the configured CA: a private issuer must not also be
+            // impersonable by any public CA.
+            b = b.tls_certs_only(certs);
+        }
+        Ok(Self {
+            client: b.build().map_err(FetchError::Client)?,
+            timeout: cfg.refresh.fetch_timeout,
+            max_bytes: cfg.refresh.max_response_bytes,
+        })
+    }
+
+    /// GETs `url`, refusing non-2xx answers and bodies past the size limit.
+    pub async fn get(&self, url: &str) -> Result<Fetched, FetchError> {
+        let fetch = async {
+            let mut resp = self
+                .client
+                .get(url)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .map_err(|source| FetchError::Http {
+                    url: url.to_string(),
+                    source,
+                })?;
+            if !resp.status().is_success() {
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: resp.status().as_u16(),
+                });
+            }
+            let max_age = resp
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            if resp.content_length().is_some_and(|n| n > self.max_bytes as u64) {
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                    limit: self.max_bytes,
+                });
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Http {
+                url: url.to_string(),
+                source,
+            })? {
+                if body.len() + chunk.len() > self.max_bytes {
+                    return Err(FetchError::TooLarge {
+                        url: url.to_string(),
+                        limit: self.max_bytes,
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Fetched { body, max_age })
+        };
+        // reqwest's own timeout covers the whole exchange too; this one also
+        // bounds a body that trickles in.
+        tokio::time::timeout(self.timeout, fetch).await.unwrap_or_else(|_| {
+            Err(FetchError::Timeout {
+                url: url.to_string(),
+                timeout: self.timeout,
+            })
+        })
+    }
+
+    /// Discovers the JWKS URI from `issuer`, insisting the document names the
+    /// same issuer byte for byte (OpenID Connect Discovery §4.3).
+    pub async fn discover(&self, issuer: &str) -> Result<(String, Option<Duration>), FetchError> {
+        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let doc = self.get(&url).await?;
+        let bad = |why: String| FetchError::Discovery { url: url.clone(), why };
+        let v: serde_json::Value = serde_json::from_slice(&doc.body).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let found = v
+            .get("issuer")
+            .and_then(|i| i.as_str())
+            .ok_or_else(|| bad("no issuer".into()))?;
+        if found != issuer {
+            return Err(bad(format!("issuer {found:?} differs from the configured {issuer:?}")));
+        }
+        let jwks_uri = v
+            .get("jwks_uri")
+            .and_then(|i| i.as_str())
+            .ok_or_else(|| bad("no jwks_uri".into()))?;
+        Ok((jwks_uri.to_string(), doc.max_age))
+    }
+}
+
+/// `max-age` from a Cache-Control value; `no-cache`/`no-store` mean zero (the
+/// refresh loop then applies its lower bound).
+pub fn parse_max_age(v: &str) -> Option<Duration> {
+    let mut age = None;
+    for part in v.split(',') {
+        let part = part.trim();
+        if part.eq_ignore_ascii_case("no-cache") || part.eq_ignore_ascii_case("no-store") {
+            return Some(Duration::ZERO);
+        }
+        if let Some((k, val)) = part.split_once('=')
+            && k.trim().eq_ignore_ascii_case("max-age")
+        {
+            age = val
+                .trim()
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read() {
+        assert_eq!(parse_max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_max_age("max-age=\"60\""), Some(Duration::from_secs(60)));
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("private"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+}

@@ -1,0 +1,77 @@
+//! Idle keep-alive connections are closed after the idle timeout. hyper
+//! bounds the wait for a request head, not the quiet time between requests,
+//! so each connection carries an activity record the service updates.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Activity(Arc<Inner>);
+
+struct Inner {
+    start: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self(Arc::new(Inner {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }))
+    }
+
+    fn touch(&self) {
+        self.0
+            .last_ms
+            .store(self.0.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard drops (the response body may
+    /// outlive the service call; the guard travels with it).
+    pub fn begin(&self) -> Busy {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
+        Some(self.0.start.elapsed().saturating_sub(last))
+    }
+}
+
+pub struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Drives `conn` to completion, dropping it once it has been idle too long.
+pub async fn run_with_idle_timeout<F, T>(conn: F, activity: Activity, idle: Duration) -> Result<(), String>
+where
+    F: Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>>,
+{
+    tokio::pin!(conn);
+    let tick = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            done = &mut conn => return done.map(|_| ()).map_err(|e| e.to_string()),
+            _ = tokio::time::sleep(tick) => {
+                if activity.idle_for().is_some_and(|d| d >= idle) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Responses the agent writes itself: 401/403 with RFC 6750 challenges and a
+//! small JSON body that explains the refusal (never the token), and the
+//! 502/504/413/503 answers for upstream and limit failures.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use super::ProxyBody;
+use crate::authz::{Decision, Verdict};
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    reason: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+}
+
+/// The 401 or 403 for a refused request.
+pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let detail = d.detail.as_deref().unwrap_or("denied");
+    let (status, error, challenge) = match d.verdict {
+        Verdict::Unauthenticated if d.token_missing => (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Bearer realm=\"nodeward\"".to_string(),
+        ),
+        Verdict::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            format!(
+                "Bearer realm=\"nodeward\", error=\"invalid_token\", error_description=\"{}\"",
+                quote_safe(detail)
+            ),
+        ),
+        Verdict::Forbidden | Verdict::Allow => (
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "Bearer realm=\"nodeward\", error=\"insufficient_scope\", error_description=\"{}\"",
+                quote_safe(detail)
+            ),
+        ),
+    };
+    let body = Body {
+        error,
+        reason: d.reason,
+        detail,
+        rule: d.rule.as_deref(),
+        request_id: request_id.to_str().unwrap_or(""),
+        sub: d.token.as_ref().and_then(|t| t.verified.sub.as_deref()),
+    };
+    let mut resp = json(status, &body, request_id);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// A plain error answer (upstream down, too slow, body too large).
+pub fn error(status: StatusCode, reason: &str, detail: &str, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let error = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    json(
+        status,
+        &Body {
+            error: &error,
+            reason,
+            detail,
+            rule: None,
+            request_id: request_id.to_str().unwrap_or(""),
+            sub: None,
+        },
+        request_id,
+    )
+}
+
+fn json(status: StatusCode, body: &Body<'_>, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(super::full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(super::headers::REQUEST_ID, request_id.clone());
+    resp
+}
+
+/// error_description is a quoted-string of printable ASCII without `"` or `\` (RFC 6750 §3).
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || !(' '..='~').contains(&c) {
+                '\''
+            } else {
+                c
+            }
+        })
+        .take(200)
+        .collect()
+}

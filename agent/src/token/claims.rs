@@ -1,0 +1,125 @@
+//! Registered-claim checks: `exp` (required), `nbf`, `iat` with a skew,
+//! `aud` against the provider's audiences. The issuer was matched exactly when
+//! the provider was chosen by `iss`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::TokenError;
+use crate::provider::Provider;
+
+/// A JSON NumericDate (RFC 7519 §2): a non-negative finite number of seconds.
+/// Strings, booleans and negatives are errors, never "absent".
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct NumericDate(pub f64);
+
+impl NumericDate {
+    fn read(claims: &Map<String, Value>, name: &str) -> Result<Option<Self>, TokenError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(Self(v))),
+                _ => Err(TokenError::BadClaims(format!("{name} is not a valid NumericDate"))),
+            },
+            Some(other) => Err(TokenError::BadClaims(format!(
+                "{name} must be a number, not {}",
+                kind(other)
+            ))),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub(super) struct Checked {
+    pub sub: Option<String>,
+    pub exp: u64,
+}
+
+pub(super) fn check(claims: &Map<String, Value>, provider: &Provider, now: SystemTime) -> Result<Checked, TokenError> {
+    let now = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let skew = provider.cfg.clock_skew.as_secs_f64();
+
+    let exp =
+        NumericDate::read(claims, "exp")?.ok_or_else(|| TokenError::BadClaims("no exp: tokens must expire".into()))?;
+    if now > exp.0 + skew {
+        return Err(TokenError::Expired((now - exp.0) as u64));
+    }
+    if let Some(nbf) = NumericDate::read(claims, "nbf")?
+        && nbf.0 > now + skew
+    {
+        return Err(TokenError::NotYetValid((nbf.0 - now).ceil() as u64));
+    }
+    if let Some(iat) = NumericDate::read(claims, "iat")?
+        && iat.0 > now + skew
+    {
+        return Err(TokenError::IssuedInFuture((iat.0 - now).ceil() as u64));
+    }
+
+    let expected = &provider.cfg.audiences;
+    let ok = match claims.get("aud") {
+        Some(Value::String(a)) => expected.iter().any(|e| e == a),
+        Some(Value::Array(list)) => {
+            if list.iter().any(|a| !a.is_string()) {
+                return Err(TokenError::BadClaims("aud array holds a non-string".into()));
+            }
+            list.iter()
+                .any(|a| a.as_str().is_some_and(|a| expected.iter().any(|e| e == a)))
+        }
+        Some(other) => {
+            return Err(TokenError::BadClaims(format!(
+                "aud must be a string or array, not {}",
+                kind(other)
+            )));
+        }
+        None => false,
+    };
+    if !ok {
+        let found = claims
+            .get("aud")
+            .map_or_else(|| "(none)".to_string(), |a| short(&a.to_string()));
+        return Err(TokenError::WrongAudience {
+            found,
+            expected: format!("{expected:?}"),
+        });
+    }
+
+    let sub = match claims.get("sub") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(TokenError::BadClaims(format!(
+                "sub must be a string, not {}",
+                kind(other)
+            )));
+        }
+    };
+    // Whole seconds, rounded down: a cache entry never outlives the token.
+    let exp = if exp.0 >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        exp.0 as u64
+    };
+    Ok(Checked { sub, exp })
+}
+
+fn short(s: &str) -> String {
+    if s.len() <= 120 {
+        return s.to_string();
+    }
+    let mut end = 120;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,160 @@
+#!/usr/bin/env node
+// Interop fixture for nodeward: a real, certified OpenID provider (panva's
+// `oidc-provider`) that issues client-credentials JWT access tokens.
+//
+// Usage: node oidc-provider.mjs [PORT]      (or PORT=... node oidc-provider.mjs)
+// Env:   PORT      listen port on 127.0.0.1 (argv[2] wins; default 0 = ephemeral)
+//        JWKS_FILE private JWKS file (default $TMPDIR/nodeward-oidc-provider-jwks.json);
+//                  created with a fresh RS256 key if missing. Tests should pass their own.
+//        ROTATE=1  prepend a NEW RS256 key (becomes the signing key), keep the old ones
+//
+// stdout carries exactly one line: "oidc-provider ready http://127.0.0.1:PORT".
+// Everything else (oidc-provider notices/warnings, errors) goes to stderr.
+
+import * as http from 'node:http';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as crypto from 'node:crypto';
+import * as os from 'node:os';
+
+// oidc-provider prints "NOTICE" lines through console.info (stdout). Keep stdout
+// reserved for the ready line by routing console.info/log to stderr.
+console.info = (...args) => console.error(...args);
+console.log = (...args) => console.error(...args);
+
+const { generateKeyPair, exportJWK } = await import('jose');
+const { default: Provider, errors } = await import('oidc-provider');
+
+const portArg = process.argv[2] ?? process.env.PORT ?? '0';
+const port = Number.parseInt(portArg, 10);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error(`invalid port: ${portArg}`);
+  process.exit(2);
+}
+const jwksFile = path.resolve(process.env.JWKS_FILE || path.join(os.tmpdir(), 'nodeward-oidc-provider-jwks.json'));
+const rotate = process.env.ROTATE === '1';
+
+const CLIENT_ID = 'nodeward-test';
+const CLIENT_SECRET = 'nodeward-test-secret';
+const RESOURCE = 'urn:nodeward:orders';
+const SCOPE = 'orders:read';
+
+async function newRsaKey() {
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
+  const jwk = await exportJWK(privateKey);
+  return { ...jwk, kid: `rs256-${crypto.randomUUID()}`, alg: 'RS256', use: 'sig' };
+}
+
+async function loadKeys() {
+  let keys = [];
+  let dirty = false;
+  if (fs.existsSync(jwksFile)) {
+    const parsed = JSON.parse(fs.readFileSync(jwksFile, 'utf8'));
+    keys = Array.isArray(parsed.keys) ? parsed.keys : [];
+  }
+  if (!keys.some((k) => k.kty === 'RSA')) {
+    keys.push(await newRsaKey());
+    dirty = true;
+  }
+  if (rotate) {
+    keys.unshift(await newRsaKey()); // oidc-provider signs with the FIRST matching key
+    dirty = true;
+  }
+  if (dirty) {
+    fs.mkdirSync(path.dirname(jwksFile), { recursive: true });
+    const tmp = `${jwksFile}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, `${JSON.stringify({ keys }, null, 2)}\n`, { mode: 0o600 });
+    fs.renameSync(tmp, jwksFile);
+  }
+  return keys;
+}
+
+const keys = await loadKeys();
+
+// Bind first so an ephemeral port (0) is known before building the issuer.
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', resolve);
+});
+const actualPort = server.address().port;
+const issuer = `http://127.0.0.1:${actualPort}`;
+
+const resourceServers = {
+  [RESOURCE]: {
+    audience: RESOURCE,
+    scope: SCOPE,
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: 300,
+    jwt: { sign: { alg: 'RS256' } },
+  },
+};
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: CLIENT_ID,
+      client_secret: CLIENT_SECRET,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: SCOPE,
+    },
+  ],
+  jwks: { keys },
+  scopes: ['openid', SCOPE],
+  cookies: { keys: ['nodeward-interop-cookie-key-not-secret'] },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // No resource parameter -> no resource server -> opaque token. Keep it that way.
+      defaultResource: async (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: async () => false,
+      getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        const info = resourceServers[resourceIndicator];
+        if (!info) throw new errors.InvalidTarget();
+        return info;
+      },
+    },
+  },
+  extraTokenClaims: async (_ctx, token) => {
+    if (token.kind === 'ClientCredentials' && token.clientId === CLIENT_ID) {
+      return { groups: ['admins'], email: 'nodeward-test@example.com' };
+    }
+    return undefined;
+  },
+  ttl: {
+    AccessToken: 300,
+    ClientCredentials: 300,
+    Grant: 600,
+    Session: 600,
+    Interaction: 600,
+    IdToken: 300,
+  },
+  clientBasedCORS: () => false,
+  renderError: (ctx, out) => {
+    ctx.type = 'application/json';
+    ctx.body = out;
+  },
+});
+provider.proxy = false;
+provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+
+server.on('request', provider.callback());
+process.stdout.write(`oidc-provider ready ${issuer}\n`);
+
+let stopping = false;
+function shutdown(signal) {
+  if (stopping) return;
+  stopping = true;
+  console.error(`oidc-provider: ${signal}, shutting down`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections?.();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
