@@ -1,0 +1,199 @@
+//! Interoperability with a real, certified OpenID provider implementation:
+//! panva's `oidc-provider` (npm, pinned in tests/interop/package.json) issues
+//! RFC 9068 JWT access tokens through the client-credentials grant; nodeward
+//! must accept them, forward the identity, and pick up a rotated signing key
+//! with one refetch.
+//!
+//! Needs Node.js and `npm ci --prefix tests/interop` (`.ci/run` and
+//! `cargo xtask test` do it). Without them this test fails loudly: it never
+//! passes without having run.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nodeward::testing::{EchoUpstream, TestAgent, client, metric};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const AUDIENCE: &str = "urn:nodeward:orders";
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Starts the provider on `port` and waits (bounded) for its ready line.
+async fn start_provider(port: u16, jwks_file: &std::path::Path, rotate: bool) -> Child {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/oidc-provider").is_dir(),
+        "oidc-provider is not installed: run `npm ci --prefix tests/interop` (cargo xtask test does it)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("oidc-provider.mjs"))
+        .arg(port.to_string())
+        .env("JWKS_FILE", jwks_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if rotate {
+        cmd.env("ROTATE", "1");
+    }
+    let mut child = cmd.spawn().expect("node must be installed to run the interop test");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("oidc-provider ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(ready, Ok(true)), "oidc-provider did not become ready");
+    child
+}
+
+async fn stop_provider(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// A client-credentials access token for our resource.
+async fn token(issuer: &str) -> String {
+    let resp = client()
+        .post(format!("{issuer}/token"))
+        .basic_auth("nodeward-test", Some("nodeward-test-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&resource={}&scope=orders%3Aread",
+            AUDIENCE.replace(':', "%3A")
+        ))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    body["access_token"].as_str().expect("access_token").to_string()
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("b64");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    v["kid"].as_str().expect("kid").to_string()
+}
+
+fn config(issuer: &str, upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"admin: 127.0.0.1:0
+providers:
+  - name: panva
+    issuer: {issuer}
+    audiences: ["{AUDIENCE}"]
+    refresh: {{min_interval: 1s, unknown_kid_cooldown: 100ms}}
+policies:
+  - name: orders
+    selector: {{app: orders}}
+    rules:
+      - name: admin
+        paths: ["/admin/**"]
+        require: {{claims: {{groups: {{any_of: [admins]}}, client_id: {{equals: nodeward-test}}}}}}
+      - name: read
+        require: {{claims: {{scope: {{all_of: ["orders:read"]}}}}}}
+    forward_claims: {{x-user-email: email, x-client-id: client_id}}
+workloads:
+  - name: orders
+    labels: {{app: orders}}
+    listen: 127.0.0.1:0
+    upstream: {upstream}
+"#
+    )
+}
+
+#[tokio::test]
+async fn oidc_provider_tokens_are_accepted_and_rotation_is_followed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let jwks_file = keys.path().join("jwks.json");
+    let provider = start_provider(port, &jwks_file, false).await;
+
+    let up = EchoUpstream::start().await;
+    let agent = TestAgent::start(&config(&issuer, up.addr)).await;
+    agent.wait_ready().await;
+    let url = agent.url("orders");
+
+    let first = token(&issuer).await;
+    for path in ["/orders", "/admin/keys"] {
+        let resp = client()
+            .get(format!("{url}{path}"))
+            .bearer_auth(&first)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        let echo: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+        assert_eq!(echo["headers"]["x-nodeward-sub"], json!(["nodeward-test"]));
+        assert_eq!(echo["headers"]["x-nodeward-iss"], json!([issuer]));
+        assert_eq!(echo["headers"]["x-client-id"], json!(["nodeward-test"]));
+        assert_eq!(echo["headers"]["x-user-email"], json!(["nodeward-test@example.com"]));
+    }
+    // A token with a forged signature is refused.
+    let mut tampered = first.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    let resp = client()
+        .get(format!("{url}/orders"))
+        .bearer_auth(&tampered)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 401);
+
+    // Rotate: the provider restarts signing with a new key B (A still published).
+    stop_provider(provider).await;
+    let provider = start_provider(port, &jwks_file, true).await;
+    let second = token(&issuer).await;
+    assert_ne!(kid(&first), kid(&second), "the provider signs with the rotated key");
+    let resp = client()
+        .get(format!("{url}/orders"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "rotated key accepted after the refetch");
+    let resp = client()
+        .get(format!("{url}/orders"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the old key is still published, so its tokens still pass"
+    );
+    let m = agent.metrics().await;
+    assert_eq!(
+        metric(&m, "nodeward_jwks_on_demand_fetches_total{provider=\"panva\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    stop_provider(provider).await;
+}
