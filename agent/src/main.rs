@@ -56,7 +56,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    nodeward::logging::init(cli.log_json);
+    let _audit_flush = nodeward::logging::init(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -64,13 +64,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let code = match rt.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Stop the runtime before the audit writer flushes, so no task logs after it.
+    drop(rt);
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -185,3 +185,105 @@ fn dev_idp_refuses_non_loopback_without_the_flag() {
         text(&out.stderr)
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `nodeward run` as a process: one JSON audit line per decision on stdout
+/// naming the caller, never the token; logs on stderr; SIGTERM exits cleanly.
+#[tokio::test]
+async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
+    use nodeward::testing::{EchoUpstream, client};
+
+    let idp = TestIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, listen) = (free_port(), free_port());
+    let yaml = example_config(&idp.issuer(), upstream.addr)
+        .replace(
+            "admin: 127.0.0.1:0",
+            &format!("admin: 127.0.0.1:{admin}\nstate_dir: {}", dir.path().display()),
+        )
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
+    let file = dir.path().join("nodeward.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward"))
+        .args(["run", "--config", file.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "agent did not become ready");
+
+    let token = idp.token(json!({"aud": "orders", "sub": "alice", "email": "alice@example.com", "groups": ["dev"]}));
+    let url = format!("http://127.0.0.1:{listen}");
+    let ok = client()
+        .get(format!("{url}/orders?secret=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(ok.status(), 200);
+    let denied = client()
+        .post(format!("{url}/admin/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(denied.status(), 403);
+    let anonymous = client().get(format!("{url}/orders")).send().await.expect("req");
+    assert_eq!(anonymous.status(), 401);
+
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("output");
+    assert!(out.status.success(), "clean exit on SIGTERM: {:?}", out.status);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        !stdout.contains(&token) && !stderr.contains(&token),
+        "a token was logged"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout is JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), 3, "one audit line per decision: {stdout}");
+    assert!(lines.iter().all(|l| l["target"] == "audit"));
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[0]["sub"], "alice");
+    assert_eq!(lines[0]["email"], "alice@example.com");
+    assert_eq!(lines[0]["iss"], idp.issuer());
+    assert_eq!(lines[0]["path"], "/orders", "no query string in the audit log");
+    assert!(lines[0]["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")));
+    assert!(lines[0]["request_id"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(lines[0]["latency_us"].is_u64());
+    assert_eq!(lines[1]["decision"], "deny");
+    assert_eq!(lines[1]["reason"], "claim_mismatch");
+    assert_eq!(lines[1]["rule"], "admin");
+    assert_eq!(lines[2]["reason"], "missing_token");
+}
