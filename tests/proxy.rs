@@ -360,3 +360,49 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn several_providers_are_chosen_by_iss_and_rules_can_restrict_them() {
+    let corp = TestIdp::start().await;
+    let partner = TestIdp::start().await;
+    let up = EchoUpstream::start().await;
+    let yaml = format!(
+        r#"admin: 127.0.0.1:0
+providers:
+  - {{name: corp, issuer: "{}", audiences: [orders]}}
+  - {{name: partner, issuer: "{}", audiences: [orders, partner-api]}}
+policies:
+  - name: p
+    rules:
+      - {{name: internal, paths: ["/internal/**"], require: {{providers: [corp]}}}}
+      - {{name: any, require: {{}}}}
+workloads:
+  - {{name: orders, listen: "127.0.0.1:0", upstream: "{}"}}
+"#,
+        corp.issuer(),
+        partner.issuer(),
+        up.addr
+    );
+    let agent = TestAgent::start(&yaml).await;
+    agent.wait_ready().await;
+    let url = agent.url("orders");
+    let corp_token = corp.token(json!({"aud": "orders", "sub": "c"}));
+    let partner_token = partner.token_with("ES256", json!({"aud": ["partner-api", "x"], "sub": "p"}));
+    // A token signed by partner's key but claiming corp as issuer: wrong key for that issuer.
+    let confused = partner.token(json!({"aud": "orders", "iss": corp.issuer()}));
+
+    let (s, _, echo) = send(client().get(format!("{url}/a")).bearer_auth(&partner_token)).await;
+    assert_eq!(s, 200);
+    assert_eq!(echo["headers"]["x-nodeward-iss"], json!([partner.issuer()]));
+    let (s, _, _) = send(client().get(format!("{url}/internal/x")).bearer_auth(&corp_token)).await;
+    assert_eq!(s, 200);
+    let (s, _, body) = send(client().get(format!("{url}/internal/x")).bearer_auth(&partner_token)).await;
+    assert_eq!(s, 403);
+    assert_eq!(body["reason"], "provider_not_allowed");
+    let (s, _, body) = send(client().get(format!("{url}/a")).bearer_auth(&confused)).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        matches!(body["reason"].as_str(), Some("unknown_kid" | "bad_signature")),
+        "{body}"
+    );
+}
