@@ -194,7 +194,7 @@ impl Rule {
                 detail: format!("rule {} denies every request it matches", self.name),
             }),
             Action::Require { providers, claims } => {
-                if !providers.is_empty() && !providers.iter().any(|p| *p == token.provider) {
+                if !providers.is_empty() && !providers.contains(&token.provider) {
                     return Err(Refusal {
                         reason: "provider_not_allowed",
                         detail: format!(

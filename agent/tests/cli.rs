@@ -212,7 +212,7 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
     let file = dir.path().join("nodeward.yaml");
     std::fs::write(&file, yaml).expect("write");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward"))
         .args(["run", "--config", file.to_str().expect("utf8")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
