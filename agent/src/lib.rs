@@ -9,6 +9,8 @@
 //! - `token` + `token_cache`: RFC 8725 validation and the verified-token cache;
 //! - `policy` + `authz`: rules and the per-request decision;
 //! - `proxy`: listeners, header hygiene, upstream forwarding;
+//! - `ebpf` + `netns`: SK_LOOKUP steering of pod traffic into the agent, and
+//!   sockets created inside pods' network namespaces;
 //! - `admin`, `metrics`, `audit`: what operators see;
 //! - `app`, `state`, `reload`: wiring and live configuration;
 //! - `devidp`: a development OpenID provider for demos and tests.
@@ -19,9 +21,11 @@ pub mod audit;
 pub mod authz;
 pub mod config;
 pub mod devidp;
+pub mod ebpf;
 pub mod explain;
 pub mod logging;
 pub mod metrics;
+pub mod netns;
 pub mod policy;
 pub mod provider;
 pub mod proxy;
