@@ -1,6 +1,7 @@
 //! Test helpers shared by unit tests, integration tests, benchmarks and the
 //! demo (feature `testing`): a dev IdP on loopback, an upstream that echoes
-//! what it received, and an in-process agent on ephemeral ports.
+//! what it received, and an in-process agent on ephemeral ports; `netns`
+//! has the fixtures of the root-only network-namespace tests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,3 +287,5 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+pub mod netns;

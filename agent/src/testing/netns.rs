@@ -1,0 +1,381 @@
+//! Fixtures for root-only tests in real network namespaces: a namespace
+//! with a veth to the host ([`NetnsGuard`]), a tiny app inside it
+//! ([`NetnsApp`]), a private pin directory on bpffs ([`PinDir`]), and
+//! clients that connect from the host or from inside a namespace.
+//!
+//! Every name (namespace, veth, pin directory) is unique per process and
+//! fixture, addresses are 10.x / fd77:6e77::/32 only inside namespaces the
+//! fixture created, and everything is removed on drop, panics included.
+//! Tests using these must run one at a time (they share kernel state) and
+//! call [`require_root`] first, which fails loudly rather than skipping.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::netns::{listener_in, socket_in};
+
+/// Panics with a clear message unless running as root: these tests must
+/// never pass silently where they could not run.
+pub fn require_root(test: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test}: NOT RUN: this test needs root (network namespaces, veth, eBPF, bpffs); \
+         run it as root: `sudo -E cargo test -p nodeward-tests --test namespaced -- --test-threads=1`"
+    );
+}
+
+/// `<pid>x<n>`: unique per process and call, short enough for interface
+/// names (15 bytes with a 3-byte prefix).
+fn unique() -> (u32, String) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (n, format!("{}x{n}", std::process::id() % 100_000))
+}
+
+/// Runs `ip` with `args`, feeding `batch` (one command a line) on stdin
+/// when given; panics with ip's output on failure.
+fn ip(args: &[&str], batch: Option<&str>) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if batch.is_some() {
+        cmd.args(["-batch", "-"]).stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e} (is iproute2 installed?)"));
+    if let (Some(batch), Some(mut stdin)) = (batch, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin
+            .write_all(batch.as_bytes())
+            .unwrap_or_else(|e| panic!("feeding ip {args:?}: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        batch.unwrap_or("")
+    );
+}
+
+/// A network namespace made for one test. With [`NetnsGuard::new`] it is a
+/// simulated pod: a veth pair to the host, `pod_ip`/`pod_ip6` inside and
+/// `host_ip`/`host_ip6` on the host end, all up. Drop deletes the
+/// namespace and the veth.
+#[derive(Debug)]
+pub struct NetnsGuard {
+    pub name: String,
+    /// `/var/run/netns/<name>`.
+    pub path: PathBuf,
+    pub veth: Option<Veth>,
+}
+
+/// The host–pod link of a [`NetnsGuard`].
+#[derive(Debug, Clone)]
+pub struct Veth {
+    pub host_if: String,
+    pub pod_if: String,
+    pub host_ip: Ipv4Addr,
+    pub pod_ip: Ipv4Addr,
+    pub host_ip6: Ipv6Addr,
+    pub pod_ip6: Ipv6Addr,
+}
+
+impl NetnsGuard {
+    /// A pod-like namespace with a veth to the host (IPv4 /30 in
+    /// 10.200.0.0/13 and IPv6 /64 in fd77:6e77::/32, both unique per
+    /// process and fixture).
+    pub fn new() -> Self {
+        let (n, tag) = unique();
+        let mut guard = Self::create(&tag);
+        let pid = std::process::id();
+        // 10.<200+pid%8>.<n/64>.<(n%64)*4>/30: host .1, pod .2.
+        let base = Ipv4Addr::new(10, 200 + (pid % 8) as u8, ((n / 64) % 256) as u8, ((n % 64) * 4) as u8);
+        let [a, b, c, d] = base.octets();
+        let host_ip = Ipv4Addr::new(a, b, c, d + 1);
+        let pod_ip = Ipv4Addr::new(a, b, c, d + 2);
+        let prefix6 = format!("fd77:6e77:{:x}:{:x}", pid % 0xffff, n % 0xffff);
+        let host_ip6: Ipv6Addr = format!("{prefix6}::1").parse().expect("valid IPv6");
+        let pod_ip6: Ipv6Addr = format!("{prefix6}::2").parse().expect("valid IPv6");
+        let veth = Veth {
+            host_if: format!("nwh{tag}"),
+            pod_if: format!("nwp{tag}"),
+            host_ip,
+            pod_ip,
+            host_ip6,
+            pod_ip6,
+        };
+        // Recorded before creating it so Drop removes a half-made veth too.
+        guard.veth = Some(veth.clone());
+        let Veth { host_if, pod_if, .. } = &veth;
+        let name = &guard.name;
+        ip(
+            &[],
+            Some(&format!(
+                "link add {host_if} type veth peer name {pod_if}\n\
+                 link set {pod_if} netns {name}\n\
+                 addr add {host_ip}/30 dev {host_if}\n\
+                 addr add {host_ip6}/64 dev {host_if} nodad\n\
+                 link set {host_if} up\n"
+            )),
+        );
+        ip(
+            &["-n", name],
+            Some(&format!(
+                "addr add {pod_ip}/30 dev {pod_if}\n\
+                 addr add {pod_ip6}/64 dev {pod_if} nodad\n\
+                 link set {pod_if} up\n"
+            )),
+        );
+        guard
+    }
+
+    /// A namespace with only loopback (up): enough to attach to.
+    pub fn bare() -> Self {
+        let (_, tag) = unique();
+        Self::create(&tag)
+    }
+
+    fn create(tag: &str) -> Self {
+        let name = format!("nwtest-{tag}");
+        let guard = Self {
+            path: Path::new("/var/run/netns").join(&name),
+            name,
+            veth: None,
+        };
+        ip(&["netns", "add", &guard.name], None);
+        ip(&["-n", &guard.name, "link", "set", "lo", "up"], None);
+        guard
+    }
+
+    pub fn veth(&self) -> &Veth {
+        self.veth
+            .as_ref()
+            .expect("this namespace was made with NetnsGuard::new (it has a veth)")
+    }
+
+    pub fn pod_ip(&self) -> IpAddr {
+        IpAddr::V4(self.veth().pod_ip)
+    }
+
+    pub fn pod_ip6(&self) -> IpAddr {
+        IpAddr::V6(self.veth().pod_ip6)
+    }
+
+    pub fn host_ip(&self) -> IpAddr {
+        IpAddr::V4(self.veth().host_ip)
+    }
+}
+
+impl Default for NetnsGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Best effort and quiet: a half-made fixture lacks some of these.
+        if let Some(veth) = &self.veth {
+            let _ = Command::new("ip")
+                .args(["link", "del", &veth.host_if])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Names of the network namespaces this process's fixtures made that still
+/// exist (a leak check for the end of a test).
+pub fn leftover_namespaces() -> Vec<String> {
+    let prefix = format!("nwtest-{}x", std::process::id() % 100_000);
+    std::fs::read_dir("/var/run/netns")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pin directory for one test, `/sys/fs/bpf/nodeward-test-<unique>`;
+/// drop removes it and everything pinned in it.
+#[derive(Debug)]
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Self {
+        let (_, tag) = unique();
+        let path = Path::new(crate::ebpf::BPFFS).join(format!("nodeward-test-{tag}"));
+        crate::ebpf::ensure_bpffs(&path).unwrap_or_else(|e| panic!("bpffs for {}: {e}", path.display()));
+        let _ = crate::ebpf::remove_pinned(&path);
+        Self { path }
+    }
+
+    /// Files pinned under `links/`.
+    pub fn links(&self) -> Vec<String> {
+        std::fs::read_dir(self.path.join("links"))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = crate::ebpf::remove_pinned(&self.path) {
+            eprintln!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A tiny HTTP app listening inside a namespace. Every response is JSON
+/// `{"app": NAME, "peer": "<client addr>", "local": "<addr it was reached on>"}`.
+/// [`NetnsApp::hits`] counts accepted connections, so a test can prove
+/// that nothing reached the app.
+#[derive(Debug)]
+pub struct NetnsApp {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NetnsApp {
+    /// Serves on `addr` inside `netns` (e.g. the pod IP and a port, or
+    /// `0.0.0.0:8080` to be reachable on loopback too). Needs a runtime.
+    pub fn start(netns: &Path, addr: SocketAddr, name: &str) -> Self {
+        let listener = listener_in(netns, addr).unwrap_or_else(|e| panic!("app {name} on {addr}: {e}"));
+        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        let hits = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let hits = hits.clone();
+            let name = name.to_string();
+            async move {
+                while let Ok((stream, peer)) = listener.accept().await {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let body = serde_json::json!({"app": name, "peer": canonical(peer).to_string(), "local": local});
+                    tokio::spawn(respond(stream, body.to_string()));
+                }
+            }
+        });
+        Self { addr, hits, task }
+    }
+
+    /// Connections the app accepted so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for NetnsApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request head (bounded), answers 200 with `body`, closes.
+pub async fn respond(mut stream: TcpStream, body: String) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) as plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Connects from the host within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))?
+}
+
+/// Connects from inside `netns` (optionally from `bind`) within `timeout`.
+pub async fn connect_from(
+    netns: &Path,
+    bind: Option<SocketAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = socket_in(netns, addr).map_err(std::io::Error::other)?;
+    if let Some(bind) = bind {
+        socket.bind(bind)?;
+    }
+    tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))?
+}
+
+/// Sends `GET /` on `stream` and returns the response body (bounded wait).
+pub async fn get(mut stream: TcpStream) -> std::io::Result<String> {
+    let exchange = async {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut resp = Vec::new();
+        stream.read_to_end(&mut resp).await?;
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        Ok(resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(resp))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP exchange"))?
+}
+
+/// The JSON an [`NetnsApp`] answered, fetched over a new connection from
+/// the host to `addr`.
+pub async fn app_reply(addr: SocketAddr) -> serde_json::Value {
+    let stream = connect(addr, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let body = get(stream).await.unwrap_or_else(|e| panic!("GET {addr}: {e}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("app reply from {addr} is not JSON ({e}): {body}"))
+}
+
+/// Number of open file descriptors of this process (leak checks).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
