@@ -100,10 +100,20 @@ impl KeySet {
         self.keys.iter().filter_map(|k| k.kid.as_deref())
     }
 
+    /// Marks the keys of `previous` that this set no longer holds as revoked,
+    /// so tokens they verified leave the cache. Call only once this set is
+    /// accepted: a refused fetch must not revoke the keys still in use.
+    pub fn revoke_missing_from(&self, previous: &KeySet) {
+        for old in &previous.keys {
+            if !self.keys.iter().any(|k| Arc::ptr_eq(k, old)) {
+                old.revoked.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Parses a JWKS document. Unusable keys are skipped with a reason; a
     /// document that is not a JWKS at all is an error. Keys already held in
-    /// `previous` are reused (same `Arc`), and keys that disappeared are
-    /// marked revoked.
+    /// `previous` are reused (same `Arc`, so cache entries stay valid).
     pub fn parse(
         doc: &[u8],
         allowed: &[Algorithm],
@@ -161,13 +171,6 @@ impl KeySet {
                     set.keys.push(key);
                 }
                 Err(why) => set.skipped.push(format!("key {i}: {why}")),
-            }
-        }
-        if let Some(prev) = previous {
-            for old in &prev.keys {
-                if !set.keys.iter().any(|k| Arc::ptr_eq(k, old)) {
-                    old.revoked.store(true, Ordering::Relaxed);
-                }
             }
         }
         Ok(set)
