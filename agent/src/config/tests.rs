@@ -293,7 +293,7 @@ fn validation_errors_name_key_and_reason() {
         ("policies[0].rules[1].require.claims.groups", Some("{all_of: []}"), "policies[0].rules[1].require.claims.groups", "at least one value"),
         ("policies[0].rules[1].require.claims", Some("{'realm..roles': {present: true}}"), "policies[0].rules[1].require.claims.realm..roles", "bad claim path"),
         ("policies[0].forward_claims", Some("{x-nodeward-sub: sub}"), "policies[0].forward_claims.x-nodeward-sub", "the agent sets it"),
-        ("policies[0].forward_claims", Some("{X-Nodeward-Iss: iss}"), "policies[0].forward_claims.X-Nodeward-Iss", "sets this header itself"),
+        ("policies[0].forward_claims", Some("{X-Nodeward-Iss: iss}"), "policies[0].forward_claims.X-Nodeward-Iss", "the agent sets it"),
         ("policies[0].forward_claims", Some("{'bad header': sub}"), "policies[0].forward_claims.bad header", "not a valid header name"),
         ("policies[0].forward_claims", Some("{x-roles: 'realm..roles'}"), "policies[0].forward_claims.x-roles", "bad claim path"),
         ("workloads[0].upstream", None, "workloads[0].listen", "set either `listen` and `upstream`"),
