@@ -1,6 +1,8 @@
 //! A provider's verification keys: parsed once from the JWKS, each pinned to
-//! exactly one algorithm (RFC 8725 §3.1), each holding a ready verifier so the
-//! request path never re-parses key material.
+//! exactly one algorithm (RFC 8725 §3.1), each checked against the crypto
+//! backend at load time so an unusable key fails the fetch, not a request.
+//! Verification goes through jsonwebtoken's aws-lc-rs backend, which rebuilds
+//! the public key per call (about 2.6 µs of an RS256 verify; see the benches).
 
 use std::collections::HashMap;
 use std::sync::Arc;
