@@ -756,3 +756,35 @@ fn keys_back_in_the_jwks_are_not_revoked() {
     let key = next.by_kid(&kid(&IDP, "RS256")).expect("still published");
     assert!(!key.is_revoked(), "a key in the current JWKS must not report revoked");
 }
+
+/// Regression: a 10 KB kid (or alg, crit name, duplicate member name) came
+/// back whole in the refusal detail, hence in the 401 body and every audit
+/// line: a cheap log amplifier. Echoed values are now cut to `ECHO_MAX` chars.
+#[test]
+fn attacker_chosen_values_are_echoed_bounded() {
+    let fx = Fixture::with_hs();
+    let long = "k".repeat(10_000);
+    let cut = format!("{}…", &long[..ECHO_MAX]);
+    let kid = mint("RS256", json!({}), json!({"kid": long}));
+    assert_eq!(fx.refusal(&kid), (TokenError::UnknownKid(cut.clone()), "unknown_kid"));
+    let alg = mint("RS256", json!({}), json!({"alg": long}));
+    assert_eq!(
+        fx.refusal(&alg),
+        (TokenError::AlgorithmNotAllowed(cut.clone()), "algorithm_not_allowed")
+    );
+    let crit = mint("RS256", json!({}), json!({"crit": [long]}));
+    let (e, reason) = fx.refusal(&crit);
+    assert_eq!(reason, "unknown_crit");
+    assert!(e.to_string().len() < 200, "{e}");
+    let name = &long[..5000];
+    let dup = hmac(SECRET, r#"{"alg":"HS256"}"#, &format!(r#"{{"{name}":1,"{name}":2}}"#));
+    let (e, reason) = fx.refusal(&dup);
+    assert_eq!(reason, "malformed_token");
+    assert!(e.to_string().len() < 300, "{e}");
+    for e in [
+        TokenError::UnknownKid(cut.clone()),
+        TokenError::AlgorithmNotAllowed(cut),
+    ] {
+        assert!(e.to_string().len() < 200, "{e}");
+    }
+}
