@@ -64,10 +64,19 @@ impl Config {
     }
 }
 
-/// serde_yaml appends "at line X column Y" which is useful; keep it, but drop
-/// the leading path serde_path_to_error already reports.
+/// serde_yaml prefixes its messages with its own rendering of the path
+/// (`providers[0]: unknown field ...`); the key is already reported, so drop
+/// a leading path-like token. "at line X column Y" stays: it helps.
 fn strip_location(msg: &str) -> String {
-    msg.trim().to_string()
+    let msg = msg.trim();
+    if let Some((head, rest)) = msg.split_once(": ")
+        && !head.is_empty()
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c))
+        && head.contains(['.', '['])
+    {
+        return rest.to_string();
+    }
+    msg.to_string()
 }
 
 #[cfg(test)]

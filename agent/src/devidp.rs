@@ -215,6 +215,21 @@ impl DevIdp {
         Ok(format!("{signing_input}.{}", b64(&signature)))
     }
 
+    /// Signs arbitrary bytes with the current key for `alg` and returns the
+    /// base64url signature: hostile-token tests hand-build headers and claims
+    /// (duplicate members, odd encodings) that `mint` cannot express.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn sign_raw(&self, alg: &str, signing_input: &[u8]) -> Result<String, DevIdpError> {
+        let key = self.current_key(Alg::parse(alg)?);
+        Ok(b64(&key.sign(signing_input)?))
+    }
+
+    /// The kid of the current key for `alg`.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn current_kid(&self, alg: &str) -> Result<String, DevIdpError> {
+        Ok(self.current_key(Alg::parse(alg)?).kid().to_owned())
+    }
+
     /// Replaces the current keys with a fresh set and returns the new kids.
     /// With `keep_old` every key published so far stays in the JWKS (overlap);
     /// without it only the new keys remain.

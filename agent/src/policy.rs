@@ -11,7 +11,7 @@ pub use claims::{ClaimPath, Condition};
 
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method};
 
 use crate::config::{Mode, PolicyConfig, RuleConfig};
@@ -112,7 +112,8 @@ impl Policy {
 
 impl Rule {
     fn compile(policy: &str, mode: Mode, cfg: &RuleConfig) -> Result<Self, PolicyError> {
-        let paths = if cfg.paths.is_empty() {
+        // `*` and `**` alone mean every path (request paths start with '/').
+        let paths = if cfg.paths.is_empty() || cfg.paths.iter().any(|g| g == "*" || g == "**") {
             None
         } else {
             let mut b = GlobSetBuilder::new();
@@ -130,7 +131,7 @@ impl Rule {
                 // `/admin/**` also covers `/admin` itself, as users expect.
                 if let Some(base) = g.strip_suffix("/**")
                     && !base.is_empty()
-                    && let Ok(glob) = Glob::new(base)
+                    && let Ok(glob) = globset::GlobBuilder::new(base).literal_separator(true).build()
                 {
                     b.add(glob);
                 }

@@ -255,6 +255,7 @@ impl Provider {
         if let Ok(mut u) = self.jwks_uri.lock() {
             *u = Some(jwks_uri);
         }
+        set.revoke_missing_from(&previous);
         self.install(set);
         Ok(match (doc.max_age, discovery_age) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -158,7 +158,7 @@ impl<'t> Jws<'t> {
                 .map(Value::to_string)
                 .collect();
             if !unknown.is_empty() {
-                return Err(TokenError::UnknownCrit(unknown.join(", ")));
+                return Err(TokenError::UnknownCrit(truncate(&unknown.join(", "), ECHO_MAX)));
             }
         }
         // jwk, jku, x5u and x5c are deliberately never read: keys come only
@@ -190,7 +190,7 @@ impl<'t> Jws<'t> {
             .parse()
             .ok()
             .filter(|a| provider.algorithms.contains(a))
-            .ok_or_else(|| TokenError::AlgorithmNotAllowed(self.alg.clone()))?;
+            .ok_or_else(|| TokenError::AlgorithmNotAllowed(truncate(&self.alg, ECHO_MAX)))?;
         if jose::b64(self.signature).is_none() {
             return Err(TokenError::Malformed("signature is not canonical base64url"));
         }
@@ -205,7 +205,9 @@ impl<'t> Jws<'t> {
         } else if keys.is_empty() {
             return Err(TokenError::NoKeys(provider.name.to_string()));
         } else if let Some(kid) = &self.kid {
-            let key = keys.by_kid(kid).ok_or_else(|| TokenError::UnknownKid(kid.clone()))?;
+            let key = keys
+                .by_kid(kid)
+                .ok_or_else(|| TokenError::UnknownKid(truncate(kid, ECHO_MAX)))?;
             if key.alg != alg {
                 return Err(TokenError::AlgorithmMismatch {
                     kid: kid.clone(),
@@ -243,7 +245,7 @@ pub async fn validate(token: &str, providers: &Providers, max_len: usize) -> Res
     let iss = jws.iss()?;
     let provider = providers
         .by_issuer(iss)
-        .ok_or_else(|| TokenError::UnknownIssuer(truncate(iss, 128)))?
+        .ok_or_else(|| TokenError::UnknownIssuer(truncate(iss, ECHO_MAX)))?
         .clone();
     let keys = provider.keys();
     let missing = keys.is_empty() || jws.kid.as_deref().is_some_and(|k| keys.by_kid(k).is_none());
@@ -261,7 +263,13 @@ pub async fn validate(token: &str, providers: &Providers, max_len: usize) -> Res
     jws.verify(&provider, &keys, SystemTime::now())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// Most characters of an attacker-chosen value (kid, alg, iss, crit names,
+/// member names) quoted in a refusal: the detail goes into the 401 body, the
+/// WWW-Authenticate header and the audit line, and a 16 KB token must not
+/// turn into 16 KB of log per request.
+pub(crate) const ECHO_MAX: usize = 128;
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),

@@ -232,7 +232,7 @@ pub enum Mode {
 pub struct PolicyConfig {
     pub name: String,
     /// Workloads whose labels include all of these get this policy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub selector: BTreeMap<String, String>,
     /// Ports this policy protects (eBPF steering); reverse-proxy workloads use their `listen`.
     #[serde(default)]
@@ -243,7 +243,7 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// Header name → claim path, added to allowed requests.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub forward_claims: BTreeMap<String, String>,
 }
 
@@ -283,7 +283,7 @@ pub struct Requirement {
     #[serde(default)]
     pub providers: Vec<String>,
     /// Claim path (dots for nesting) → condition; all must hold.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub claims: BTreeMap<String, ClaimCondition>,
 }
 
@@ -305,7 +305,7 @@ pub struct ClaimCondition {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadConfig {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub labels: BTreeMap<String, String>,
     /// Reverse-proxy mode: the agent listens here ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,4 +335,32 @@ impl Default for KubernetesConfig {
             opt_in_label: "nodeward.io/enabled=true".into(),
         }
     }
+}
+
+/// A map that refuses repeated keys: YAML parsers keep the last of two equal
+/// keys, which would silently weaken a rule (`groups` listed twice).
+fn unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!("duplicate key `{key}`")));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
 }

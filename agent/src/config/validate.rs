@@ -12,8 +12,27 @@ pub const KNOWN_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512",
 ];
 
-/// Headers the agent itself sets on forwarded requests.
-pub const RESERVED_HEADERS: &[&str] = &["x-nodeward-sub", "x-nodeward-iss"];
+/// Headers a claim may not be forwarded as: the agent's own identity headers,
+/// and headers that frame or route the request (a claim must never decide
+/// where a request goes or how long its body is).
+pub const RESERVED_HEADERS: &[&str] = &[
+    "x-nodeward-sub",
+    "x-nodeward-iss",
+    "x-request-id",
+    "x-forwarded-for",
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
 
 pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
     let err = |key: String, reason: String| ConfigError::invalid(file, key, reason);
@@ -102,7 +121,10 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 return Err(err(key, "not a valid header name".into()));
             }
             if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
-                return Err(err(key, "the agent sets this header itself".into()));
+                return Err(err(
+                    key,
+                    "reserved header: the agent sets it, or it frames/routes the request".into(),
+                ));
             }
             if claim.is_empty() || claim.split('.').any(str::is_empty) {
                 return Err(err(key, format!("bad claim path {claim:?}")));

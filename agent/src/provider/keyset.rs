@@ -1,6 +1,8 @@
 //! A provider's verification keys: parsed once from the JWKS, each pinned to
-//! exactly one algorithm (RFC 8725 §3.1), each holding a ready verifier so the
-//! request path never re-parses key material.
+//! exactly one algorithm (RFC 8725 §3.1), each checked against the crypto
+//! backend at load time so an unusable key fails the fetch, not a request.
+//! Verification goes through jsonwebtoken's aws-lc-rs backend, which rebuilds
+//! the public key per call (about 2.6 µs of an RS256 verify; see the benches).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,10 +102,20 @@ impl KeySet {
         self.keys.iter().filter_map(|k| k.kid.as_deref())
     }
 
+    /// Marks the keys of `previous` that this set no longer holds as revoked,
+    /// so tokens they verified leave the cache. Call only once this set is
+    /// accepted: a refused fetch must not revoke the keys still in use.
+    pub fn revoke_missing_from(&self, previous: &KeySet) {
+        for old in &previous.keys {
+            if !self.keys.iter().any(|k| Arc::ptr_eq(k, old)) {
+                old.revoked.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Parses a JWKS document. Unusable keys are skipped with a reason; a
     /// document that is not a JWKS at all is an error. Keys already held in
-    /// `previous` are reused (same `Arc`), and keys that disappeared are
-    /// marked revoked.
+    /// `previous` are reused (same `Arc`, so cache entries stay valid).
     pub fn parse(
         doc: &[u8],
         allowed: &[Algorithm],
@@ -161,13 +173,6 @@ impl KeySet {
                     set.keys.push(key);
                 }
                 Err(why) => set.skipped.push(format!("key {i}: {why}")),
-            }
-        }
-        if let Some(prev) = previous {
-            for old in &prev.keys {
-                if !set.keys.iter().any(|k| Arc::ptr_eq(k, old)) {
-                    old.revoked.store(true, Ordering::Relaxed);
-                }
             }
         }
         Ok(set)

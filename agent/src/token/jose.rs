@@ -72,6 +72,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
             if out.contains_key(&key) {
+                let key = super::truncate(&key, super::ECHO_MAX);
                 return Err(de::Error::custom(format_args!("duplicate member {key:?}")));
             }
             out.insert(key, v);
