@@ -1,24 +1,29 @@
 //! Wires the agent together: the shared state every request uses, the
-//! provider refresh tasks, one listener per workload, the admin server, and
-//! applying a new configuration (at start and on every reload) without
-//! disturbing requests in flight.
+//! provider refresh tasks, one listener per workload (bound on the host in
+//! reverse-proxy mode, created inside the pod's namespace and fed by eBPF in
+//! steering mode), the admin server, and applying a new configuration (at
+//! start and on every reload) without disturbing requests in flight.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, Limits, ProviderConfig, WorkloadConfig};
+use crate::enrol::Enroller;
 use crate::metrics::Metrics;
+use crate::netns::Netns;
 use crate::policy::{Policy, PolicyError};
 use crate::provider::{Provider, ProviderError, Providers};
 use crate::proxy::headers::RequestIds;
 use crate::proxy::{self, upstream};
-use crate::state::{Runtime, Source, Workload};
+use crate::state::{Runtime, Source, Upstream, Workload};
 use crate::token_cache::TokenCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,17 +50,37 @@ pub struct Shared {
     pub metrics: Metrics,
     pub cache: TokenCache,
     pub state: ArcSwap<Runtime>,
-    pub upstream: upstream::Client,
     pub request_ids: RequestIds,
+    /// eBPF enrolment; a std mutex: its operations are short syscalls.
+    enroller: Mutex<Enroller>,
+    /// Last program counters seen per workload, to turn them into counter increments.
+    seen: Mutex<HashMap<String, crate::ebpf::Counters>>,
+    /// Set once the first configuration is fully applied (listeners up, workloads enrolled).
+    configured: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    /// Refreshes the gauges that are read rather than counted (at scrape time).
+    /// Refreshes the values that are read rather than counted (at scrape time).
     pub fn observe(&self) {
         self.metrics.token_cache_entries.set(self.cache.entries() as i64);
         let rt = self.state.load();
         for p in rt.providers.iter() {
             p.metrics().observe(p.keys_age().map(|a| a.as_secs_f64()), p.is_ready());
+        }
+        let counters = self.enroller.lock().map(|e| e.counters()).unwrap_or_default();
+        if let Ok(mut seen) = self.seen.lock() {
+            for (name, now) in counters {
+                let before = seen.get(&name).copied().unwrap_or_default();
+                let m = &self.metrics.ebpf_connections;
+                let delta = |a: u64, b: u64| a.saturating_sub(b);
+                m.with_label_values(&[&name, "steered"])
+                    .inc_by(delta(now.steered, before.steered));
+                m.with_label_values(&[&name, "passed"])
+                    .inc_by(delta(now.passed, before.passed));
+                m.with_label_values(&[&name, "dropped_fail_closed"])
+                    .inc_by(delta(now.dropped_fail_closed, before.dropped_fail_closed));
+                seen.insert(name, now);
+            }
         }
     }
 
@@ -68,6 +93,13 @@ impl Shared {
             .filter(|p| !p.is_ready())
             .map(|p| format!("provider {} has no usable keys", p.name))
             .collect();
+        if !self.configured.load(std::sync::atomic::Ordering::Acquire) {
+            out.push("configuration not applied yet".to_string());
+        }
+        let failed = self.metrics.workloads.with_label_values(&["failed"]).get();
+        if failed > 0 {
+            out.push(format!("{failed} workload(s) failed to enrol"));
+        }
         out.sort();
         out
     }
@@ -79,8 +111,19 @@ struct ProviderTask {
     task: JoinHandle<()>,
 }
 
+/// What a listener was made from; a change means a new listener.
+#[derive(Clone, PartialEq)]
+enum ListenKey {
+    Addr(SocketAddr),
+    Netns {
+        path: PathBuf,
+        ips: Vec<IpAddr>,
+        ports: Vec<u16>,
+    },
+}
+
 struct Listener {
-    configured: SocketAddr,
+    key: ListenKey,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -90,6 +133,10 @@ struct Listener {
 struct Supervisor {
     providers: HashMap<String, ProviderTask>,
     listeners: HashMap<String, Listener>,
+    /// Upstream clients of steered workloads, by workload, with the key they were made for.
+    netns_clients: HashMap<String, (ListenKey, Arc<upstream::Client>)>,
+    /// Steered workloads whose enrolment failed, by name, with their key.
+    failed: HashMap<String, ListenKey>,
 }
 
 /// A running agent.
@@ -100,13 +147,41 @@ pub struct Agent {
     admin_task: JoinHandle<()>,
     supervisor: tokio::sync::Mutex<Supervisor>,
     bound: Mutex<HashMap<String, SocketAddr>>,
+    host_client: Arc<upstream::Client>,
+}
+
+fn listen_key(w: &WorkloadConfig, config: &Config) -> Option<ListenKey> {
+    if let Some(addr) = w.listen {
+        return Some(ListenKey::Addr(addr));
+    }
+    let path = w.netns.clone()?;
+    let ports = selected_policy(config, w).map(|p| p.ports.clone()).unwrap_or_default();
+    Some(ListenKey::Netns {
+        path,
+        ips: w.ips.clone(),
+        ports,
+    })
+}
+
+fn selected_policy<'c>(config: &'c Config, w: &WorkloadConfig) -> Option<&'c crate::config::PolicyConfig> {
+    config
+        .policies
+        .iter()
+        .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+}
+
+fn client_for(limits: &Limits, netns: Option<Arc<Netns>>) -> Arc<upstream::Client> {
+    Arc::new(upstream::Client::new(
+        netns,
+        limits.upstream_connect_timeout,
+        limits.upstream_timeout,
+    ))
 }
 
 impl Agent {
     /// Starts everything `config` describes. Fails if a listener cannot bind.
     pub async fn start(config: Config) -> Result<Self, AppError> {
         let metrics = Metrics::new()?;
-        let limits = config.limits.clone();
         let admin_listener = tokio::net::TcpListener::bind(config.admin)
             .await
             .map_err(|source| AppError::Bind {
@@ -124,12 +199,15 @@ impl Agent {
                 workloads: HashMap::new(),
                 token_sources: Source::compile(std::iter::empty()),
             }),
-            upstream: upstream::Client::new(limits.upstream_connect_timeout, limits.upstream_timeout),
             request_ids: RequestIds::default(),
+            enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
+            seen: Mutex::new(HashMap::new()),
+            configured: std::sync::atomic::AtomicBool::new(false),
         });
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), stop_rx));
         let agent = Self {
+            host_client: client_for(&config.limits, None),
             shared,
             admin_addr,
             admin_stop,
@@ -137,9 +215,36 @@ impl Agent {
             supervisor: tokio::sync::Mutex::new(Supervisor::default()),
             bound: Mutex::new(HashMap::new()),
         };
+        agent.adopt_pinned_state(&config);
         agent.apply(config).await?;
         tracing::info!(admin = %agent.admin_addr, "nodeward started");
         Ok(agent)
+    }
+
+    /// After a restart: un-enrol what a previous agent protected that this
+    /// configuration no longer has. What it still has stays protected (and
+    /// dropped, fail closed) until `apply` gives it a listener again.
+    fn adopt_pinned_state(&self, config: &Config) {
+        let Ok(mut e) = self.shared.enroller.lock() else { return };
+        if !e.has_pinned_state() {
+            return;
+        }
+        let keep: HashSet<String> = config
+            .workloads
+            .iter()
+            .filter(|w| w.netns.is_some())
+            .map(|w| w.name.clone())
+            .collect();
+        match e.reconcile(&keep) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    "un-enrolled workloads that left the configuration while the agent was down"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "cannot adopt the pinned eBPF state"),
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -150,34 +255,42 @@ impl Agent {
         self.admin_addr
     }
 
-    /// The address a workload's listener actually bound (port 0 resolved).
+    /// The address a workload's listener actually bound (port 0 resolved;
+    /// inside the pod's namespace for steered workloads).
     pub fn workload_addr(&self, name: &str) -> Option<SocketAddr> {
         self.bound.lock().ok()?.get(name).copied()
     }
 
-    /// Applies a validated configuration. Everything that can fail (binding
-    /// new listeners, building providers and policies) happens before the
-    /// switch, so a failure leaves the running configuration untouched.
+    /// Applies a validated configuration. What can fail for the whole
+    /// configuration (binding reverse-proxy listeners, building providers and
+    /// policies) happens before the switch, so such a failure leaves the
+    /// running configuration untouched. A steered workload that cannot be
+    /// enrolled (namespace gone, no capability) fails alone, loudly.
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
         let mut sup = self.supervisor.lock().await;
         let current = self.shared.state.load_full();
         if current.config.admin != config.admin && !current.workloads.is_empty() {
             tracing::warn!("the admin address changes only on restart");
         }
+        let keys: HashMap<String, ListenKey> = config
+            .workloads
+            .iter()
+            .filter_map(|w| listen_key(w, &config).map(|k| (w.name.clone(), k)))
+            .collect();
 
-        // 1. Listeners for new or moved workloads.
+        // 1. Host listeners for new or moved reverse-proxy workloads.
         let mut new_listeners = HashMap::new();
-        for w in &config.workloads {
-            let Some(listen) = w.listen else { continue };
-            if sup.listeners.get(&w.name).is_some_and(|l| l.configured == listen) {
+        for (name, key) in &keys {
+            let ListenKey::Addr(listen) = key else { continue };
+            if sup.listeners.get(name).is_some_and(|l| l.key == *key) {
                 continue;
             }
-            let l = proxy::bind(listen).await.map_err(|source| AppError::Bind {
-                what: format!("workload {}", w.name),
-                addr: listen,
+            let l = proxy::bind(*listen).await.map_err(|source| AppError::Bind {
+                what: format!("workload {name}"),
+                addr: *listen,
                 source,
             })?;
-            new_listeners.insert(w.name.clone(), (listen, l));
+            new_listeners.insert(name.clone(), (key.clone(), l));
         }
 
         // 2. Providers: unchanged ones keep their keys and refresh task.
@@ -195,9 +308,33 @@ impl Agent {
             }
         }
 
-        // 3. Policies and workloads.
-        let providers_changed = !started.is_empty() || sup.providers.len() != config.providers.len();
-        let runtime = build_runtime(config, providers)?;
+        // 3. Upstream clients: one per steered workload, made inside its namespace.
+        let mut netns_clients = HashMap::new();
+        let mut open_failed = HashMap::new();
+        for (name, key) in &keys {
+            let ListenKey::Netns { path, .. } = key else { continue };
+            match sup.netns_clients.get(name) {
+                Some((k, c)) if k == key => {
+                    netns_clients.insert(name.clone(), (key.clone(), c.clone()));
+                }
+                _ => match Netns::open(path) {
+                    Ok(ns) => {
+                        let client = client_for(&config.limits, Some(Arc::new(ns)));
+                        netns_clients.insert(name.clone(), (key.clone(), client));
+                    }
+                    Err(e) => {
+                        open_failed.insert(name.clone(), e.to_string());
+                    }
+                },
+            }
+        }
+        let host = self.host_client.clone();
+        let runtime = build_runtime(config, providers, |w| match netns_clients.get(&w.name) {
+            Some((_, c)) => Some(c.clone()),
+            None if w.netns.is_some() => None,
+            None => Some(host.clone()),
+        })?;
+        let providers_changed = !started.is_empty() || sup.providers.len() != runtime.config.providers.len();
 
         // 4. Switch. Requests already running keep the snapshot they loaded.
         let config = runtime.config.clone();
@@ -206,7 +343,90 @@ impl Agent {
             // Audiences, issuers or keys may differ: earlier verifications no longer apply.
             self.shared.cache.clear();
         }
+        self.restart_providers(&mut sup, started, &config);
 
+        // 5. Stop listeners that are gone or changed. A steered workload is
+        //    un-enrolled first, so its port goes back to the app, not to a void.
+        let stale: Vec<String> = sup
+            .listeners
+            .iter()
+            .filter(|(n, l)| keys.get(*n) != Some(&l.key))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(l) = sup.listeners.remove(&name) {
+                if matches!(l.key, ListenKey::Netns { .. }) {
+                    self.unenrol(&name);
+                }
+                let _ = l.stop.send(true);
+                if let Ok(mut b) = self.bound.lock() {
+                    b.remove(&name);
+                }
+            }
+        }
+        sup.failed.retain(|n, k| keys.get(n) == Some(k));
+        sup.netns_clients = netns_clients;
+
+        // 6. Start new host listeners.
+        for (name, (key, listener)) in new_listeners {
+            let bound = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            self.start_listener(&mut sup, name, key, listener, bound);
+        }
+
+        // 7. Enrol new or changed steered workloads.
+        for (name, key) in &keys {
+            let ListenKey::Netns { ips, ports, .. } = key else {
+                continue;
+            };
+            if sup.listeners.contains_key(name) || sup.failed.get(name) == Some(key) {
+                continue;
+            }
+            if let Some(why) = open_failed.get(name) {
+                tracing::error!(workload = %name, error = %why, "workload not enrolled");
+                sup.failed.insert(name.clone(), key.clone());
+                continue;
+            }
+            let Some(ns) = sup.netns_clients.get(name).and_then(|(_, c)| c.netns()) else {
+                continue;
+            };
+            let began = Instant::now();
+            let enrolled = self
+                .shared
+                .enroller
+                .lock()
+                .map_err(|_| "enroller lock poisoned".to_string())
+                .and_then(|mut e| e.enrol(name, &ns, ips, ports).map_err(|e| e.to_string()));
+            match enrolled.and_then(|l| tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())) {
+                Ok(listener) => {
+                    self.shared
+                        .metrics
+                        .enrolment_seconds
+                        .observe(began.elapsed().as_secs_f64());
+                    let bound = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    self.start_listener(&mut sup, name.clone(), key.clone(), listener, bound);
+                }
+                Err(why) => {
+                    tracing::error!(workload = %name, error = %why, "workload not enrolled");
+                    sup.failed.insert(name.clone(), key.clone());
+                }
+            }
+        }
+
+        let serving = sup
+            .listeners
+            .values()
+            .filter(|l| matches!(l.key, ListenKey::Addr(_)))
+            .count();
+        let enrolled = sup.listeners.len() - serving;
+        let w = &self.shared.metrics.workloads;
+        w.with_label_values(&["serving"]).set(serving as i64);
+        w.with_label_values(&["enrolled"]).set(enrolled as i64);
+        w.with_label_values(&["failed"]).set(sup.failed.len() as i64);
+        self.shared.configured.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn restart_providers(&self, sup: &mut Supervisor, started: Vec<Arc<Provider>>, config: &Config) {
         for p in started {
             let task = tokio::spawn(p.clone().refresh_loop());
             if let Some(old) = sup.providers.insert(
@@ -232,50 +452,37 @@ impl Agent {
                 self.shared.metrics.providers.forget(&name);
             }
         }
+    }
 
-        // 5. Listeners: stop the removed and moved, start the new.
-        let removed: Vec<String> = sup
-            .listeners
-            .keys()
-            .filter(|n| new_listeners.contains_key(*n) || !config.workloads.iter().any(|w| &w.name == *n))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(l) = sup.listeners.remove(&name) {
-                let _ = l.stop.send(true);
-                drop(l.task);
-                if let Ok(mut b) = self.bound.lock() {
-                    b.remove(&name);
-                }
-            }
+    fn start_listener(
+        &self,
+        sup: &mut Supervisor,
+        name: String,
+        key: ListenKey,
+        listener: tokio::net::TcpListener,
+        bound: SocketAddr,
+    ) {
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(proxy::serve(listener, name.as_str().into(), self.shared.clone(), rx));
+        tracing::info!(workload = %name, listen = %bound, "workload serving");
+        if let Ok(mut b) = self.bound.lock() {
+            b.insert(name.clone(), bound);
         }
-        for (name, (configured, listener)) in new_listeners {
-            let bound = listener.local_addr().unwrap_or(configured);
-            let (stop, rx) = watch::channel(false);
-            let task = tokio::spawn(proxy::serve(listener, name.as_str().into(), self.shared.clone(), rx));
-            tracing::info!(workload = %name, listen = %bound, "workload serving");
-            if let Ok(mut b) = self.bound.lock() {
-                b.insert(name.clone(), bound);
-            }
-            sup.listeners.insert(
-                name,
-                Listener {
-                    configured,
-                    bound,
-                    stop,
-                    task,
-                },
-            );
+        sup.listeners.insert(name, Listener { key, bound, stop, task });
+    }
+
+    fn unenrol(&self, name: &str) {
+        let result = self.shared.enroller.lock().map(|mut e| e.unenrol(name));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(workload = %name, error = %e, "cannot un-enrol"),
+            Err(_) => tracing::error!(workload = %name, "enroller lock poisoned"),
         }
-        self.shared
-            .metrics
-            .workloads
-            .with_label_values(&["serving"])
-            .set(sup.listeners.len() as i64);
-        Ok(())
     }
 
     /// Stops accepting, drains in-flight requests (bounded), stops refreshes.
+    /// Steered workloads stay enrolled: their pinned entries keep the ports
+    /// closed (fail closed) until an agent adopts them again.
     pub async fn shutdown(self) {
         let mut sup = self.supervisor.lock().await;
         let listeners: Vec<Listener> = sup.listeners.drain().map(|(_, l)| l).collect();
@@ -292,33 +499,54 @@ impl Agent {
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
     }
+
+    /// Un-enrols every steered workload (an operator's uninstall, or a test's
+    /// cleanup), then shuts down.
+    pub async fn unenrol_all_and_shutdown(self) {
+        {
+            let sup = self.supervisor.lock().await;
+            for (name, l) in &sup.listeners {
+                if matches!(l.key, ListenKey::Netns { .. }) {
+                    self.unenrol(name);
+                }
+            }
+        }
+        self.shutdown().await;
+    }
 }
 
-/// Compiles policies and binds each workload to the one policy its labels select.
-pub fn build_runtime(config: Config, providers: Providers) -> Result<Runtime, AppError> {
+/// Compiles policies and binds each workload to the one policy its labels
+/// select and to its upstream client (`client` returns `None` for a steered
+/// workload whose namespace could not be opened; it is left out).
+pub fn build_runtime(
+    config: Config,
+    providers: Providers,
+    client: impl Fn(&WorkloadConfig) -> Option<Arc<upstream::Client>>,
+) -> Result<Runtime, AppError> {
     let mut policies = HashMap::new();
     for p in &config.policies {
         policies.insert(p.name.clone(), Arc::new(Policy::compile(p)?));
     }
     let mut workloads = HashMap::new();
     for w in &config.workloads {
-        let policy = config
-            .policies
-            .iter()
-            .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        let policy = selected_policy(&config, w)
             .and_then(|p| policies.get(&p.name).cloned())
             .ok_or_else(|| AppError::NoPolicy(w.name.clone()))?;
-        let Some(upstream) = w.upstream else { continue };
-        let Ok(upstream_authority) = upstream.to_string().parse() else {
-            continue;
+        let upstream = match w.upstream {
+            Some(addr) => match addr.to_string().parse() {
+                Ok(a) => Upstream::Fixed(a),
+                Err(_) => continue,
+            },
+            None => Upstream::OriginalDestination,
         };
+        let Some(client) = client(w) else { continue };
         workloads.insert(
             w.name.clone(),
             Workload {
                 name: w.name.as_str().into(),
                 policy,
                 upstream,
-                upstream_authority,
+                client,
             },
         );
     }

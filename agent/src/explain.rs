@@ -52,7 +52,12 @@ pub async fn explain(
         }
         providers.insert(provider);
     }
-    let rt = build_runtime(config, providers)?;
+    let host = std::sync::Arc::new(crate::proxy::upstream::Client::new(
+        None,
+        config.limits.upstream_connect_timeout,
+        config.limits.upstream_timeout,
+    ));
+    let rt = build_runtime(config, providers, |_| Some(host.clone()))?;
     let wl = rt
         .workloads
         .get(workload)

@@ -22,6 +22,7 @@ pub mod authz;
 pub mod config;
 pub mod devidp;
 pub mod ebpf;
+pub mod enrol;
 pub mod explain;
 pub mod logging;
 pub mod metrics;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub workloads: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub connections: IntCounterVec,
+    pub ebpf_connections: IntCounterVec,
+    pub enrolment_seconds: prometheus::Histogram,
     pub providers: ProviderMetricFamilies,
 }
 
@@ -64,6 +66,22 @@ impl Metrics {
             Opts::new("nodeward_connections_total", "Client connections accepted by workload"),
             &["workload"],
         )?;
+        let ebpf_connections = IntCounterVec::new(
+            Opts::new(
+                "nodeward_ebpf_connections_total",
+                "Connections to protected destinations seen by the SK_LOOKUP program, by workload and verdict (steered, passed, dropped_fail_closed)",
+            ),
+            &["workload", "verdict"],
+        )?;
+        let enrolment_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "nodeward_enrolment_duration_seconds",
+                "Time to enrol a steered workload (listener, protect, attach)",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
+        )?;
+        registry.register(Box::new(ebpf_connections.clone()))?;
+        registry.register(Box::new(enrolment_seconds.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(decision_seconds.clone()))?;
         registry.register(Box::new(token_cache_hits.clone()))?;
@@ -90,6 +108,8 @@ impl Metrics {
             workloads,
             config_reloads,
             connections,
+            ebpf_connections,
+            enrolment_seconds,
             providers,
         })
     }

@@ -68,11 +68,13 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
         };
         connections.inc();
         let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else { continue };
         let activity = conn::Activity::new();
         let svc = service::Service {
             shared: shared.clone(),
             workload: workload.clone(),
             client: peer,
+            local,
             activity: activity.clone(),
         };
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();

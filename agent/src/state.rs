@@ -29,8 +29,29 @@ impl Runtime {
 pub struct Workload {
     pub name: Arc<str>,
     pub policy: Arc<Policy>,
-    pub upstream: SocketAddr,
-    pub upstream_authority: http::uri::Authority,
+    pub upstream: Upstream,
+    pub client: Arc<crate::proxy::upstream::Client>,
+}
+
+/// Where a workload's allowed requests go.
+pub enum Upstream {
+    /// Reverse-proxy mode: a configured address.
+    Fixed(http::uri::Authority),
+    /// eBPF mode: the connection's original destination (pod IP and port),
+    /// dialled from inside the pod's namespace. The program lets a connection
+    /// from the pod's own address through, so it reaches the application
+    /// whether that listens on the pod IP or on every address.
+    OriginalDestination,
+}
+
+impl Upstream {
+    /// The authority to dial for a connection accepted on `local`.
+    pub fn target(&self, local: SocketAddr) -> Option<http::uri::Authority> {
+        match self {
+            Self::Fixed(a) => Some(a.clone()),
+            Self::OriginalDestination => local.to_string().parse().ok(),
+        }
+    }
 }
 
 /// A compiled [`TokenSource`].

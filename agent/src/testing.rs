@@ -112,6 +112,11 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        Self::serve(listener)
+    }
+
+    /// Serves on an existing listener (e.g. one made inside a network namespace).
+    pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("echo addr");
         let task = tokio::spawn(async move {
             loop {

@@ -30,6 +30,26 @@ pub struct Config {
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub ebpf: EbpfConfig,
+}
+
+/// eBPF steering (workloads with `netns`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Where the program, its maps and one link per workload are pinned; the
+    /// state survives the agent, so a dead agent fails closed and a restarted
+    /// one adopts it.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf/nodeward"),
+        }
+    }
 }
 
 fn default_admin() -> SocketAddr {
@@ -313,9 +333,15 @@ pub struct WorkloadConfig {
     /// ... and forwards allowed requests here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<SocketAddr>,
-    /// eBPF steering mode: the workload's network namespace.
+    /// eBPF steering mode: the workload's network namespace. Its inbound
+    /// connections to (its addresses × the policy's `ports`) are steered into
+    /// the agent, and allowed requests go on to the original destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// eBPF steering mode: the addresses to protect; empty means every
+    /// non-loopback address found inside `netns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

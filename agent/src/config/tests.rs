@@ -299,7 +299,7 @@ fn validation_errors_name_key_and_reason() {
         ("workloads[0].upstream", None, "workloads[0].listen", "set either `listen` and `upstream`"),
         ("workloads[0].listen", None, "workloads[0].listen", "set either"),
         ("workloads[0].netns", Some("/proc/1/ns/net"), "workloads[0].listen", "set either"),
-        ("workloads[0]", Some("{name: orders, labels: {app: orders}, netns: /proc/1/ns/net}"), "workloads[0].netns", "not part of this build"),
+        ("workloads[0].ips", Some("[10.0.0.1]"), "workloads[0].ips", "only applies to `netns` workloads"),
         ("workloads[1]", Some("{name: orders, labels: {app: orders}, listen: '127.0.0.1:1', upstream: '127.0.0.1:2'}"), "workloads[1].name", "duplicate workload name"),
         ("workloads[1]", Some("{name: b, labels: {app: orders}, listen: '127.0.0.1:15006', upstream: '127.0.0.1:2'}"), "workloads[1].listen", "127.0.0.1:15006 is used by another workload"),
         ("workloads[0].labels", Some("{app: billing}"), "workloads[0].labels", "no policy selects workload \"orders\""),
@@ -481,4 +481,25 @@ fn claims_cannot_be_forwarded_as_routing_or_framing_headers() {
         let e = parse(&text).expect_err("reserved header");
         assert!(e.to_string().contains("reserved header"), "{header}: {e}");
     }
+}
+
+#[test]
+fn netns_workloads_are_accepted_when_their_policy_protects_ports() {
+    let ok = edit(
+        "workloads[0]",
+        Some("{name: orders, labels: {app: orders}, netns: /proc/1/ns/net, ips: [10.0.0.2]}"),
+    );
+    let c = parse(&ok).expect("netns workload");
+    assert_eq!(
+        c.workloads[0].ips,
+        vec!["10.0.0.2".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(c.ebpf.pin_dir, std::path::PathBuf::from("/sys/fs/bpf/nodeward"));
+    let no_ports = edit_text(&ok, "policies[0].ports", Some("[]"));
+    let e = parse(&no_ports).expect_err("nothing to protect");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("workloads[0].netns") && shown.contains("lists no `ports`"),
+        "{shown}"
+    );
 }

@@ -142,6 +142,9 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 format!("empty or duplicate workload name {:?}", w.name),
             ));
         }
+        if !w.ips.is_empty() && w.netns.is_none() {
+            return Err(err(key("ips"), "`ips` only applies to `netns` workloads".into()));
+        }
         match (w.listen, w.upstream, &w.netns) {
             (Some(listen), Some(_), None) => {
                 if !listens.insert(listen) {
@@ -149,10 +152,17 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 }
             }
             (None, None, Some(_)) => {
-                return Err(err(
-                    key("netns"),
-                    "eBPF steering is not part of this build yet; use `listen` + `upstream`".into(),
-                ));
+                let ports = c
+                    .policies
+                    .iter()
+                    .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .map(|p| p.ports.len());
+                if ports == Some(0) {
+                    return Err(err(
+                        key("netns"),
+                        "the policy selecting this workload lists no `ports` to protect".into(),
+                    ));
+                }
             }
             _ => {
                 return Err(err(

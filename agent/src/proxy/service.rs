@@ -23,6 +23,9 @@ pub struct Service {
     pub shared: Arc<Shared>,
     pub workload: Arc<str>,
     pub client: SocketAddr,
+    /// The accepted socket's local address: for steered connections, the
+    /// original destination (pod IP and port).
+    pub local: SocketAddr,
     pub activity: Activity,
 }
 
@@ -116,9 +119,16 @@ impl Service {
         }
         let max_body = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
         let req = req.map(|b| Limited::new(b, max_body).boxed_unsync());
-        shared
-            .upstream
-            .forward(wl, self.client, req, &request_id, &shared.metrics)
+        let Some(target) = wl.upstream.target(self.local) else {
+            return respond::error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "no upstream address",
+                &request_id,
+            );
+        };
+        wl.client
+            .forward(wl, target, self.client, req, &request_id, &shared.metrics)
             .await
     }
 }

@@ -1,44 +1,106 @@
-//! The pooled HTTP/1.1 client to upstreams, shared by every workload, and the
-//! forwarding of one allowed request with the 502/504 mapping.
+//! The pooled HTTP/1.1 clients to upstreams and the forwarding of one
+//! allowed request with the 502/504 mapping.
+//!
+//! Reverse-proxy workloads share one client (its pool is keyed by upstream
+//! address). Each eBPF-steered workload has its own client whose sockets are
+//! created inside the workload's network namespace: there every pod's
+//! upstream has the same kind of address, so pools must not mix.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{ProxyBody, headers, respond};
 use crate::metrics::Metrics;
+use crate::netns::Netns;
 use crate::state::Workload;
 
+/// Opens upstream TCP connections, in the agent's own network namespace or
+/// inside a workload's.
+#[derive(Clone)]
+pub struct Connector {
+    netns: Option<Arc<Netns>>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "upstream is not IP:port"))?;
+            let socket = match this.netns {
+                // setns runs on a short-lived thread: keep it off the runtime's workers.
+                Some(ns) => tokio::task::spawn_blocking(move || ns.socket(addr))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?,
+                None if addr.is_ipv4() => TcpSocket::new_v4()?,
+                None => TcpSocket::new_v6()?,
+            };
+            socket.set_nodelay(true)?;
+            let stream = tokio::time::timeout(this.connect_timeout, socket.connect(addr))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream connect timed out"))??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
 pub struct Client {
-    inner: HyperClient<HttpConnector, ProxyBody>,
+    inner: HyperClient<Connector, ProxyBody>,
+    netns: Option<Arc<Netns>>,
     timeout: Duration,
 }
 
 impl Client {
-    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+    /// A client connecting from the agent's own namespace, or from inside `netns`.
+    pub fn new(netns: Option<Arc<Netns>>, connect_timeout: Duration, response_timeout: Duration) -> Self {
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(Connector {
+                netns: netns.clone(),
+                connect_timeout,
+            });
         Self {
             inner,
+            netns,
             timeout: response_timeout,
         }
     }
 
-    /// Sends the request to the workload's upstream. The body streams through;
-    /// only the wait for the response head is bounded (504 past it).
+    /// The namespace this client connects from, for steered workloads.
+    pub fn netns(&self) -> Option<Arc<Netns>> {
+        self.netns.clone()
+    }
+
+    /// Sends the request to `target`. The body streams through; only the
+    /// wait for the response head is bounded (504 past it).
     pub async fn forward(
         &self,
         wl: &Workload,
+        target: Authority,
         client: SocketAddr,
         mut req: Request<ProxyBody>,
         request_id: &HeaderValue,
@@ -47,7 +109,7 @@ impl Client {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme("http")
-            .authority(wl.upstream_authority.clone())
+            .authority(target)
             .path_and_query(path)
             .build();
         let Ok(uri) = uri else {
