@@ -30,6 +30,42 @@ const OTHER_PORT: u16 = 9090;
 const DROP_TIMEOUT: Duration = Duration::from_millis(600);
 const OK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Records every `log` record (the program's aya-log events land there),
+/// with debug enabled before the program is loaded.
+struct CapturedLogs(Mutex<Vec<String>>);
+
+impl CapturedLogs {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl log::Log for CapturedLogs {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(format!("{} {}: {}", record.level(), record.target(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture_logs() -> &'static CapturedLogs {
+    static CAPTURED: CapturedLogs = CapturedLogs(Mutex::new(Vec::new()));
+    if log::set_logger(&CAPTURED).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    &CAPTURED
+}
+
 /// Runs one test: fails loudly without root, one test at a time (they
 /// share kernel state), on its own runtime.
 fn privileged(test: &str, body: impl Future<Output = ()>) {
@@ -102,9 +138,10 @@ async fn steers_protected_pairs_only_body() {
     // Before enrolment the app gets its traffic.
     assert_eq!(app_reply(sa(pod.pod_ip(), APP_PORT)).await["app"], "app");
 
+    let captured = capture_logs();
     let mut steering = Steering::load_or_adopt(&pins.path).expect("the program loads (verifier) and pins");
     assert!(!steering.adopted());
-    assert!(steering.take_logs().is_some(), "the program's log stream is available");
+    let forward_logs = tokio::spawn(steering.take_logs().expect("the program's log stream").forward());
     let id = steering.workload_id("default/pod-a.v1").expect("id");
     // Dual-stack listener: takes the IPv4 and the IPv6 pair.
     let listener = listener_in(&pod.path, "[::]:0".parse().expect("addr")).expect("listener in the pod netns");
@@ -122,6 +159,19 @@ async fn steers_protected_pairs_only_body() {
     expect_steered(&listener, sa(pod.pod_ip6(), APP_PORT), IpAddr::V6(pod.veth().host_ip6)).await;
     assert_eq!(app.hits(), app_hits, "no steered connection reached the app");
     assert_eq!(app6.hits(), 0, "no steered IPv6 connection reached the app");
+
+    // The program's debug events reach the `log` facade.
+    let wanted = format!("steer ::ffff:{}:{APP_PORT}", pod.pod_ip());
+    let deadline = Instant::now() + OK_TIMEOUT;
+    while !captured.contains(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "no BPF debug event {wanted:?} in {:?}",
+            captured.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    forward_logs.abort();
 
     // A port that is not protected reaches the app untouched.
     let reply = app_reply(sa(pod.pod_ip(), OTHER_PORT)).await;
@@ -311,8 +361,8 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     let pins = PinDir::new();
     let namespaces: Vec<NetnsGuard> = (0..N).map(|_| NetnsGuard::bare()).collect();
     let created = started.elapsed();
-    let mut steering = Steering::load_or_adopt(&pins.path).expect("load");
     let fds_before = open_fds();
+    let mut steering = Steering::load_or_adopt(&pins.path).expect("load");
 
     // Each workload gets a made-up pod address: steering keys on addresses,
     // not on what the namespace holds.
@@ -354,12 +404,22 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     }
     assert_eq!(pins.links().len(), N / 2);
     assert_eq!(steering.workloads().len(), N / 2);
+
+    // Restart in the middle: the adopted state knows every kept workload's
+    // id, and enrols the others with the adopted program.
+    drop(steering);
+    let mut steering = Steering::load_or_adopt(&pins.path).expect("adopt");
+    assert!(steering.adopted());
+    let mut recorded: Vec<(String, u32)> = kept.iter().map(|(i, id, _)| (name_of(*i), *id)).collect();
+    recorded.sort();
+    assert_eq!(steering.workloads(), recorded, "ids are recovered after the restart");
     let mut listeners = kept;
     for i in (0..N).step_by(2) {
         let enrolled = enrol(&mut steering, i);
         listeners.push(enrolled);
     }
     let churn = t.elapsed();
+    assert_eq!(steering.workloads().len(), N);
     assert_eq!(pins.links().len(), N);
     let ids: std::collections::BTreeSet<u32> = listeners.iter().map(|(_, id, _)| *id).collect();
     assert_eq!(ids.len(), N, "ids are distinct");
@@ -384,8 +444,14 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
         .filter(|l| l.program_id() == prog_id)
         .count();
     assert_eq!(live_links, 0, "no link of our program is left in the kernel");
-    assert_eq!(open_fds(), fds_before, "no descriptor leaked");
     steering.destroy().expect("destroy");
+    assert_eq!(open_fds(), fds_before, "no descriptor leaked");
+    assert!(
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .all(|p| p.id() != prog_id),
+        "the program is unloaded once its pins are gone"
+    );
     drop(namespaces);
     assert!(
         leftover_namespaces().is_empty(),
@@ -398,7 +464,7 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     let max = enrol_times.last().copied().unwrap_or_default();
     eprintln!(
         "churn: {N} namespaces created in {created:?}; enrol {N} in {enrol_all:?} (median {median:?}, max {max:?}); \
-         un-enrol+re-enrol {} in {churn:?}; total {:?}",
+         un-enrol {}, restart (adopt), re-enrol them in {churn:?}; total {:?}",
         N / 2,
         started.elapsed()
     );

@@ -30,6 +30,7 @@
 //! An agent upgrade keeps running the pinned program; a change of program or
 //! map layout needs [`remove_pinned`] (or [`Steering::destroy`]) first.
 
+mod listener;
 mod logs;
 mod maps;
 mod pins;
@@ -49,7 +50,7 @@ use nodeward_common::{Counter, MAX_WORKLOADS, PROGRAM, ProtectedKey};
 pub use self::logs::BpfLogs;
 use self::maps::Maps;
 pub use self::pins::{BPFFS, ensure_bpffs};
-use self::pins::{Layout, pinned_link_target};
+use self::pins::{Layout, detach_and_unpin, pinned_link_target};
 use crate::netns::{Netns, NetnsError};
 
 /// Where the agent pins its program, maps and links by default.
@@ -135,6 +136,12 @@ pub enum EbpfError {
     NameTooLong { workload: String },
     #[error("{addr} is already protected for workload id {owner}")]
     AddressTaken { addr: SocketAddr, owner: u32 },
+    #[error("the listener is not a listening TCP socket")]
+    NotListening,
+    #[error("inspecting the listener: {source}")]
+    ListenerCheck { source: nix::Error },
+    #[error("an {listener} listener cannot take connections to {addr}; listen on [::]:0 (dual-stack) instead")]
+    ListenerFamily { listener: &'static str, addr: IpAddr },
     #[error("listener slot {slot}: the kernel refused the socket (it must be a listening TCP socket): {source}")]
     Listener { slot: u32, source: aya::maps::MapError },
     #[error("counting CPUs ({what}): {source}")]
@@ -437,6 +444,7 @@ impl Steering {
                 });
             }
         }
+        listener::check(listener.as_fd(), addrs)?;
         self.maps.set_listener(id, &listener.as_fd())?;
         self.maps.set_protected(id, &keys)
     }
@@ -456,11 +464,7 @@ impl Steering {
             });
         }
         for pin in [self.layout.link(workload), self.layout.link_staging(workload)] {
-            match std::fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(pin_error(&pin, "unpinning the link")(e)),
-            }
+            detach_and_unpin(&pin)?;
         }
         self.maps.clear_protected(id)?;
         self.maps.clear_listener(id)?;
@@ -489,9 +493,9 @@ impl Steering {
     }
 }
 
-/// Removes a pin directory and everything in it, which detaches every link
-/// and frees the program and maps once no process holds them. Refuses a
-/// directory that is not on bpffs; a missing one is fine.
+/// Detaches every pinned link, then removes the pin directory and
+/// everything in it, which frees the program and maps once no process holds
+/// them. Refuses a directory that is not on bpffs; a missing one is fine.
 pub fn remove_pinned(pin_dir: &Path) -> Result<(), EbpfError> {
     if !pin_dir.exists() {
         return Ok(());
@@ -505,6 +509,12 @@ pub fn remove_pinned(pin_dir: &Path) -> Result<(), EbpfError> {
             path: pin_dir.to_path_buf(),
             checked: pin_dir.to_path_buf(),
         });
+    }
+    let links = pin_dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            detach_and_unpin(&entry.path())?;
+        }
     }
     std::fs::remove_dir_all(pin_dir).map_err(pin_error(pin_dir, "removing the pin directory"))
 }

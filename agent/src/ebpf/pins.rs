@@ -165,20 +165,72 @@ pub(super) fn pinned_link_target(path: &Path) -> Result<Option<LinkTarget>, Ebpf
     }))
 }
 
-/// BPF_OBJ_GET: a new file descriptor for the object pinned at `path`.
-/// aya opens pinned links too, but keeps their descriptor private, and the
-/// netns a link is attached to shows only in that descriptor's fdinfo.
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    const BPF_OBJ_GET: nix::libc::c_long = 7;
-    /// The `BPF_OBJ_*` member of `union bpf_attr`, zero-padded.
-    #[repr(C)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
+/// Detaches the link pinned at `path` now and removes the pin; `false`
+/// when nothing was pinned there. Removing a pin alone detaches the link
+/// only after an RCU grace period (bpffs frees inodes that way), so an
+/// un-enrolled pod would stay steered for a moment.
+pub(super) fn detach_and_unpin(path: &Path) -> Result<bool, EbpfError> {
+    let fd = match obj_get(path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(EbpfError::Pin {
+                path: path.to_path_buf(),
+                what: "opening the pinned link",
+                source,
+            });
+        }
+    };
+    match link_detach(&fd) {
+        Ok(()) => {}
+        // ENOLINK: already detached (its namespace is gone); EINVAL: not a
+        // link (a stray pin): removing the pin is all there is to do.
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOLINK | nix::libc::EINVAL)) => {}
+        Err(source) => {
+            return Err(EbpfError::Pin {
+                path: path.to_path_buf(),
+                what: "detaching the link",
+                source,
+            });
+        }
     }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(EbpfError::Pin {
+            path: path.to_path_buf(),
+            what: "removing the pin",
+            source,
+        }),
+    }
+}
+
+// aya opens pinned links too, but keeps their descriptor private, has no
+// BPF_LINK_DETACH, and the netns a link is attached to shows only in that
+// descriptor's fdinfo: hence these two raw bpf(2) commands.
+
+const BPF_OBJ_GET: nix::libc::c_long = 7;
+const BPF_LINK_DETACH: nix::libc::c_long = 34;
+
+/// The `BPF_OBJ_*` member of `union bpf_attr`, zero-padded.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// The `link_detach` member of `union bpf_attr`, zero-padded.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
+    _pad: u32,
+}
+
+/// BPF_OBJ_GET: a new file descriptor for the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c_path =
         CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let attr = ObjAttr {
@@ -188,10 +240,10 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         path_fd: 0,
         _pad: 0,
     };
-    #[expect(unsafe_code, reason = "the bpf(2) syscall has no safe wrapper that returns the fd")]
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the
-    // size passed; `pathname` points at a NUL-terminated string that outlives
-    // the call; the kernel only reads them.
+    #[expect(unsafe_code, reason = "bpf(2) has no safe wrapper that returns the fd")]
+    // SAFETY: `attr` is a valid, fully initialised `bpf_attr` prefix for
+    // BPF_OBJ_GET of the size passed; `pathname` points at a NUL-terminated
+    // string that outlives the call; the kernel only reads them.
     let ret = unsafe {
         nix::libc::syscall(
             nix::libc::SYS_bpf,
@@ -208,6 +260,30 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     // SAFETY: on success BPF_OBJ_GET returns a new descriptor that nothing
     // else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// BPF_LINK_DETACH: detaches the link now, whoever else holds it.
+fn link_detach(link: &OwnedFd) -> io::Result<()> {
+    let attr = LinkDetachAttr {
+        link_fd: u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::other("negative fd"))?,
+        _pad: 0,
+    };
+    #[expect(unsafe_code, reason = "aya has no BPF_LINK_DETACH")]
+    // SAFETY: `attr` is a valid, fully initialised `bpf_attr` prefix for
+    // BPF_LINK_DETACH of the size passed, naming a descriptor we own for
+    // the duration of the call; the kernel only reads it.
+    let ret = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const attr,
+            std::mem::size_of::<LinkDetachAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
