@@ -99,18 +99,21 @@ pub enum EbpfError {
     #[error("checking the file system of {path}: {source}")]
     Statfs { path: PathBuf, source: nix::Error },
     #[error("loading the BPF object: {source}")]
-    Load { source: aya::EbpfError },
+    Load { source: Box<aya::EbpfError> },
     #[error("the BPF object has no program {PROGRAM} of type SK_LOOKUP")]
     MissingProgram,
     #[error("the BPF object has no map {map}")]
     MissingMap { map: &'static str },
     #[error("BPF program: {what}: {source}")]
-    Program { what: &'static str, source: ProgramError },
+    Program {
+        what: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("map {map}: {what}: {source}")]
     Map {
         map: &'static str,
         what: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("pin {path}: {what}: {source}")]
     Pin {
@@ -119,9 +122,12 @@ pub enum EbpfError {
         source: io::Error,
     },
     #[error("pinning {path}: {source}")]
-    PinObject { path: PathBuf, source: aya::pin::PinError },
+    PinObject {
+        path: PathBuf,
+        source: Box<aya::pin::PinError>,
+    },
     #[error("workload {workload}: {source}")]
-    Netns { workload: String, source: NetnsError },
+    Netns { workload: String, source: Box<NetnsError> },
     #[error("workload id {id} is out of range (at most {max} workloads)", max = MAX_WORKLOADS)]
     IdOutOfRange { id: u32 },
     #[error("workload {workload} has id {recorded}, not {given}")]
@@ -143,7 +149,10 @@ pub enum EbpfError {
     #[error("an {listener} listener cannot take connections to {addr}; listen on [::]:0 (dual-stack) instead")]
     ListenerFamily { listener: &'static str, addr: IpAddr },
     #[error("listener slot {slot}: the kernel refused the socket (it must be a listening TCP socket): {source}")]
-    Listener { slot: u32, source: aya::maps::MapError },
+    Listener {
+        slot: u32,
+        source: Box<aya::maps::MapError>,
+    },
     #[error("counting CPUs ({what}): {source}")]
     Cpus { what: &'static str, source: io::Error },
 }
@@ -175,7 +184,10 @@ where
 }
 
 fn program_error(what: &'static str) -> impl FnOnce(ProgramError) -> EbpfError {
-    privileged(what, move |source| EbpfError::Program { what, source })
+    privileged(what, move |source| EbpfError::Program {
+        what,
+        source: Box::new(source),
+    })
 }
 
 fn pin_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> EbpfError {
@@ -306,7 +318,7 @@ impl Steering {
             .override_global(aya_log::LEVEL, &level, false)
             .load(object())
             .map_err(privileged("loading the BPF object", |source| EbpfError::Load {
-                source,
+                source: Box::new(source),
             }))?;
         let maps = Maps::from_object(&mut ebpf)?;
         let logs = match EbpfLogger::init(&mut ebpf) {
@@ -329,7 +341,7 @@ impl Steering {
         }
         sk_lookup.pin(&prog_path).map_err(|source| EbpfError::PinObject {
             path: prog_path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let prog_id = sk_lookup
             .info()
@@ -390,7 +402,7 @@ impl Steering {
     pub fn attach(&mut self, workload: &str, netns: &Path) -> Result<(), EbpfError> {
         let netns_error = |source| EbpfError::Netns {
             workload: workload.to_string(),
-            source,
+            source: Box::new(source),
         };
         let ns = Netns::open(netns).map_err(netns_error)?;
         let ino = ns.inode().map_err(netns_error)?;
@@ -417,7 +429,7 @@ impl Steering {
         }
         link.pin(&staging).map_err(|source| EbpfError::PinObject {
             path: staging.clone(),
-            source,
+            source: Box::new(source),
         })?;
         // Replaces an old link in one step; the old one detaches when its
         // last reference (the pin) goes.
@@ -570,5 +582,14 @@ mod tests {
         let err = remove_pinned(dir.path()).expect_err("not bpffs");
         assert!(matches!(err, EbpfError::NotBpffs { .. }), "{err:?}");
         assert!(dir.path().exists(), "nothing was removed");
+    }
+}
+#[cfg(test)]
+mod error_size {
+    /// Callers wrap this error in their own; keep it small (clippy's
+    /// result_large_err).
+    #[test]
+    fn the_error_stays_small() {
+        assert!(size_of::<super::EbpfError>() <= 64, "{}", size_of::<super::EbpfError>());
     }
 }

@@ -30,7 +30,11 @@ pub(super) struct Maps {
 }
 
 fn map_error(map: &'static str, what: &'static str) -> impl FnOnce(MapError) -> EbpfError {
-    move |source| EbpfError::Map { map, what, source }
+    move |source| EbpfError::Map {
+        map,
+        what,
+        source: Box::new(source),
+    }
 }
 
 impl Maps {
@@ -151,7 +155,10 @@ impl Maps {
     pub fn set_listener(&mut self, slot: u32, listener: &impl std::os::fd::AsRawFd) -> Result<(), EbpfError> {
         self.listeners
             .set(slot, listener, 0)
-            .map_err(|source| EbpfError::Listener { slot, source })
+            .map_err(|source| EbpfError::Listener {
+                slot,
+                source: Box::new(source),
+            })
     }
 
     pub fn clear_listener(&mut self, slot: u32) -> Result<(), EbpfError> {

@@ -78,6 +78,7 @@ pub struct NetnsGuard {
     /// `/var/run/netns/<name>`.
     pub path: PathBuf,
     pub veth: Option<Veth>,
+    lease: Option<SubnetLease>,
 }
 
 /// The host–pod link of a [`NetnsGuard`].
@@ -92,21 +93,15 @@ pub struct Veth {
 }
 
 impl NetnsGuard {
-    /// A pod-like namespace with a veth to the host (IPv4 /30 in
-    /// 10.200.0.0/13 and IPv6 /64 in fd77:6e77::/32, both unique per
-    /// process and fixture).
+    /// A pod-like namespace with a veth to the host: an IPv4 /30 in
+    /// 10.200.0.0/16 and an IPv6 /64 in fd77:6e77::/48, leased so that no
+    /// other fixture on this machine, in any process, uses them meanwhile.
     pub fn new() -> Self {
-        let (n, tag) = unique();
+        let (_, tag) = unique();
         let mut guard = Self::create(&tag);
-        let pid = std::process::id();
-        // 10.<200+pid%8>.<n/64>.<(n%64)*4>/30: host .1, pod .2.
-        let base = Ipv4Addr::new(10, 200 + (pid % 8) as u8, ((n / 64) % 256) as u8, ((n % 64) * 4) as u8);
-        let [a, b, c, d] = base.octets();
-        let host_ip = Ipv4Addr::new(a, b, c, d + 1);
-        let pod_ip = Ipv4Addr::new(a, b, c, d + 2);
-        let prefix6 = format!("fd77:6e77:{:x}:{:x}", pid % 0xffff, n % 0xffff);
-        let host_ip6: Ipv6Addr = format!("{prefix6}::1").parse().expect("valid IPv6");
-        let pod_ip6: Ipv6Addr = format!("{prefix6}::2").parse().expect("valid IPv6");
+        let lease = SubnetLease::acquire();
+        let (host_ip, pod_ip, host_ip6, pod_ip6) = lease.addresses();
+        guard.lease = Some(lease);
         let veth = Veth {
             host_if: format!("nwh{tag}"),
             pod_if: format!("nwp{tag}"),
@@ -152,6 +147,7 @@ impl NetnsGuard {
             path: Path::new("/var/run/netns").join(&name),
             name,
             veth: None,
+            lease: None,
         };
         ip(&["netns", "add", &guard.name], None);
         ip(&["-n", &guard.name, "link", "set", "lo", "up"], None);
@@ -196,6 +192,94 @@ impl Drop for NetnsGuard {
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A /30 + /64 pair held for one fixture. Leases are files created with
+/// O_EXCL under `/run/nodeward-tests`, so concurrent test processes (a test
+/// run beside a benchmark) never pick the same subnet; a lease whose owner
+/// died is taken over, and one whose addresses are on this host already
+/// (a leaked veth) is skipped.
+#[derive(Debug)]
+struct SubnetLease {
+    index: u32,
+    file: PathBuf,
+}
+
+impl SubnetLease {
+    const COUNT: u32 = 16384;
+    const DIR: &str = "/run/nodeward-tests";
+
+    fn acquire() -> Self {
+        std::fs::create_dir_all(Self::DIR).unwrap_or_else(|e| panic!("creating {}: {e}", Self::DIR));
+        let on_host: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| a.address)
+                    .filter_map(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let start = (std::process::id().wrapping_mul(7919)) % Self::COUNT;
+        for k in 0..Self::COUNT {
+            let index = (start + k) % Self::COUNT;
+            let (host_ip, pod_ip, _, _) = subnet(index);
+            if on_host.contains(&IpAddr::V4(host_ip)) || on_host.contains(&IpAddr::V4(pod_ip)) {
+                continue;
+            }
+            let file = Path::new(Self::DIR).join(format!("subnet-{index}"));
+            if Self::try_create(&file) {
+                return Self { index, file };
+            }
+        }
+        panic!("no free test subnet in 10.200.0.0/16 (leases in {})", Self::DIR);
+    }
+
+    fn try_create(file: &Path) -> bool {
+        use std::io::Write as _;
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(file).unwrap_or_default();
+                    let alive = owner
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                    if alive || std::fs::remove_file(file).is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => panic!("leasing {}: {e}", file.display()),
+            }
+        }
+        false
+    }
+
+    fn addresses(&self) -> (Ipv4Addr, Ipv4Addr, Ipv6Addr, Ipv6Addr) {
+        subnet(self.index)
+    }
+}
+
+/// Host and pod addresses of subnet `i`: `10.200.<i/64>.<(i%64)*4 + 1|2>`
+/// and `fd77:6e77:0:<i>::1|2`.
+fn subnet(i: u32) -> (Ipv4Addr, Ipv4Addr, Ipv6Addr, Ipv6Addr) {
+    let (c, d) = ((i / 64) as u8, ((i % 64) * 4) as u8);
+    let v6 = |last: u16| Ipv6Addr::new(0xfd77, 0x6e77, 0, i as u16, 0, 0, 0, last);
+    (
+        Ipv4Addr::new(10, 200, c, d + 1),
+        Ipv4Addr::new(10, 200, c, d + 2),
+        v6(1),
+        v6(2),
+    )
+}
+
+impl Drop for SubnetLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
     }
 }
 
