@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nodeward::ebpf::{Counters, Steering};
+use nodeward::ebpf::{Counters, EbpfError, Steering};
 use nodeward::netns::{Netns, listener_in};
 use nodeward::testing::netns::{
     NetnsApp, NetnsGuard, PinDir, app_reply, canonical, connect, connect_from, get, leftover_namespaces, open_fds,
@@ -470,4 +470,69 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     );
     assert!(enrol_all < Duration::from_secs(10), "enrolling {N} took {enrol_all:?}");
     assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn errors_name_what_is_missing() {
+    privileged("errors_name_what_is_missing", errors_name_what_is_missing_body());
+}
+
+async fn errors_name_what_is_missing_body() {
+    let pins = PinDir::new();
+    let mut steering = Steering::load_or_adopt(&pins.path).expect("load");
+
+    let missing = std::path::Path::new("/var/run/netns/nodeward-test-no-such-netns");
+    let err = steering.attach("pod-x", missing).expect_err("no such netns");
+    assert!(matches!(err, EbpfError::Netns { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("pod-x") && text.contains("no-such-netns") && text.contains("not found"),
+        "{text}"
+    );
+
+    let off_bpffs = tempfile::tempdir().expect("tempdir");
+    let err = Steering::load_or_adopt(&off_bpffs.path().join("nodeward")).expect_err("not bpffs");
+    assert!(matches!(err, EbpfError::NotBpffs { .. }), "{err:?}");
+    assert!(err.to_string().contains("mount -t bpf bpf"), "{err}");
+
+    // Root without any capability (as in a container that was not granted
+    // them): loading must say which capabilities are missing.
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"])
+        .arg(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "capless_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CAPLESS_PIN_DIR, pins.path.join("capless"))
+        .output()
+        .expect("running setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "capless child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"),
+        "{stdout}"
+    );
+    steering.destroy().expect("destroy");
+}
+
+const CAPLESS_PIN_DIR: &str = "NODEWARD_TEST_CAPLESS_PIN_DIR";
+
+/// Run by `errors_name_what_is_missing` in a child without capabilities.
+#[test]
+#[ignore = "a helper: errors_name_what_is_missing runs it without capabilities"]
+fn capless_child() {
+    let dir = std::env::var_os(CAPLESS_PIN_DIR).unwrap_or_else(|| {
+        panic!("capless_child is a helper of errors_name_what_is_missing; it needs {CAPLESS_PIN_DIR}")
+    });
+    let err = Steering::load_or_adopt(std::path::Path::new(&dir)).expect_err("loading needs capabilities");
+    println!("capless load: {err}");
+    assert!(matches!(err, EbpfError::NotPermitted { .. }), "{err:?}");
 }
