@@ -4,6 +4,7 @@
 //!
 //! The decision itself is `authz.rs`; the live configuration is `state.rs`.
 
+mod body;
 mod conn;
 pub mod headers;
 mod respond;

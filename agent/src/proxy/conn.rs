@@ -1,6 +1,8 @@
-//! Idle keep-alive connections are closed after the idle timeout. hyper
-//! bounds the wait for a request head, not the quiet time between requests,
-//! so each connection carries an activity record the service updates.
+//! Per-connection watchdogs. Idle keep-alive connections are closed after the
+//! idle timeout (hyper bounds the wait for a request head, not the quiet time
+//! between requests). A connection whose client cancels requests in bulk —
+//! HTTP/2 "rapid reset" (CVE-2023-44487), each cancelled stream having cost a
+//! full decision — is closed once it spends its cancellation budget.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +16,15 @@ struct Inner {
     start: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Requests cancelled by the client in the current window, and when it began.
+    cancelled: AtomicU64,
+    window_ms: AtomicU64,
+    abuse: tokio::sync::Notify,
 }
+
+/// Most client-cancelled requests per connection per window.
+const CANCEL_BUDGET: u64 = 200;
+const CANCEL_WINDOW_MS: u64 = 10_000;
 
 impl Activity {
     pub fn new() -> Self {
@@ -22,7 +32,29 @@ impl Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            window_ms: AtomicU64::new(0),
+            abuse: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Counts a request the client cancelled before its response was ready.
+    fn cancelled(&self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        let window = self.0.window_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(window) > CANCEL_WINDOW_MS {
+            self.0.window_ms.store(now, Ordering::Relaxed);
+            self.0.cancelled.store(0, Ordering::Relaxed);
+        }
+        if self.0.cancelled.fetch_add(1, Ordering::Relaxed) + 1 == CANCEL_BUDGET {
+            self.0.abuse.notify_one();
+        }
+    }
+
+    /// A guard for one request: dropped before [`Pending::done`], it counts
+    /// as cancelled by the client.
+    pub fn pending(&self) -> Pending {
+        Pending(Some(self.clone()))
     }
 
     fn touch(&self) {
@@ -48,6 +80,22 @@ impl Activity {
     }
 }
 
+pub struct Pending(Option<Activity>);
+
+impl Pending {
+    pub fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.cancelled();
+        }
+    }
+}
+
 pub struct Busy(Activity);
 
 impl Drop for Busy {
@@ -67,6 +115,9 @@ where
     loop {
         tokio::select! {
             done = &mut conn => return done.map(|_| ()).map_err(|e| e.to_string()),
+            _ = activity.0.abuse.notified() => {
+                return Err(format!("closed: over {CANCEL_BUDGET} requests cancelled by the client within {CANCEL_WINDOW_MS} ms"));
+            }
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for().is_some_and(|d| d >= idle) {
                     return Ok(());

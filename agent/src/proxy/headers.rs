@@ -18,10 +18,23 @@ const IDENTITY_PREFIX: &str = "x-nodeward-";
 /// Removes every header the agent vouches for: all `x-nodeward-*` and the
 /// policy's claim headers. `HeaderMap` names are already lower-case, so every
 /// case variant and every duplicate goes.
+///
+/// Underscore spellings (`x_nodeward_sub`) go too: CGI-style servers read
+/// `-` and `_` alike, so `x_user_email` would pass for `x-user-email`.
 pub fn strip_identity(headers: &mut HeaderMap, policy: &Policy) {
     let forged: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
+        .filter(|k| {
+            let name = k.as_str();
+            if name.starts_with(IDENTITY_PREFIX) {
+                return true;
+            }
+            if !name.contains('_') {
+                return false;
+            }
+            let dashed = name.replace('_', "-");
+            dashed.starts_with(IDENTITY_PREFIX) || policy.forward_claims.iter().any(|(h, _)| h.as_str() == dashed)
+        })
         .cloned()
         .collect();
     for name in forged {

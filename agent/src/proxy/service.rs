@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::conn::Activity;
-use super::{ProxyBody, headers, respond};
+use super::{ProxyBody, body, headers, respond};
 use crate::app::Shared;
 use crate::audit;
 use crate::authz;
@@ -38,7 +38,9 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         let this = self.clone();
         Box::pin(async move {
             let busy = this.activity.begin();
+            let pending = this.activity.pending();
             let resp = this.handle(req).await;
+            pending.done();
             // The in-flight mark lasts until the response body is done.
             Ok(resp.map(|b| super::guard_body(b, busy)))
         })
@@ -117,8 +119,8 @@ impl Service {
         if let Some(entry) = &decision.token {
             headers::add_identity(req.headers_mut(), &wl.policy, &entry.verified);
         }
-        let max_body = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-        let req = req.map(|b| Limited::new(b, max_body).boxed_unsync());
+        let fault = body::FaultCell::default();
+        let req = req.map(|b| body::ClientBody::new(b, limits.max_body_bytes, fault.clone()).boxed_unsync());
         let Some(target) = wl.upstream.target(self.local) else {
             return respond::error(
                 StatusCode::BAD_GATEWAY,
@@ -128,7 +130,7 @@ impl Service {
             );
         };
         wl.client
-            .forward(wl, target, self.client, req, &request_id, &shared.metrics)
+            .forward(wl, target, self.client, req, &fault, &request_id, &shared.metrics)
             .await
     }
 }

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::body::{Fault, FaultCell};
 use super::{ProxyBody, headers, respond};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
@@ -103,6 +104,7 @@ impl Client {
         target: Authority,
         client: SocketAddr,
         mut req: Request<ProxyBody>,
+        fault: &FaultCell,
         request_id: &HeaderValue,
         metrics: &Metrics,
     ) -> Response<ProxyBody> {
@@ -149,6 +151,19 @@ impl Client {
                     request_id,
                 )
             }
+            // The client's own body failed: its error, not the upstream's.
+            Ok(Err(_)) if fault.get() == Fault::TooLarge => respond::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is over the size limit",
+                request_id,
+            ),
+            Ok(Err(_)) if fault.get() == Fault::Broken => respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body's framing is invalid or it ended early",
+                request_id,
+            ),
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "protocol" };
                 metrics.upstream_errors.with_label_values(&[&*wl.name, kind]).inc();
