@@ -14,7 +14,9 @@
 //!
 //! "pass" lets the kernel's normal lookup run (the application gets it);
 //! "assign" hands the connection to the agent's listener, whose accepted
-//! socket keeps the original destination as its local address.
+//! socket keeps the original destination as its local address; "drop"
+//! makes the kernel answer the SYN as for a closed port (RST: the client
+//! sees "connection refused" at once, nothing reaches the application).
 //!
 //! Built only for `bpfel-unknown-none` (by `agent/build.rs` through
 //! aya-build); the host build is a stub so `cargo clippy --workspace` can
