@@ -30,6 +30,7 @@
 //! An agent upgrade keeps running the pinned program; a change of program or
 //! map layout needs [`remove_pinned`] (or [`Steering::destroy`]) first.
 
+mod error;
 mod listener;
 mod logs;
 mod maps;
@@ -39,7 +40,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, SkLookup};
@@ -47,11 +48,13 @@ use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use nodeward_common::{Counter, MAX_WORKLOADS, PROGRAM, ProtectedKey};
 
+pub use self::error::EbpfError;
+use self::error::privileged;
 pub use self::logs::BpfLogs;
 use self::maps::Maps;
 pub use self::pins::{BPFFS, ensure_bpffs};
 use self::pins::{Layout, detach_and_unpin, pinned_link_target};
-use crate::netns::{Netns, NetnsError};
+use crate::netns::Netns;
 
 /// Where the agent pins its program, maps and links by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodeward";
@@ -72,115 +75,6 @@ pub struct Counters {
     pub passed: u64,
     /// Dropped because the agent's listener was missing: fail closed.
     pub dropped_fail_closed: u64,
-}
-
-/// Why steering could not be set up or changed. Each variant says what was
-/// being done and on which object.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error(
-        "the embedded BPF object is empty (built with AYA_BUILD_SKIP?): rebuild with the BPF toolchain \
-         (scripts/bpf-toolchain.sh)"
-    )]
-    EmptyObject,
-    #[error(
-        "{what}: permission denied: eBPF steering needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN \
-         (effective uid {euid}); run as root or grant the capabilities: {source}"
-    )]
-    NotPermitted {
-        what: &'static str,
-        euid: u32,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{path} is not on a bpffs (checked {checked}); mount one: `mount -t bpf bpf {BPFFS}`")]
-    NotBpffs { path: PathBuf, checked: PathBuf },
-    #[error("mounting bpffs on {BPFFS}: {source}")]
-    MountBpffs { source: nix::Error },
-    #[error("checking the file system of {path}: {source}")]
-    Statfs { path: PathBuf, source: nix::Error },
-    #[error("loading the BPF object: {source}")]
-    Load { source: Box<aya::EbpfError> },
-    #[error("the BPF object has no program {PROGRAM} of type SK_LOOKUP")]
-    MissingProgram,
-    #[error("the BPF object has no map {map}")]
-    MissingMap { map: &'static str },
-    #[error("BPF program: {what}: {source}")]
-    Program {
-        what: &'static str,
-        source: Box<ProgramError>,
-    },
-    #[error("map {map}: {what}: {source}")]
-    Map {
-        map: &'static str,
-        what: &'static str,
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("pin {path}: {what}: {source}")]
-    Pin {
-        path: PathBuf,
-        what: &'static str,
-        source: io::Error,
-    },
-    #[error("pinning {path}: {source}")]
-    PinObject {
-        path: PathBuf,
-        source: Box<aya::pin::PinError>,
-    },
-    #[error("workload {workload}: {source}")]
-    Netns { workload: String, source: Box<NetnsError> },
-    #[error("workload id {id} is out of range (at most {max} workloads)", max = MAX_WORKLOADS)]
-    IdOutOfRange { id: u32 },
-    #[error("workload {workload} has id {recorded}, not {given}")]
-    IdMismatch {
-        workload: String,
-        recorded: u32,
-        given: u32,
-    },
-    #[error("no free workload id: at most {max} workloads per node")]
-    TooManyWorkloads { max: u32 },
-    #[error("workload name {workload:?} is longer than {max} bytes", max = nodeward_common::MAX_NAME_LEN)]
-    NameTooLong { workload: String },
-    #[error("{addr} is already protected for workload id {owner}")]
-    AddressTaken { addr: SocketAddr, owner: u32 },
-    #[error("the listener is not a listening TCP socket")]
-    NotListening,
-    #[error("inspecting the listener: {source}")]
-    ListenerCheck { source: nix::Error },
-    #[error("an {listener} listener cannot take connections to {addr}; listen on [::]:0 (dual-stack) instead")]
-    ListenerFamily { listener: &'static str, addr: IpAddr },
-    #[error("listener slot {slot}: the kernel refused the socket (it must be a listening TCP socket): {source}")]
-    Listener {
-        slot: u32,
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("counting CPUs ({what}): {source}")]
-    Cpus { what: &'static str, source: io::Error },
-}
-
-/// Turns a permission failure anywhere in `source`'s chain into the
-/// capability error; anything else goes through `other`.
-fn privileged<E>(what: &'static str, other: impl FnOnce(E) -> EbpfError) -> impl FnOnce(E) -> EbpfError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |source| {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&source);
-        while let Some(e) = cur {
-            // EPERM only: the verifier's refusal is EACCES, a different
-            // story told by its log.
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|io| io.raw_os_error() == Some(nix::libc::EPERM))
-            {
-                return EbpfError::NotPermitted {
-                    what,
-                    euid: nix::unistd::geteuid().as_raw(),
-                    source: Box::new(source),
-                };
-            }
-            cur = e.source();
-        }
-        other(source)
-    }
 }
 
 fn program_error(what: &'static str) -> impl FnOnce(ProgramError) -> EbpfError {
