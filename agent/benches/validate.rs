@@ -380,7 +380,12 @@ fn cached(c: &mut Criterion, fx: &Fixture) {
     cache.insert(token, fx.verified("RS256"));
     let mut providers = Providers::default();
     providers.insert(fx.provider.clone());
-    let rt = nodeward::app::build_runtime(fx.config.clone(), providers).expect("runtime");
+    let client = std::sync::Arc::new(nodeward::proxy::upstream::Client::new(
+        None,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(1),
+    ));
+    let rt = nodeward::app::build_runtime(fx.config.clone(), providers, |_| Some(client.clone())).expect("runtime");
 
     let mut g = c.benchmark_group("cache");
     g.bench_function("TokenCache::get (hit)", |b| {

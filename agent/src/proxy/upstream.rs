@@ -98,6 +98,10 @@ impl Client {
 
     /// Sends the request to `target`. The body streams through; only the
     /// wait for the response head is bounded (504 past it).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the per-request facts the forwarding needs; a struct would only rename them"
+    )]
     pub async fn forward(
         &self,
         wl: &Workload,
