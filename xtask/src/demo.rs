@@ -1,62 +1,60 @@
-//! `cargo xtask demo`: the project's main job in one command. Builds the
-//! `nodeward` binary, starts a dev OpenID provider, an echo app and the agent
-//! as real processes, walks through a scripted tour, prints what happened to
-//! each request, and stops everything. Exits non-zero when an outcome differs
-//! from the contract, so CI runs it as a smoke test.
+//! `cargo xtask demo`: the project's main job in one command. As root it
+//! builds everything (the BPF toolchain too, when missing), simulates a node
+//! with three pods in network namespaces, runs a dev OpenID provider and
+//! `nodeward run` steering two of the pods' ports into itself with eBPF,
+//! walks through a scripted tour from the host and from inside a pod, prints
+//! what happened to each request and a /metrics excerpt, and removes every
+//! namespace, veth and pinned object it made (`steered`).
 //!
-//! Setup (`env`) is kept apart from the tour (`script`: what to send and
-//! expect; `check`: sending and comparing) so an eBPF demo can reuse the tour
-//! against workloads reached through their pod IPs.
+//! `cargo xtask demo --reverse-proxy` is the same idea without root: the
+//! agent as a plain reverse proxy on loopback in front of an echo app
+//! (`reverse_proxy`).
+//!
+//! Both exit non-zero when an outcome differs from the contract, so CI runs
+//! them as smoke tests. Setup (`env`, `node`) is kept apart from the tours
+//! (`script`, `steered_script`: what to send and expect) and from sending and
+//! comparing (`check`), which both demos share.
 
 mod check;
 mod env;
+mod node;
+mod reverse_proxy;
 mod script;
+mod steered;
+mod steered_script;
 
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use env::{ReverseProxyEnv, Target};
-
-const HEADER: &str = "\
-nodeward demo: reverse-proxy mode (no eBPF, no Kubernetes, no root)
-
-nodeward validates the bearer JWT on requests to a workload, applies the
-policy's claim rules, forwards allowed requests with the verified identity,
-and explains every refusal. Here a dev OpenID provider mints tokens, an echo
-app reports what it received, and nodeward sits in front of it.";
+const USAGE: &str = "usage: cargo xtask demo [--reverse-proxy]
+  (no flag)        the eBPF demo: a simulated node with pods in network namespaces (root)
+  --reverse-proxy  the agent as a reverse proxy on loopback (no root, no eBPF)";
 
 pub fn run() -> anyhow::Result<ExitCode> {
-    println!("{HEADER}\n");
-    let bin = build()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        let env = ReverseProxyEnv::start(&bin).await?;
-        describe(&env);
-        let tour = tour(&env.target()).await;
-        if !matches!(tour, Ok(0)) {
-            env.print_logs();
+    // main.rs passes no arguments to us: read our own, after `demo`.
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => steered::run(),
+        ["--reverse-proxy"] => reverse_proxy::run(),
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
         }
-        // Stop before reporting: a clean stop is part of the smoke test.
-        let stopped = env.stop();
-        let failed = tour?;
-        stopped?;
-        if failed > 0 {
-            println!("\nFAILED: {failed} request(s) did not behave as the contract says");
-            return Ok(ExitCode::FAILURE);
+        _ => {
+            eprintln!("{USAGE}");
+            Ok(ExitCode::from(2))
         }
-        println!("\nevery request behaved as the contract says");
-        Ok(ExitCode::SUCCESS)
-    })
+    }
 }
 
 /// `cargo build --release -p nodeward`, returning the binary's path as cargo
-/// reports it (so CARGO_TARGET_DIR and friends are honoured).
+/// reports it (so CARGO_TARGET_DIR and friends are honoured). The agent's
+/// build script compiles the BPF program from source, so the toolchain for
+/// it comes first.
 fn build() -> anyhow::Result<PathBuf> {
+    ensure_bpf_toolchain()?;
     println!("building nodeward (cargo build --release -p nodeward) ...");
     let out = crate::cargo()
         .args([
@@ -81,43 +79,44 @@ fn build() -> anyhow::Result<PathBuf> {
         .context("cargo build did not report a nodeward executable")
 }
 
-/// The policy summary mirrors `nodeward::testing::example_config`, which the
-/// config is made from; the script's expectations depend on the same rules.
-fn describe(env: &ReverseProxyEnv) {
+/// Runs `scripts/bpf-toolchain.sh` (nightly rust-src, bpf-linker) when
+/// `bpf-linker` is not there yet, so a fresh machine needs one command.
+fn ensure_bpf_toolchain() -> anyhow::Result<()> {
+    let present = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
     println!(
-        "\nstarted:
-  dev-idp            {} (trusted: provider corp, audience orders)
-  untrusted-dev-idp  {} (nodeward has never heard of it)
-  echo app           http://{}
-  nodeward           workload orders on {} -> echo app; admin on {}
-  config             {}
-policy (first match wins):
-  /healthz                     anonymous
-  POST|DELETE /admin/**        group admins
-  /audit/** (audit mode)       group auditors (a denial is logged, not enforced)
-  everything else              any valid token from corp; forwards x-user-email
-",
-        env.idp.issuer,
-        env.untrusted_idp.issuer,
-        env.upstream.addr,
-        env.workload_url,
-        env.admin_url,
-        env.config_path.display(),
+        "installing the BPF toolchain (bash scripts/bpf-toolchain.sh: nightly rust-src + bpf-linker; once, a few minutes) ..."
     );
+    let status = Command::new("bash")
+        .arg("scripts/bpf-toolchain.sh")
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("running bash scripts/bpf-toolchain.sh")?;
+    if !status.success() {
+        bail!("scripts/bpf-toolchain.sh failed ({status}); see ../shared/notes/ebpf-toolchain.md");
+    }
+    Ok(())
 }
 
-/// Mints the tokens, sends every scripted request, prints one line each and
-/// the metrics excerpt. Returns how many requests differed from the contract.
-async fn tour(t: &Target<'_>) -> anyhow::Result<usize> {
-    let tokens = script::Tokens::mint(t).await?;
-    let http = nodeward::testing::client();
-    let script = script::script();
-    let mut outcomes = Vec::with_capacity(script.len());
-    for s in &script {
-        outcomes.push(check::run(s, t, &tokens, &http).await?);
-    }
+/// A multi-threaded runtime: the demo's apps, clients and child watchers.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Prints one line per request (and what differed); returns how many differed.
+fn report(outcomes: &[check::Outcome]) -> usize {
     let width = outcomes.iter().map(|o| o.sent.len()).max().unwrap_or(0);
-    for o in &outcomes {
+    for o in outcomes {
         let mark = if o.mismatches.is_empty() { "ok  " } else { "FAIL" };
         println!("{mark} {:width$} -> {}", o.sent, o.got);
         if let Some(line) = &o.audit {
@@ -127,10 +126,15 @@ async fn tour(t: &Target<'_>) -> anyhow::Result<usize> {
             println!("       {m}");
         }
     }
-    println!("\n/metrics (excerpt):");
-    for line in check::metrics_excerpt(t, &http).await? {
-        println!("  {line}");
+    outcomes.iter().filter(|o| !o.mismatches.is_empty()).count()
+}
+
+/// The closing verdict, as an exit code.
+fn verdict(failed: usize) -> ExitCode {
+    if failed > 0 {
+        println!("\nFAILED: {failed} check(s) did not behave as the contract says");
+        return ExitCode::FAILURE;
     }
-    println!();
-    Ok(outcomes.iter().filter(|o| !o.mismatches.is_empty()).count())
+    println!("\nevery request behaved as the contract says");
+    ExitCode::SUCCESS
 }

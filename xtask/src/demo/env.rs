@@ -2,8 +2,8 @@
 //! trusts, one it does not), an echo app, and `nodeward run` listening on a
 //! loopback port in front of the app. No eBPF, no Kubernetes, no root.
 //!
-//! This is the part an eBPF demo swaps out (agent listening inside a pod
-//! netns, clients dialling the pod IP): the tour only sees a [`Target`].
+//! The tour only sees a [`Target`]; the eBPF demo (`steered`) builds one per
+//! request from its simulated node and reuses [`DevIdp`] and [`wait_ready`].
 
 use std::path::Path;
 use std::process::Command;
@@ -21,8 +21,12 @@ const IDP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the tour needs from an environment.
 pub struct Target<'a> {
-    /// Base URL at which clients reach the protected workload.
+    /// Base URL at which clients reach the workload.
     pub workload: &'a str,
+    /// The workload's name, as the agent's audit lines give it.
+    pub name: &'a str,
+    /// The network namespace the request is sent from; `None`: the host's.
+    pub from: Option<&'a Path>,
     /// Base URL of the agent's admin listener (/metrics, /readyz).
     pub admin: &'a str,
     /// The dev IdP the agent trusts (provider `corp`): URL and issuer.
@@ -38,11 +42,11 @@ pub struct DevIdp {
     pub url: String,
     /// What it puts in `iss`.
     pub issuer: String,
-    proc: ChildProc,
+    pub proc: ChildProc,
 }
 
 impl DevIdp {
-    async fn start(bin: &Path, name: &str, dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(bin: &Path, name: &str, dir: &Path) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         // Port 0 and read the announced address back: no race for the port.
         cmd.args(["dev-idp", "--listen", "127.0.0.1:0"]);
@@ -115,6 +119,8 @@ impl ReverseProxyEnv {
     pub fn target(&self) -> Target<'_> {
         Target {
             workload: &self.workload_url,
+            name: "orders",
+            from: None,
             admin: &self.admin_url,
             idp: &self.idp,
             untrusted_idp: &self.untrusted_idp,
@@ -173,7 +179,7 @@ fn demo_config(
 }
 
 /// Polls /readyz (config loaded, provider keys fetched, listener up).
-async fn wait_ready(agent: &mut ChildProc, admin_url: &str) -> anyhow::Result<()> {
+pub async fn wait_ready(agent: &mut ChildProc, admin_url: &str) -> anyhow::Result<()> {
     let http = client();
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer yet");

@@ -1,15 +1,17 @@
-//! The scripted tour: which requests the demo sends and what the contract
+//! The scripted tours: which requests the demos send and what the contract
 //! says must happen to each. Pure data plus token minting; sending and
-//! comparing live in `check`, and how the workload is reached in `env`.
+//! comparing live in `check`, and how the workload is reached in `env`
+//! (reverse proxy) or `node` (eBPF). This file holds the shared vocabulary
+//! and the reverse-proxy tour; `steered` holds the eBPF tour.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use reqwest::Method;
+use http::Method;
 use serde_json::{Value, json};
 
-use super::env::Target;
+use super::env::DevIdp;
 
 /// A caller, and the identity the app must see once nodeward verified it.
 #[derive(Clone, Copy)]
@@ -19,15 +21,20 @@ pub struct Who {
     pub groups: &'static [&'static str],
 }
 
-const ALICE: Who = Who {
+pub const ALICE: Who = Who {
     sub: "alice",
     email: "alice@example.com",
     groups: &["developers"],
 };
-const BOB: Who = Who {
+pub const BOB: Who = Who {
     sub: "bob",
     email: "bob@example.com",
     groups: &["admins"],
+};
+pub const CAROL: Who = Who {
+    sub: "carol",
+    email: "carol@example.com",
+    groups: &["finance"],
 };
 
 /// The tokens the tour uses, minted from the dev IdPs before it starts.
@@ -35,6 +42,7 @@ const BOB: Who = Who {
 pub enum Minted {
     Alice,
     Bob,
+    Carol,
     /// Alice's, expired an hour ago: far beyond any clock-skew allowance.
     Expired,
     /// Alice's, for another audience.
@@ -46,9 +54,10 @@ pub enum Minted {
 }
 
 impl Minted {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Alice,
         Self::Bob,
+        Self::Carol,
         Self::Expired,
         Self::WrongAudience,
         Self::UntrustedIssuer,
@@ -66,24 +75,29 @@ pub enum Credential {
 pub struct Tokens(HashMap<Minted, String>);
 
 impl Tokens {
-    pub async fn mint(t: &Target<'_>) -> anyhow::Result<Self> {
+    /// Mints every [`Minted`] from `idp` (the trusted one) and `untrusted`.
+    pub async fn mint(trusted: &DevIdp, untrusted: &DevIdp) -> anyhow::Result<Self> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut tokens = HashMap::new();
         for m in Minted::ALL {
-            let who = if m == Minted::Bob { BOB } else { ALICE };
+            let who = match m {
+                Minted::Bob => BOB,
+                Minted::Carol => CAROL,
+                _ => ALICE,
+            };
             let mut claims = json!({ "sub": who.sub, "email": who.email, "groups": who.groups, "aud": "orders" });
-            let mut idp = t.idp;
+            let mut idp = trusted;
             match m {
-                Minted::Alice | Minted::Bob => {}
+                Minted::Alice | Minted::Bob | Minted::Carol => {}
                 Minted::Expired => {
                     claims["iat"] = json!(now - 7200);
                     claims["exp"] = json!(now - 3600);
                 }
                 Minted::WrongAudience => claims["aud"] = json!("billing"),
-                Minted::UntrustedIssuer => idp = t.untrusted_idp,
+                Minted::UntrustedIssuer => idp = untrusted,
                 Minted::ForgedKey => {
-                    idp = t.untrusted_idp;
-                    claims["iss"] = json!(t.idp.issuer);
+                    idp = untrusted;
+                    claims["iss"] = json!(trusted.issuer);
                 }
             }
             let token = mint(&idp.url, claims).await.with_context(|| format!("minting {m:?}"))?;
@@ -118,6 +132,9 @@ async fn mint(idp_url: &str, claims: Value) -> anyhow::Result<String> {
 
 /// What the contract says must happen.
 pub struct Expect {
+    /// False: the request must reach the app directly, never the agent (a
+    /// port or pod that is not protected).
+    pub via_agent: bool,
     pub status: u16,
     /// The audit line's `decision`: allow, deny or audit_deny.
     pub decision: &'static str,
@@ -129,8 +146,9 @@ pub struct Expect {
     pub identity: Option<Who>,
 }
 
-fn allow(reason: &'static str, identity: Option<Who>) -> Expect {
+pub fn allow(reason: &'static str, identity: Option<Who>) -> Expect {
     Expect {
+        via_agent: true,
         status: 200,
         decision: "allow",
         reason,
@@ -139,8 +157,9 @@ fn allow(reason: &'static str, identity: Option<Who>) -> Expect {
     }
 }
 
-fn refuse(status: u16, reason: &'static str) -> Expect {
+pub fn refuse(status: u16, reason: &'static str) -> Expect {
     Expect {
+        via_agent: true,
         status,
         decision: "deny",
         reason,
@@ -152,6 +171,7 @@ fn refuse(status: u16, reason: &'static str) -> Expect {
 /// Audit mode: the rule denies, the request goes through, the log says so.
 fn audit_deny(reason: &'static str, identity: Who) -> Expect {
     Expect {
+        via_agent: true,
         status: 200,
         decision: "audit_deny",
         reason,
@@ -160,14 +180,38 @@ fn audit_deny(reason: &'static str, identity: Who) -> Expect {
     }
 }
 
+/// Not steered: the app answers itself; no decision, no audit line.
+pub fn direct() -> Expect {
+    Expect {
+        via_agent: false,
+        status: 200,
+        decision: "",
+        reason: "",
+        detail: None,
+        identity: None,
+    }
+}
+
 impl Expect {
-    fn detail(mut self, detail: &'static str) -> Self {
+    pub fn detail(mut self, detail: &'static str) -> Self {
         self.detail = Some(detail);
         self
     }
 }
 
+/// Where a request goes: from the host or from inside a pod's network
+/// namespace, to a pod's port. The reverse-proxy tour has one workload and
+/// sends from the host (`Route::default()`).
+#[derive(Clone, Copy, Default)]
+pub struct Route {
+    /// The pod whose namespace the request is sent from; `None`: the host.
+    pub from: Option<&'static str>,
+    /// The pod and port it is sent to; `None`: the environment's workload.
+    pub to: Option<(&'static str, u16)>,
+}
+
 pub struct Scenario {
+    pub route: Route,
     pub method: Method,
     pub path: &'static str,
     pub credential: Credential,
@@ -180,7 +224,7 @@ pub struct Scenario {
     pub expect: Expect,
 }
 
-fn scenario(
+pub fn scenario(
     method: Method,
     path: &'static str,
     credential: Credential,
@@ -188,6 +232,7 @@ fn scenario(
     expect: Expect,
 ) -> Scenario {
     Scenario {
+        route: Route::default(),
         method,
         path,
         credential,
