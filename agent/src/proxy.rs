@@ -70,6 +70,10 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
         connections.inc();
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else { continue };
+        // A dual-stack listener (steered pods with IPv6) reports IPv4 peers as
+        // ::ffff:a.b.c.d; logs and upstream addresses use the plain form.
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (peer, local) = (canonical(peer), canonical(local));
         let activity = conn::Activity::new();
         let svc = service::Service {
             shared: shared.clone(),

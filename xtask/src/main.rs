@@ -1,16 +1,18 @@
 //! `cargo xtask`: the project's commands, in Rust so they run the same on
 //! every machine with a toolchain (no Makefile, no shell quirks).
 //!
-//! - `demo`: the main job. Builds `nodeward`, starts a dev OpenID provider, an
-//!   echo app and the agent in front of it, walks through a scripted tour of
-//!   allowed and refused requests, and stops everything. Exits non-zero when
-//!   any request's outcome differs from the contract, so it doubles as a
-//!   smoke test.
+//! - `demo`: the main job (root). Builds `nodeward` (and the BPF toolchain
+//!   when missing), makes a simulated node of pod namespaces, steers two of
+//!   them into the agent with eBPF, walks through a scripted tour of allowed
+//!   and refused requests, and removes everything. Exits non-zero when any
+//!   outcome differs from the contract, so it doubles as a smoke test.
+//!   `demo --reverse-proxy` is the same tour without eBPF or root.
 //! - `test`: what CI runs: format check, clippy with warnings denied, and
 //!   every test (installing the interop test's npm packages first if needed).
 
 mod demo;
 mod proc;
+mod steering_bench;
 mod test;
 
 use std::path::PathBuf;
@@ -20,11 +22,18 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  demo            build nodeward, start a dev IdP + an echo app + nodeward,
-                  run a scripted tour of allowed and refused requests, stop
-                  everything; exits non-zero if an outcome differs from the contract
+  demo [--reverse-proxy]
+                  (root) build nodeward, make pod namespaces, steer two into
+                  the agent with eBPF, run a scripted tour of allowed and
+                  refused requests, remove everything; exits non-zero if an
+                  outcome differs from the contract. --reverse-proxy: no eBPF,
+                  no root
   test [ARGS..]   cargo fmt --check, cargo clippy -D warnings, cargo test
-                  --workspace [ARGS..] (installs tests/interop npm packages first)
+                  [ARGS..] (installs tests/interop npm packages first; the
+                  root-only eBPF tests fail loudly when not root)
+  bench-steering [--quick]
+                  (root) eBPF-steered vs reverse-proxy path of one agent,
+                  enrolment latency, RSS with 100 enrolled workloads
   help            this text";
 
 fn main() -> ExitCode {
@@ -32,8 +41,9 @@ fn main() -> ExitCode {
     let command = args.next();
     let rest: Vec<String> = args.collect();
     let result = match command.as_deref() {
-        Some("demo") if rest.is_empty() => demo::run(),
+        Some("demo") => demo::run(),
         Some("test") => test::run(&rest),
+        Some("bench-steering") => steering_bench::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

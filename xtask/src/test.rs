@@ -19,10 +19,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         ("format", with_args(cargo(), &["fmt", "--all", "--", "--check"])),
         (
             "lints",
-            with_args(
-                cargo(),
-                &["clippy", "--all-targets", "--", "-D", "warnings"],
-            ),
+            with_args(cargo(), &["clippy", "--all-targets", "--", "-D", "warnings"]),
         ),
         ("tests", {
             let mut c = with_args(cargo(), &["test"]);
