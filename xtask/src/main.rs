@@ -8,7 +8,10 @@
 //!   smoke test.
 //! - `test`: what CI runs: format check, clippy with warnings denied, and
 //!   every test (installing the interop test's npm packages first if needed).
+//! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
+//!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 
+mod bench;
 mod demo;
 mod proc;
 mod test;
@@ -25,6 +28,9 @@ commands:
                   everything; exits non-zero if an outcome differs from the contract
   test [ARGS..]   cargo fmt --check, cargo clippy -D warnings, cargo test
                   --workspace [ARGS..] (installs tests/interop npm packages first)
+  bench [--quick] nodeward beside NGINX (bare hop, njs JWT validation) and
+                  beside one agent per pod, measured with wrk on loopback;
+                  prints a table, writes target/bench/ (JSON, report, PNGs)
   help            this text";
 
 fn main() -> ExitCode {
@@ -34,6 +40,7 @@ fn main() -> ExitCode {
     let result = match command.as_deref() {
         Some("demo") if rest.is_empty() => demo::run(),
         Some("test") => test::run(&rest),
+        Some("bench") => bench::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
