@@ -40,7 +40,16 @@ use serde_json::json;
 use env::{Idp, Nginx, NginxRole};
 use pernode::Model;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode] [--keep]\n\n  --keep  keep the temporary directory (configs, stderr of every process)";
+const USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode] [--keep]
+                         [--nodeward BIN] [--out DIR]
+
+  --quick          one short repeat, N = 10 only (CI's smoke test)
+  --scenarios      run only these scenarios (names as in the table)
+  --no-pernode     skip per-node vs per-pod
+  --keep           keep the temporary directory (configs, stderr of every process)
+  --nodeward BIN   measure this nodeward binary instead of building one (before/after)
+  --out DIR        write results there instead of target/bench";
 
 /// How long and how hard.
 pub struct Settings {
@@ -58,6 +67,8 @@ pub struct Settings {
     pub window: Duration,
     pub only: Option<Vec<String>>,
     pub keep: bool,
+    pub nodeward: Option<PathBuf>,
+    pub out: Option<PathBuf>,
 }
 
 impl Settings {
@@ -76,6 +87,8 @@ impl Settings {
                 window: Duration::from_secs(10),
                 only: None,
                 keep: false,
+                nodeward: None,
+                out: None,
             }
         } else {
             Self {
@@ -90,6 +103,8 @@ impl Settings {
                 window: Duration::from_secs(15),
                 only: None,
                 keep: false,
+                nodeward: None,
+                out: None,
             }
         };
         let mut it = args.iter();
@@ -98,6 +113,8 @@ impl Settings {
                 "--quick" => {}
                 "--no-pernode" => s.pods.clear(),
                 "--keep" => s.keep = true,
+                "--nodeward" => s.nodeward = Some(it.next().context("--nodeward needs a path")?.into()),
+                "--out" => s.out = Some(it.next().context("--out needs a directory")?.into()),
                 "--scenarios" => {
                     let list = it.next().context("--scenarios needs a comma-separated list")?;
                     s.only = Some(list.split(',').map(str::to_owned).collect());
@@ -176,11 +193,14 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     chart::load_font()?;
-    let out = target_dir().join("bench");
+    let out = set.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     let raw_dir = out.join("raw");
     let _ = std::fs::remove_dir_all(&raw_dir);
     std::fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
-    let bin = env::build_release("nodeward")?;
+    let bin = match &set.nodeward {
+        Some(bin) => std::path::absolute(bin)?,
+        None => env::build_release("nodeward")?,
+    };
     let release_xtask = if set.quick || !cfg!(debug_assertions) {
         None
     } else {
@@ -221,11 +241,11 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let sums = report::summarize(&scenarios, &runs);
     let raw_rs256 = baseline.iter().find(|(a, _)| a == "RS256").map_or(0.0, |(_, us)| *us);
     let targets = report::targets(&runs, &sums, raw_rs256, &pernode);
-    let command = if set.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = format!(
+        "cargo xtask bench{}",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    let command = command.as_str();
     let loadavg_after = procfs::loadavg();
     let settings = set.describe();
     let cx = report::Context {

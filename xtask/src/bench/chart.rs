@@ -86,6 +86,13 @@ pub fn scenarios(path: &Path, sums: &[ScenarioSummary], title: &str) -> anyhow::
                 SegmentValue::CenterOf(i) if label_width > 100 => names.get(*i as usize).cloned().unwrap_or_default(),
                 _ => String::new(),
             })
+            .x_label_formatter(&|x| {
+                if xmax >= 100.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.1}")
+                }
+            })
             .label_style((FONT, 14))
             .draw()
             .map_err(err)?;
