@@ -9,7 +9,10 @@
 //!   `demo --reverse-proxy` is the same tour without eBPF or root.
 //! - `test`: what CI runs: format check, clippy with warnings denied, and
 //!   every test (installing the interop test's npm packages first if needed).
+//! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
+//!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 
+mod bench;
 mod demo;
 mod proc;
 mod steering_bench;
@@ -31,6 +34,9 @@ commands:
   test [ARGS..]   cargo fmt --check, cargo clippy -D warnings, cargo test
                   [ARGS..] (installs tests/interop npm packages first; the
                   root-only eBPF tests fail loudly when not root)
+  bench [--quick] nodeward beside NGINX (bare hop, njs JWT validation) and
+                  beside one agent per pod, measured with wrk on loopback;
+                  prints a table, writes target/bench/ (JSON, report, PNGs)
   bench-steering [--quick]
                   (root) eBPF-steered vs reverse-proxy path of one agent,
                   enrolment latency, RSS with 100 enrolled workloads
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
     let result = match command.as_deref() {
         Some("demo") => demo::run(),
         Some("test") => test::run(&rest),
+        Some("bench") => bench::run(&rest),
         Some("bench-steering") => steering_bench::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");

@@ -1,0 +1,349 @@
+//! From raw runs to what people read: min/median/max over repeats, the
+//! tables (terminal and Markdown), the issue's targets with met/missed, and
+//! the JSON that holds every figure.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::pernode::{Model, PerNodeResult, REFRESH_S};
+use super::procfs::Machine;
+use super::scenarios::{RunResult, Scenario};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Option<Self> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Some(Self {
+            min: v[0],
+            median,
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    pub name: String,
+    pub what: String,
+    pub runs: usize,
+    pub rps: Spread,
+    pub p50_ms: Spread,
+    pub p99_ms: Spread,
+    pub p999_ms: Spread,
+    pub proxy_cpu_s_per_10k: Option<Spread>,
+    pub proxy_peak_rss_mb: Option<Spread>,
+    pub app_cpu_s_per_10k: Spread,
+    /// Token-cache hits / (hits + misses) over all measured windows.
+    pub cache_hit_ratio: Option<f64>,
+    /// Share of the machine's busy CPU time that was not ours (wrk, proxy, app).
+    pub other_cpu_share: Spread,
+}
+
+pub fn summarize(scenarios: &[Scenario], runs: &[RunResult]) -> Vec<ScenarioSummary> {
+    scenarios
+        .iter()
+        .filter_map(|s| {
+            let rs: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == s.name).collect();
+            let f = |g: &dyn Fn(&RunResult) -> f64| Spread::of(rs.iter().map(|r| g(r)).collect());
+            let fo = |g: &dyn Fn(&RunResult) -> Option<f64>| Spread::of(rs.iter().filter_map(|r| g(r)).collect());
+            let (hits, misses) = rs
+                .iter()
+                .filter_map(|r| r.cache.as_ref())
+                .fold((0.0, 0.0), |(h, m), c| (h + c.hits, m + c.misses));
+            Some(ScenarioSummary {
+                name: s.name.to_owned(),
+                what: s.what.to_owned(),
+                runs: rs.len(),
+                rps: f(&|r| r.wrk.rps)?,
+                p50_ms: f(&|r| r.wrk.summary.latency_us.p50 as f64 / 1e3)?,
+                p99_ms: f(&|r| r.wrk.summary.latency_us.p99 as f64 / 1e3)?,
+                p999_ms: f(&|r| r.wrk.summary.latency_us.p999 as f64 / 1e3)?,
+                proxy_cpu_s_per_10k: fo(&|r| r.proxy.as_ref().map(|p| p.cpu_s_per_10k)),
+                proxy_peak_rss_mb: fo(&|r| r.proxy.as_ref().map(|p| p.peak_rss_kb as f64 / 1024.0)),
+                app_cpu_s_per_10k: f(&|r| r.app.cpu_s_per_10k)?,
+                cache_hit_ratio: (hits + misses > 0.0).then(|| hits / (hits + misses)),
+                other_cpu_share: f(&|r| {
+                    if r.machine_busy_s > 0.0 {
+                        r.other_cpu_s / r.machine_busy_s
+                    } else {
+                        0.0
+                    }
+                })?,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// Ratios are computed per repeat (runs of the same repeat ran back to back,
+/// so drift hits both alike); the verdict uses the median.
+fn paired_ratio(runs: &[RunResult], a: &str, b: &str, f: &dyn Fn(&RunResult) -> f64) -> Option<Spread> {
+    let ratios = runs
+        .iter()
+        .filter(|r| r.scenario == a)
+        .filter_map(|ra| {
+            let rb = runs.iter().find(|r| r.scenario == b && r.repeat == ra.repeat)?;
+            let d = f(rb);
+            (d > 0.0).then(|| f(ra) / d)
+        })
+        .collect();
+    Spread::of(ratios)
+}
+
+fn spread_x(s: &Spread) -> String {
+    format!("{:.2}× (min {:.2}, max {:.2})", s.median, s.min, s.max)
+}
+
+pub fn targets(
+    runs: &[RunResult],
+    sums: &[ScenarioSummary],
+    raw_rs256_us: f64,
+    pernode: &[PerNodeResult],
+) -> Vec<Target> {
+    let mut t = Vec::new();
+    let rps = |r: &RunResult| r.wrk.rps;
+    let p99 = |r: &RunResult| r.wrk.summary.latency_us.p99 as f64;
+    match paired_ratio(runs, "nodeward-cached", "nginx-proxy", &rps) {
+        Some(s) => t.push(Target {
+            target: "cached token: throughput ≥ 0.9× the bare NGINX hop".into(),
+            measured: spread_x(&s),
+            met: Some(s.median >= 0.9),
+        }),
+        None => t.push(missing("cached token vs bare NGINX hop, throughput")),
+    }
+    match paired_ratio(runs, "nodeward-cached", "nginx-proxy", &p99) {
+        Some(s) => t.push(Target {
+            target: "cached token: p99 ≤ 1.2× the bare NGINX hop".into(),
+            measured: spread_x(&s),
+            met: Some(s.median <= 1.2),
+        }),
+        None => t.push(missing("cached token vs bare NGINX hop, p99")),
+    }
+    match paired_ratio(runs, "nodeward-cached", "nginx-njs-rs256", &rps) {
+        Some(s) => t.push(Target {
+            target: "cached token: throughput ≥ 3× NGINX+njs RS256".into(),
+            measured: spread_x(&s),
+            met: Some(s.median >= 3.0),
+        }),
+        None => t.push(missing("cached token vs NGINX+njs")),
+    }
+    let cpu_us = |name: &str| {
+        sums.iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.proxy_cpu_s_per_10k)
+            .map(|c| c.median * 100.0)
+    };
+    match (cpu_us("nodeward-miss-rs256"), cpu_us("nodeward-cached")) {
+        (Some(miss), Some(hit)) if raw_rs256_us > 0.0 => {
+            let extra = miss - hit;
+            let ratio = extra / raw_rs256_us;
+            t.push(Target {
+                target: "cache-miss RS256: what a miss adds ≤ 1.5× the raw signature verify".into(),
+                measured: format!(
+                    "{ratio:.2}×: nodeward CPU {miss:.1} µs/request on a miss vs {hit:.1} µs on a hit = \
+                     {extra:.1} µs added; raw aws-lc-rs RS256 verify {raw_rs256_us:.1} µs (same run)"
+                ),
+                met: Some(ratio <= 1.5),
+            });
+        }
+        _ => t.push(missing("cache-miss RS256 vs raw verify")),
+    }
+    let largest = pernode.iter().map(|p| p.pods).max();
+    let pick = |m: Model| largest.and_then(|n| pernode.iter().find(|p| p.model == m && p.pods == n));
+    match (pick(Model::PerNode), pick(Model::PerPod)) {
+        (Some(node), Some(pod)) => {
+            let n = node.pods;
+            let pss = pod.pss_kb as f64 / node.pss_kb.max(1) as f64;
+            let rss = pod.rss_kb as f64 / node.rss_kb.max(1) as f64;
+            t.push(Target {
+                target: format!("N = {n}: per-node uses ≥ 20× less total memory than per-pod"),
+                measured: format!(
+                    "{pss:.1}× by PSS ({:.1} MiB vs {:.1} MiB); {rss:.1}× by RSS ({:.1} MiB vs {:.1} MiB)",
+                    node.pss_kb as f64 / 1024.0,
+                    pod.pss_kb as f64 / 1024.0,
+                    node.rss_kb as f64 / 1024.0,
+                    pod.rss_kb as f64 / 1024.0
+                ),
+                met: Some(pss >= 20.0),
+            });
+            let intervals = node.window_s / REFRESH_S;
+            t.push(Target {
+                target: format!("N = {n}: one JWKS fetch per provider per refresh interval, not N"),
+                measured: format!(
+                    "per-node {} fetches in {:.1} s ({:.2} per {REFRESH_S} s interval); per-pod {} ({:.1} per interval)",
+                    node.window_jwks_fetches,
+                    node.window_s,
+                    node.jwks_fetches_per_interval,
+                    pod.window_jwks_fetches,
+                    pod.jwks_fetches_per_interval
+                ),
+                // The window need not start on an interval boundary: ⌈W/I⌉ fetches is still one per interval.
+                met: Some(
+                    node.window_jwks_fetches >= 1 && node.window_jwks_fetches as f64 <= intervals.ceil(),
+                ),
+            });
+        }
+        _ => t.push(missing("per-node vs per-pod")),
+    }
+    t
+}
+
+fn missing(what: &str) -> Target {
+    Target {
+        target: what.to_owned(),
+        measured: "not measured in this run".into(),
+        met: None,
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "n/a",
+    }
+}
+
+fn mb(v: Option<Spread>) -> String {
+    v.map_or("–".into(), |s| format!("{:.1}", s.median))
+}
+
+fn cpu(v: Option<Spread>) -> String {
+    v.map_or("–".into(), |s| format!("{:.3}", s.median))
+}
+
+/// The scenario table in Markdown (also readable in a terminal).
+pub fn scenario_table(sums: &[ScenarioSummary]) -> String {
+    let mut s = String::from(
+        "| scenario | req/s median [min–max] | p50 ms | p99 ms median [min–max] | p99.9 ms | proxy CPU s/10k req | proxy peak RSS MiB | app CPU s/10k req | cache hits |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for x in sums {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} [{:.0}–{:.0}] | {:.2} | {:.2} [{:.2}–{:.2}] | {:.2} | {} | {} | {:.3} | {} |",
+            x.name,
+            x.rps.median,
+            x.rps.min,
+            x.rps.max,
+            x.p50_ms.median,
+            x.p99_ms.median,
+            x.p99_ms.min,
+            x.p99_ms.max,
+            x.p999_ms.median,
+            cpu(x.proxy_cpu_s_per_10k),
+            mb(x.proxy_peak_rss_mb),
+            x.app_cpu_s_per_10k.median,
+            x.cache_hit_ratio.map_or("–".into(), |h| format!("{:.1} %", h * 100.0)),
+        );
+    }
+    s
+}
+
+pub fn pernode_table(p: &[PerNodeResult]) -> String {
+    let mut s = String::from(
+        "| N pods | model | processes | req/s | p99 ms | agents' CPU s | CPU s/10k req | PSS MiB | RSS MiB | peak RSS MiB | JWKS fetches at start | JWKS fetches in window (per 5 s) | discovery in window |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in p {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} ({:.2}) | {} |",
+            r.pods,
+            r.model.label(),
+            r.processes,
+            r.rps,
+            r.p99_us as f64 / 1e3,
+            r.cpu_s,
+            r.cpu_s_per_10k,
+            r.pss_kb as f64 / 1024.0,
+            r.rss_kb as f64 / 1024.0,
+            r.peak_rss_kb as f64 / 1024.0,
+            r.startup_jwks_fetches,
+            r.window_jwks_fetches,
+            r.jwks_fetches_per_interval,
+            r.window_discovery_fetches,
+        );
+    }
+    s
+}
+
+pub fn targets_table(t: &[Target]) -> String {
+    let mut s = String::from("| target | measured | verdict |\n|---|---|---|\n");
+    for x in t {
+        let _ = writeln!(s, "| {} | {} | {} |", x.target, x.measured, verdict(x.met));
+    }
+    s
+}
+
+pub struct Context<'a> {
+    pub machine: &'a Machine,
+    pub loadavg_after: &'a str,
+    pub command: &'a str,
+    pub settings: &'a str,
+    pub baseline: &'a [(String, f64)],
+    /// Whether the floor was measured in optimized code.
+    pub floor_optimized: bool,
+    pub wall_s: f64,
+}
+
+/// The whole report in Markdown: docs/benchmarks.md embeds it.
+pub fn markdown(cx: &Context<'_>, sums: &[ScenarioSummary], pernode: &[PerNodeResult], targets: &[Target]) -> String {
+    let m = cx.machine;
+    let mut s = String::new();
+    let _ = writeln!(s, "Command: `{}` ({:.0} s wall)\n", cx.command, cx.wall_s);
+    let _ = writeln!(
+        s,
+        "Machine: {} CPUs, {}, {:.1} GiB RAM, kernel {}, {}. Load average (1/5/15 min) {} before, {} after.\n",
+        m.cpus, m.model, m.mem_total_gib, m.kernel, m.os, m.loadavg_before, cx.loadavg_after
+    );
+    let _ = writeln!(s, "Settings: {}\n", cx.settings);
+    let base: Vec<String> = cx.baseline.iter().map(|(a, us)| format!("{a} {us:.1} µs")).collect();
+    let _ = writeln!(
+        s,
+        "Raw aws-lc-rs verify in this run (CPU time, best of 5 batches of 0.1 s){}: {}\n",
+        if cx.floor_optimized {
+            ""
+        } else {
+            " — unoptimized build, indicative only"
+        },
+        base.join(", ")
+    );
+    let _ = writeln!(s, "### Scenarios\n\n{}", scenario_table(sums));
+    let noise: Vec<String> = sums
+        .iter()
+        .map(|x| format!("{} {:.0} %", x.name, x.other_cpu_share.median * 100.0))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Share of the machine's busy CPU time used by other processes (not wrk, the proxy or the app) during the measured windows, median: {}.\n",
+        noise.join(", ")
+    );
+    if !pernode.is_empty() {
+        let _ = writeln!(s, "### Per-node vs per-pod\n\n{}", pernode_table(pernode));
+    }
+    let _ = writeln!(s, "### Targets\n\n{}", targets_table(targets));
+    s
+}

@@ -1,0 +1,411 @@
+//! The scenarios of the throughput/latency matrix and how one run of one
+//! scenario goes: start the proxy under test, check one request answers as
+//! expected, warm up, measure with wrk while reading the proxy's and the
+//! app's CPU time, read peak memory, stop the proxy.
+//!
+//! Adding a scenario is one entry in [`all`]; a new kind of proxy (nodeward
+//! behind eBPF steering, once that lands) is one more [`Proxy`] variant with
+//! its start in [`start_proxy`]: everything after (load, measurement,
+//! report, chart) only sees a target address and the PIDs to measure.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::env::{ConfigKnobs, Nginx, NginxRole, Nodeward, Workload, free_ports, nodeward_config};
+use super::procfs;
+use super::wrk::{self, Load};
+use super::{Bench, Settings};
+
+/// What sits between wrk and the app.
+#[derive(Clone, Copy)]
+pub enum Proxy {
+    /// Nothing: wrk talks to the app (the floor).
+    Direct,
+    NginxBare,
+    NginxNjs,
+    /// `nodeward run` in reverse-proxy mode; `cache_entries` overrides
+    /// `token_cache.max_entries` (0 for the cache-miss scenarios).
+    Nodeward {
+        cache_entries: Option<u64>,
+    },
+}
+
+/// Which tokens a scenario sends.
+#[derive(Clone, Copy)]
+pub enum Tokens {
+    None,
+    /// One RS256 token, valid for every route, reused by every request.
+    Reused,
+    /// A pre-minted pool for this algorithm, rotated through.
+    Pool(&'static str),
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub proxy: Proxy,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub tokens: Tokens,
+    /// Every response must have this status.
+    pub expect: u16,
+}
+
+/// The matrix, in the order of the table.
+pub fn all() -> Vec<Scenario> {
+    let nodeward = Proxy::Nodeward { cache_entries: None };
+    // With no room in the cache, every request verifies a signature (the
+    // measured hit ratio is in the JSON and the table's notes).
+    let no_cache = Proxy::Nodeward { cache_entries: Some(0) };
+    let s = |name, what, proxy, method, path, tokens, expect| Scenario {
+        name,
+        what,
+        proxy,
+        method,
+        path,
+        tokens,
+        expect,
+    };
+    vec![
+        s(
+            "direct",
+            "wrk -> app (the floor)",
+            Proxy::Direct,
+            "GET",
+            "/",
+            Tokens::None,
+            200,
+        ),
+        s(
+            "nginx-proxy",
+            "NGINX proxy hop, no auth",
+            Proxy::NginxBare,
+            "GET",
+            "/",
+            Tokens::None,
+            200,
+        ),
+        s(
+            "nginx-njs-rs256",
+            "NGINX + njs RS256 validation (key imported per request)",
+            Proxy::NginxNjs,
+            "GET",
+            "/",
+            Tokens::Reused,
+            200,
+        ),
+        s(
+            "nodeward-anonymous",
+            "anonymous route (/healthz)",
+            nodeward,
+            "GET",
+            "/healthz",
+            Tokens::None,
+            200,
+        ),
+        s(
+            "nodeward-cached",
+            "valid token reused (cache hit)",
+            nodeward,
+            "GET",
+            "/",
+            Tokens::Reused,
+            200,
+        ),
+        s(
+            "nodeward-miss-rs256",
+            "fresh RS256 token per request",
+            no_cache,
+            "GET",
+            "/",
+            Tokens::Pool("RS256"),
+            200,
+        ),
+        s(
+            "nodeward-miss-es256",
+            "fresh ES256 token per request",
+            no_cache,
+            "GET",
+            "/",
+            Tokens::Pool("ES256"),
+            200,
+        ),
+        s(
+            "nodeward-miss-eddsa",
+            "fresh EdDSA token per request",
+            no_cache,
+            "GET",
+            "/",
+            Tokens::Pool("EdDSA"),
+            200,
+        ),
+        s(
+            "nodeward-denied",
+            "valid token, rule denies (403)",
+            nodeward,
+            "POST",
+            "/admin/users",
+            Tokens::Reused,
+            403,
+        ),
+    ]
+}
+
+/// CPU and memory of one component over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub cpu_s: f64,
+    pub cpu_s_per_10k: f64,
+    /// Sum of VmHWM over the component's processes (nginx: master + workers).
+    pub peak_rss_kb: u64,
+}
+
+/// The token cache's counters over the measured window (nodeward only).
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheCounts {
+    pub hits: f64,
+    pub misses: f64,
+}
+
+/// One measured run of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub repeat: usize,
+    pub wrk: wrk::Run,
+    /// The proxy under test (absent for `direct`).
+    pub proxy: Option<Usage>,
+    pub app: Usage,
+    pub cache: Option<CacheCounts>,
+    /// Busy CPU seconds of the whole machine over the window, and the part
+    /// not accounted for by wrk, the proxy and the app: other people's work.
+    pub machine_busy_s: f64,
+    pub other_cpu_s: f64,
+    pub steal_s: f64,
+}
+
+/// A running proxy: where wrk sends, and what to measure.
+enum Running {
+    Direct,
+    Nginx(Nginx),
+    Nodeward(Nodeward),
+}
+
+impl Running {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Direct => vec![],
+            Self::Nginx(n) => n.pids(),
+            Self::Nodeward(n) => vec![n.pid],
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Direct => Ok(()),
+            Self::Nginx(n) => n.stop(),
+            Self::Nodeward(n) => n.stop(),
+        }
+    }
+}
+
+async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Running, SocketAddr)> {
+    let [port, admin] = <[u16; 2]>::try_from(free_ports(2)?).map_err(|_| anyhow::anyhow!("port count"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Ok(match s.proxy {
+        Proxy::Direct => (Running::Direct, b.app.addr),
+        Proxy::NginxBare => {
+            let role = NginxRole::Proxy { upstream: b.app.addr };
+            (Running::Nginx(Nginx::start(s.name, &role, port, dir).await?), addr)
+        }
+        Proxy::NginxNjs => {
+            let role = NginxRole::NjsJwt {
+                upstream: b.app.addr,
+                spki_b64: &b.rs256_spki,
+                issuer: &b.idp.issuer,
+                kid: &b.rs256_kid,
+            };
+            (Running::Nginx(Nginx::start(s.name, &role, port, dir).await?), addr)
+        }
+        Proxy::Nodeward { cache_entries } => {
+            let knobs = ConfigKnobs {
+                cache_entries,
+                refresh: None,
+            };
+            let workloads = [Workload { listen: addr }];
+            let yaml = nodeward_config(&b.idp.issuer, b.app.addr, admin, &workloads, &dir.join(s.name), &knobs)?;
+            let mut agent = Nodeward::spawn(&b.bin, s.name, dir, &yaml, admin)?;
+            agent.wait_ready(&b.http, &[addr]).await?;
+            (Running::Nodeward(agent), addr)
+        }
+    })
+}
+
+fn tokens<'a>(b: &'a Bench, s: &Scenario) -> &'a [String] {
+    match s.tokens {
+        Tokens::None => &[],
+        Tokens::Reused => std::slice::from_ref(&b.reused_token),
+        Tokens::Pool(alg) => b.pools.get(alg).map_or(&[], Vec::as_slice),
+    }
+}
+
+/// One request the way wrk will send it, to fail fast on a misconfiguration
+/// instead of measuring a flood of errors.
+async fn preflight(b: &Bench, s: &Scenario, target: SocketAddr) -> anyhow::Result<()> {
+    let method = reqwest::Method::from_bytes(s.method.as_bytes())?;
+    let mut req = b.http.request(method, format!("http://{target}{}", s.path));
+    if let Some(t) = tokens(b, s).first() {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("{}: preflight request", s.name))?;
+    let status = resp.status().as_u16();
+    if status != s.expect {
+        let body = resp.text().await.unwrap_or_default();
+        bail!("{}: preflight answered {status}, expected {}: {body}", s.name, s.expect);
+    }
+    Ok(())
+}
+
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| procfs::stat(p).ok())
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+fn peak_rss_kb(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| procfs::status_kb(p, "VmHWM").ok()).sum()
+}
+
+async fn cache_counts(b: &Bench, agent: &Nodeward) -> anyhow::Result<(f64, f64)> {
+    let text = agent.metrics(&b.http).await?;
+    let get = |m: &str| nodeward::testing::metric(&text, m).unwrap_or(0.0);
+    Ok((
+        get("nodeward_token_cache_hits_total"),
+        get("nodeward_token_cache_misses_total"),
+    ))
+}
+
+pub async fn run_one(b: &Bench, set: &Settings, s: &Scenario, repeat: usize) -> anyhow::Result<RunResult> {
+    let dir = b.dir.join(format!("{}-{repeat}", s.name));
+    std::fs::create_dir_all(&dir)?;
+    let (running, target) = start_proxy(b, s, &dir).await?;
+    let result = measure(b, set, s, repeat, &running, target, &dir).await;
+    let stopped = running.stop();
+    let result = result?;
+    stopped?;
+    Ok(result)
+}
+
+async fn measure(
+    b: &Bench,
+    set: &Settings,
+    s: &Scenario,
+    repeat: usize,
+    running: &Running,
+    target: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<RunResult> {
+    preflight(b, s, target).await?;
+    let load = Load {
+        method: s.method,
+        path: s.path,
+        tokens: tokens(b, s),
+        targets: &[],
+        delay_ms: 0,
+        threads: set.threads,
+        connections: set.connections,
+    };
+    let script = dir.join("load.lua");
+    std::fs::write(&script, load.script())?;
+    let url = format!("http://{target}/");
+    wrk::run(&script, &url, &load, set.warmup, &dir.join("warmup.txt"), b.tick)?;
+
+    // nginx's workers are found now, after they have started.
+    let proxy_pids = running.pids();
+    let app_pids = b.app.pids();
+    let cache_before = match running {
+        Running::Nodeward(a) => Some(cache_counts(b, a).await?),
+        _ => None,
+    };
+    let (p0, a0, m0) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
+    let run = wrk::run(
+        &script,
+        &url,
+        &load,
+        set.duration,
+        &b.raw_dir.join(format!("{}-{repeat}.txt", s.name)),
+        b.tick,
+    )?;
+    let (p1, a1, m1) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
+    let cache = match (running, cache_before) {
+        (Running::Nodeward(a), Some((h0, x0))) => {
+            let (h1, x1) = cache_counts(b, a).await?;
+            Some(CacheCounts {
+                hits: h1 - h0,
+                misses: x1 - x0,
+            })
+        }
+        _ => None,
+    };
+
+    check_statuses(s, &run)?;
+    let per_10k = |cpu: f64| {
+        if run.summary.requests == 0 {
+            0.0
+        } else {
+            cpu * 10_000.0 / run.summary.requests as f64
+        }
+    };
+    let usage = |ticks: u64, pids: &[u32]| {
+        let cpu_s = ticks as f64 * b.tick;
+        Usage {
+            cpu_s,
+            cpu_s_per_10k: per_10k(cpu_s),
+            peak_rss_kb: peak_rss_kb(pids),
+        }
+    };
+    let proxy = (!proxy_pids.is_empty()).then(|| usage(p1 - p0, &proxy_pids));
+    let app = usage(a1 - a0, &app_pids);
+    let machine_busy_s = (m1.busy - m0.busy) as f64 * b.tick;
+    let ours = run.wrk_cpu_s + app.cpu_s + proxy.as_ref().map_or(0.0, |p| p.cpu_s);
+    Ok(RunResult {
+        scenario: s.name.to_owned(),
+        repeat,
+        proxy,
+        app,
+        cache,
+        machine_busy_s,
+        other_cpu_s: (machine_busy_s - ours).max(0.0),
+        steal_s: (m1.steal - m0.steal) as f64 * b.tick,
+        wrk: run,
+    })
+}
+
+/// Allowed scenarios must see no status >= 400, the denied one only those.
+fn check_statuses(s: &Scenario, run: &wrk::Run) -> anyhow::Result<()> {
+    let sm = &run.summary;
+    anyhow::ensure!(sm.requests > 0, "{}: wrk completed no request", s.name);
+    let bad = if s.expect >= 400 {
+        sm.requests - sm.errors.status.min(sm.requests)
+    } else {
+        sm.errors.status
+    };
+    anyhow::ensure!(
+        bad == 0,
+        "{}: {bad} of {} responses did not have status {}",
+        s.name,
+        sm.requests,
+        s.expect
+    );
+    if sm.errors.socket() > 0 {
+        eprintln!("warning: {}: socket errors {:?}", s.name, sm.errors);
+    }
+    Ok(())
+}
