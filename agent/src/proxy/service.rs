@@ -39,8 +39,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         Box::pin(async move {
             let busy = this.activity.begin();
             let pending = this.activity.pending();
-            let resp = this.handle(req).await;
-            pending.done();
+            let (resp, client_gave_up) = this.handle(req).await;
+            if !client_gave_up {
+                pending.done();
+            }
             // The in-flight mark lasts until the response body is done.
             Ok(resp.map(|b| super::guard_body(b, busy)))
         })
@@ -48,7 +50,16 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 }
 
 impl Service {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// The response, and whether the client abandoned the request midway
+    /// (its body broke off: an HTTP/2 reset, a dropped connection), which
+    /// counts against the connection's cancellation budget.
+    async fn handle(&self, req: Request<Incoming>) -> (Response<ProxyBody>, bool) {
+        let fault = body::FaultCell::default();
+        let resp = self.respond(req, &fault).await;
+        (resp, fault.get() == body::Fault::Broken)
+    }
+
+    async fn respond(&self, mut req: Request<Incoming>, fault: &body::FaultCell) -> Response<ProxyBody> {
         let start = Instant::now();
         let shared = &self.shared;
         let rt = shared.state.load_full();
@@ -119,7 +130,6 @@ impl Service {
         if let Some(entry) = &decision.token {
             headers::add_identity(req.headers_mut(), &wl.policy, &entry.verified);
         }
-        let fault = body::FaultCell::default();
         let req = req.map(|b| body::ClientBody::new(b, limits.max_body_bytes, fault.clone()).boxed_unsync());
         let Some(target) = wl.upstream.target(self.local) else {
             return respond::error(
@@ -130,7 +140,7 @@ impl Service {
             );
         };
         wl.client
-            .forward(wl, target, self.client, req, &fault, &request_id, &shared.metrics)
+            .forward(wl, target, self.client, req, fault, &request_id, &shared.metrics)
             .await
     }
 }
