@@ -87,9 +87,12 @@ async fn bad_tokens_are_401_invalid_token_with_the_reason() {
     let expired = e.idp.token(json!({"aud": "orders", "exp": 1_000_000, "iat": 999_000}));
     let wrong_aud = e.idp.token(json!({"aud": "billing"}));
     let foreign = other.token(json!({"aud": "orders"}));
+    // Flip one character well inside the signature (a full 6-bit digit, so
+    // the base64url stays canonical and only the signature is wrong).
     let mut tampered = e.idp.token(json!({"aud": "orders"}));
-    tampered.pop();
-    tampered.push(if tampered.ends_with('A') { 'B' } else { 'A' });
+    let at = tampered.len() - 10;
+    let flipped = if tampered.as_bytes()[at] == b'A' { "B" } else { "A" };
+    tampered.replace_range(at..at + 1, flipped);
     let cases = [
         ("not-a-jwt", "malformed_token"),
         (expired.as_str(), "token_expired"),
