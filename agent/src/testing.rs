@@ -169,6 +169,40 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Er
     Ok(resp)
 }
 
+/// The configuration example of the design contract, verbatim (comments
+/// included): it must work as written.
+pub const CONTRACT_EXAMPLE: &str = r#"
+admin: 127.0.0.1:15020          # /metrics /healthz /readyz
+state_dir: /var/lib/nodeward    # discovery + JWKS disk cache
+providers:
+  - name: corp
+    issuer: http://127.0.0.1:9000          # discovery at issuer + /.well-known/openid-configuration
+    audiences: [orders]
+policies:
+  - name: orders
+    selector: {app: orders}
+    ports: [8080]
+    rules:
+      - name: health
+        paths: ["/healthz"]
+        allow: anonymous
+      - name: admin
+        paths: ["/admin/**"]
+        methods: [POST, DELETE]
+        require:
+          providers: [corp]
+          claims:
+            groups: {any_of: [admins]}
+      - name: default
+        require: {providers: [corp]}
+    forward_claims: {x-user-email: email}
+workloads:
+  - name: orders
+    labels: {app: orders}
+    listen: 127.0.0.1:15006     # reverse-proxy mode; `netns: /var/run/netns/orders` for eBPF steering
+    upstream: 127.0.0.1:8080
+"#;
+
 /// The contract's example configuration, pointed at `issuer` and `upstream`,
 /// plus an audit-mode route (`/audit/**` needs group `auditors`) and ports 0.
 pub fn example_config(issuer: &str, upstream: SocketAddr) -> String {

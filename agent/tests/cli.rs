@@ -18,37 +18,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-const CONTRACT_EXAMPLE: &str = r#"
-admin: 127.0.0.1:15020          # /metrics /healthz /readyz
-state_dir: /var/lib/nodeward    # discovery + JWKS disk cache
-providers:
-  - name: corp
-    issuer: http://127.0.0.1:9000          # discovery at issuer + /.well-known/openid-configuration
-    audiences: [orders]
-policies:
-  - name: orders
-    selector: {app: orders}
-    ports: [8080]
-    rules:
-      - name: health
-        paths: ["/healthz"]
-        allow: anonymous
-      - name: admin
-        paths: ["/admin/**"]
-        methods: [POST, DELETE]
-        require:
-          providers: [corp]
-          claims:
-            groups: {any_of: [admins]}
-      - name: default
-        require: {providers: [corp]}
-    forward_claims: {x-user-email: email}
-workloads:
-  - name: orders
-    labels: {app: orders}
-    listen: 127.0.0.1:15006     # reverse-proxy mode; `netns: /var/run/netns/orders` for eBPF steering
-    upstream: 127.0.0.1:8080
-"#;
+use nodeward::testing::CONTRACT_EXAMPLE;
 
 #[test]
 fn check_accepts_the_contract_example_and_prints_the_effective_config() {

@@ -12,38 +12,8 @@ use super::*;
 
 const FILE: &str = "/etc/nodeward/config.yaml";
 
-/// The contract example from the README.
-const EXAMPLE: &str = r#"
-admin: 127.0.0.1:15020
-state_dir: /var/lib/nodeward
-providers:
-  - name: corp
-    issuer: http://127.0.0.1:9000
-    audiences: [orders]
-policies:
-  - name: orders
-    selector: {app: orders}
-    ports: [8080]
-    rules:
-      - name: health
-        paths: ["/healthz"]
-        allow: anonymous
-      - name: admin
-        paths: ["/admin/**"]
-        methods: [POST, DELETE]
-        require:
-          providers: [corp]
-          claims:
-            groups: {any_of: [admins]}
-      - name: default
-        require: {providers: [corp]}
-    forward_claims: {x-user-email: email}
-workloads:
-  - name: orders
-    labels: {app: orders}
-    listen: 127.0.0.1:15006
-    upstream: 127.0.0.1:8080
-"#;
+/// The contract example, verbatim.
+const EXAMPLE: &str = crate::testing::CONTRACT_EXAMPLE;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new(FILE))
