@@ -9,6 +9,8 @@
 mod model;
 mod validate;
 
+pub use validate::bound_policy;
+
 pub use model::*;
 
 use std::path::{Path, PathBuf};
@@ -47,13 +49,22 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `file` only names the source in errors.
+    /// `kubernetes.node_name` defaults to the `NODE_NAME` environment variable.
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, file, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::parse`] with the environment injected, so tests need not touch the process's.
+    pub fn parse_with_env(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(top level)".to_string() } else { key };
             ConfigError::invalid(file, key, strip_location(&e.into_inner().to_string()))
         })?;
+        if config.kubernetes.enabled && config.kubernetes.node_name.is_none() {
+            config.kubernetes.node_name = env("NODE_NAME").filter(|n| !n.is_empty());
+        }
         validate::validate(&config, file)?;
         Ok(config)
     }

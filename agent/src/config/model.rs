@@ -257,6 +257,9 @@ pub struct PolicyConfig {
     /// Ports this policy protects (eBPF steering); reverse-proxy workloads use their `listen`.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Pods: besides `ports`, also protect every TCP `containerPort` the pod declares.
+    #[serde(default)]
+    pub container_ports: bool,
     #[serde(default)]
     pub mode: Mode,
     /// First matching rule decides; no match denies.
@@ -342,15 +345,30 @@ pub struct WorkloadConfig {
     /// non-loopback address found inside `netns`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<std::net::IpAddr>,
+    /// Binds the workload to this policy by name instead of by its labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
+/// The pod watch: pods of this node with the opt-in label become workloads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     pub enabled: bool,
+    /// This node's name; defaults to the `NODE_NAME` environment variable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// `key=value`: only pods carrying this label are watched.
     pub opt_in_label: String,
+    /// Pod annotation naming the pod's policy explicitly.
+    pub policy_annotation: String,
+    /// Kubeconfig file; unset means in-cluster service account, else `$KUBECONFIG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The host's /proc (the DaemonSet runs with hostPID).
+    pub proc_root: PathBuf,
+    /// The host's cgroup mount, where a pod's processes are found by its UID.
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for KubernetesConfig {
@@ -359,7 +377,20 @@ impl Default for KubernetesConfig {
             enabled: false,
             node_name: None,
             opt_in_label: "nodeward.io/enabled=true".into(),
+            policy_annotation: "nodeward.io/policy".into(),
+            kubeconfig: None,
+            proc_root: PathBuf::from("/proc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
+    }
+}
+
+impl KubernetesConfig {
+    /// The opt-in label as (key, value); validation guarantees the `=`.
+    pub fn opt_in(&self) -> (&str, &str) {
+        self.opt_in_label
+            .split_once('=')
+            .unwrap_or((self.opt_in_label.as_str(), ""))
     }
 }
 

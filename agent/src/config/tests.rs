@@ -15,8 +15,9 @@ const FILE: &str = "/etc/nodeward/config.yaml";
 /// The contract example, verbatim.
 const EXAMPLE: &str = crate::testing::CONTRACT_EXAMPLE;
 
+/// Parses with an empty environment, so a `NODE_NAME` of the machine running the tests cannot leak in.
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, Path::new(FILE))
+    Config::parse_with_env(text, Path::new(FILE), |_| None)
 }
 
 fn example() -> Config {
@@ -275,7 +276,20 @@ fn validation_errors_name_key_and_reason() {
         ("workloads[0].labels", Some("{app: billing}"), "workloads[0].labels", "no policy selects workload \"orders\""),
         ("workloads[0].labels", None, "workloads[0].labels", "no policy selects"),
         ("policies[1]", Some("{name: catchall}"), "workloads[0].labels", "several policies select workload \"orders\": orders, catchall"),
-        ("kubernetes.enabled", Some("true"), "kubernetes.enabled", "not part of this build"),
+        ("kubernetes.enabled", Some("true"), "kubernetes.node_name", "NODE_NAME environment variable"),
+        ("kubernetes", Some("{enabled: true, node_name: ''}"), "kubernetes.node_name", "NODE_NAME"),
+        ("kubernetes.node_name", Some("'a,b'"), "kubernetes.node_name", "not a node name"),
+        ("kubernetes.opt_in_label", Some("nodeward.io/enabled"), "kubernetes.opt_in_label", "must be `key=value`"),
+        ("kubernetes.opt_in_label", Some("'Bad_Prefix/x=true'"), "kubernetes.opt_in_label", "DNS subdomain"),
+        ("kubernetes.opt_in_label", Some("'nodeward.io/enabled=not ok'"), "kubernetes.opt_in_label", "label value"),
+        ("kubernetes.opt_in_label", Some("'=true'"), "kubernetes.opt_in_label", "must not be empty"),
+        ("kubernetes.policy_annotation", Some("'nodeward.io/'"), "kubernetes.policy_annotation", "must not be empty"),
+        ("kubernetes.kubeconfig", Some("''"), "kubernetes.kubeconfig", "must not be empty"),
+        ("kubernetes.proc_root", Some("host/proc"), "kubernetes.proc_root", "absolute path"),
+        ("kubernetes.cgroup_root", Some("sys/fs/cgroup"), "kubernetes.cgroup_root", "absolute path"),
+        ("kubernetes.watch", Some("true"), "kubernetes.watch", "unknown field `watch`"),
+        ("workloads[0].policy", Some("billing"), "workloads[0].policy", "no policy named \"billing\""),
+        ("policies[0].container_ports", Some("yes"), "policies[0].container_ports", "invalid type"),
     ];
     for (at, value, want_key, fragment) in cases {
         let (key, reason, shown) = invalid(&edit(at, *value));
@@ -472,4 +486,62 @@ fn netns_workloads_are_accepted_when_their_policy_protects_ports() {
         shown.contains("workloads[0].netns") && shown.contains("lists no `ports`"),
         "{shown}"
     );
+}
+
+#[test]
+fn kubernetes_section_defaults_and_node_name_from_the_environment() {
+    let c = example();
+    let k = &c.kubernetes;
+    assert_eq!(k.opt_in(), ("nodeward.io/enabled", "true"));
+    assert_eq!(k.policy_annotation, "nodeward.io/policy");
+    assert_eq!(k.proc_root, Path::new("/proc"));
+    assert_eq!(k.cgroup_root, Path::new("/sys/fs/cgroup"));
+    assert_eq!(k.kubeconfig, None);
+
+    let on = edit("kubernetes", Some("{enabled: true}"));
+    let env = |k: &str| (k == "NODE_NAME").then(|| "node-7".to_string());
+    let c = Config::parse_with_env(&on, Path::new(FILE), env).expect("NODE_NAME fills node_name");
+    assert_eq!(c.kubernetes.node_name.as_deref(), Some("node-7"));
+    assert!(
+        c.to_yaml().contains("node_name: node-7"),
+        "check prints the effective node name"
+    );
+    // An explicit node name wins over the environment.
+    let explicit = edit("kubernetes", Some("{enabled: true, node_name: node-1}"));
+    let c = Config::parse_with_env(&explicit, Path::new(FILE), env).expect("explicit node name");
+    assert_eq!(c.kubernetes.node_name.as_deref(), Some("node-1"));
+    // An empty NODE_NAME is no name.
+    let e = Config::parse_with_env(&on, Path::new(FILE), |_| Some(String::new())).expect_err("empty NODE_NAME");
+    assert!(e.to_string().contains("key `kubernetes.node_name`"), "{e}");
+
+    let full = edit(
+        "kubernetes",
+        Some(
+            "{enabled: true, node_name: node-1, opt_in_label: 'example.com/protect=yes', \
+             policy_annotation: example.com/policy, kubeconfig: /etc/kube/config, \
+             proc_root: /host/proc, cgroup_root: /host/sys/fs/cgroup}",
+        ),
+    );
+    let c = parse(&full).expect("every kubernetes key");
+    assert_eq!(c.kubernetes.opt_in(), ("example.com/protect", "yes"));
+    assert_eq!(parse(&c.to_yaml()).expect("round trip"), c);
+}
+
+#[test]
+fn a_static_workload_may_name_its_policy_and_policies_may_protect_container_ports() {
+    // Labels select no policy, but the explicit `policy` binds it.
+    let text = edit_text(
+        &edit("workloads[0].policy", Some("orders")),
+        "workloads[0].labels",
+        Some("{app: x}"),
+    );
+    let c = parse(&text).expect("explicit policy");
+    assert_eq!(c.workloads[0].policy.as_deref(), Some("orders"));
+    assert_eq!(
+        bound_policy(&c, &c.workloads[0]).map(|p| p.name.as_str()),
+        Some("orders")
+    );
+    let c = parse(&edit("policies[0].container_ports", Some("true"))).expect("container_ports");
+    assert!(c.policies[0].container_ports);
+    assert!(!example().policies[0].container_ports);
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::{Config, ConfigError, ProviderConfig, RuleConfig};
+use super::{Config, ConfigError, KubernetesConfig, PolicyConfig, ProviderConfig, RuleConfig, WorkloadConfig};
 
 /// Algorithms the validator implements. `none` is deliberately absent.
 pub const KNOWN_ALGORITHMS: &[&str] = &[
@@ -152,11 +152,7 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 }
             }
             (None, None, Some(_)) => {
-                let ports = c
-                    .policies
-                    .iter()
-                    .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-                    .map(|p| p.ports.len());
+                let ports = bound_policy(c, w).map(|p| p.ports.len());
                 if ports == Some(0) {
                     return Err(err(
                         key("netns"),
@@ -170,6 +166,12 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                     "set either `listen` and `upstream` (reverse proxy) or `netns` (eBPF steering)".into(),
                 ));
             }
+        }
+        if let Some(name) = &w.policy {
+            if !c.policies.iter().any(|p| &p.name == name) {
+                return Err(err(key("policy"), format!("no policy named {name:?}")));
+            }
+            continue;
         }
         let matching: Vec<&str> = c
             .policies
@@ -194,13 +196,105 @@ pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
         }
     }
 
-    if c.kubernetes.enabled {
-        return Err(err(
-            "kubernetes.enabled".into(),
-            "the Kubernetes pod watch is not part of this build yet; use static `workloads`".into(),
+    validate_kubernetes(&c.kubernetes).map_err(|(k, r)| err(format!("kubernetes.{k}"), r))
+}
+
+/// The policy a static workload is bound to: the one it names, else the first its labels select.
+pub fn bound_policy<'c>(c: &'c Config, w: &WorkloadConfig) -> Option<&'c PolicyConfig> {
+    match &w.policy {
+        Some(name) => c.policies.iter().find(|p| &p.name == name),
+        None => c
+            .policies
+            .iter()
+            .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))),
+    }
+}
+
+fn validate_kubernetes(k: &KubernetesConfig) -> Result<(), (&'static str, String)> {
+    if k.enabled && k.node_name.as_deref().is_none_or(str::is_empty) {
+        return Err((
+            "node_name",
+            "the pod watch needs this node's name: set it, or the NODE_NAME environment variable \
+             (a DaemonSet passes spec.nodeName through the downward API)"
+                .into(),
         ));
     }
+    if let Some(n) = &k.node_name
+        && (n.is_empty() || n.contains([',', '=', '!', ' ']))
+    {
+        return Err(("node_name", format!("{n:?} is not a node name")));
+    }
+    let Some((key, value)) = k.opt_in_label.split_once('=') else {
+        return Err((
+            "opt_in_label",
+            format!(
+                "{:?} must be `key=value`, e.g. nodeward.io/enabled=true",
+                k.opt_in_label
+            ),
+        ));
+    };
+    label_key(key).map_err(|r| ("opt_in_label", format!("label key {key:?}: {r}")))?;
+    label_value(value).map_err(|r| ("opt_in_label", format!("label value {value:?}: {r}")))?;
+    label_key(&k.policy_annotation).map_err(|r| {
+        (
+            "policy_annotation",
+            format!("annotation key {:?}: {r}", k.policy_annotation),
+        )
+    })?;
+    if let Some(path) = &k.kubeconfig
+        && path.as_os_str().is_empty()
+    {
+        return Err((
+            "kubeconfig",
+            "must not be empty; leave it out to use the in-cluster account".into(),
+        ));
+    }
+    for (name, path) in [("proc_root", &k.proc_root), ("cgroup_root", &k.cgroup_root)] {
+        if !path.is_absolute() {
+            return Err((name, format!("{} must be an absolute path", path.display())));
+        }
+    }
     Ok(())
+}
+
+/// A Kubernetes label (or annotation) key: an optional DNS-subdomain prefix and `/`, then a name.
+fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !ok {
+            return Err("the prefix must be a DNS subdomain (lower case, dots)".into());
+        }
+    }
+    if name.is_empty() {
+        return Err("the name part must not be empty".into());
+    }
+    label_value(name)
+}
+
+/// A label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends (empty allowed).
+fn label_value(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err("at most 63 of A-Z a-z 0-9 . _ -, starting and ending alphanumeric".into())
+    }
 }
 
 fn validate_rule(c: &Config, r: &RuleConfig, at: &str) -> Result<(), (String, String)> {
