@@ -130,6 +130,10 @@ pub async fn decide(
         token: None,
         token_missing: false,
     };
+    if let Some(why) = &policy.missing {
+        // Fail closed: a workload whose policy is missing is enrolled, but nothing passes.
+        return deny(Verdict::Forbidden, "no_policy", why.clone(), None, Mode::Enforce);
+    }
     let Some(rule) = policy.matching_rule(req.method, req.path) else {
         return deny(
             Verdict::Forbidden,

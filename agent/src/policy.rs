@@ -38,6 +38,9 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Header → claim, added to allowed requests with a verified token.
     pub forward_claims: Vec<(HeaderName, ClaimPath)>,
+    /// Set for the stand-in of a policy that does not exist: every request
+    /// is refused with reason `no_policy`, whatever its mode.
+    pub missing: Option<String>,
 }
 
 #[derive(Debug)]
@@ -91,16 +94,19 @@ impl Policy {
             mode: cfg.mode,
             rules,
             forward_claims,
+            missing: None,
         })
     }
 
-    /// A policy that denies everything, for workloads whose policy is missing.
-    pub fn deny_all(name: &str) -> Self {
+    /// A policy that denies everything, for workloads whose policy is
+    /// missing (fail closed); `why` is told to every refused client.
+    pub fn deny_all(name: &str, why: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             mode: Mode::Enforce,
             rules: Vec::new(),
             forward_claims: Vec::new(),
+            missing: Some(why.into()),
         }
     }
 

@@ -168,10 +168,44 @@ fn no_matching_rule_is_none() {
     let p = policy("name: p\nrules:\n  - {name: health, paths: ['/healthz'], allow: anonymous}\n");
     assert_eq!(rule_name(&p, "GET", "/other"), None);
     assert_eq!(rule_name(&policy("name: empty\n"), "GET", "/"), None);
-    let deny = Policy::deny_all("missing");
+    let deny = Policy::deny_all("missing", "policy \"missing\" does not exist");
     assert_eq!(&*deny.name, "missing");
     assert_eq!(deny.mode, Mode::Enforce);
     assert!(deny.matching_rule(&Method::GET, "/").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_policy_refuses_every_request_with_no_policy() {
+    let config: crate::config::Config = serde_yaml_ng::from_str("{}").expect("empty config");
+    let rt = crate::state::Runtime {
+        config: std::sync::Arc::new(config.clone()),
+        providers: crate::provider::Providers::default(),
+        workloads: std::collections::HashMap::new(),
+        token_sources: crate::state::Source::compile(std::iter::empty()),
+    };
+    let cache = crate::token_cache::TokenCache::new(&config.token_cache);
+    let deny = Policy::deny_all(
+        "ghost",
+        "policy \"ghost\" named by annotation nodeward.io/policy does not exist",
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", "Bearer not.a.token".parse().expect("header"));
+    for (method, path) in [(Method::GET, "/"), (Method::POST, "/healthz")] {
+        let req = crate::authz::Request {
+            method: &method,
+            path,
+            headers: &headers,
+        };
+        let d = crate::authz::decide(&rt, &cache, &deny, req, None).await;
+        assert_eq!(d.verdict, crate::authz::Verdict::Forbidden);
+        assert_eq!(d.reason, "no_policy");
+        assert!(!d.lets_through() && !d.audit_only);
+        assert!(
+            d.detail.as_deref().is_some_and(|t| t.contains("ghost")),
+            "{:?}",
+            d.detail
+        );
+    }
 }
 
 #[test]
