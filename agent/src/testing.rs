@@ -327,4 +327,5 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+pub mod kubeapi;
 pub mod netns;

@@ -1,0 +1,245 @@
+//! HTTP/1.1 front of the fake: records the request, waits the configured
+//! latency, answers the configured outage, checks the bearer token, then
+//! routes to the store.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::RequestRecord;
+use super::events::EventApi;
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use super::store::{ListQuery, Store};
+use super::watch::{Filter, WatchBody, WatchCut};
+
+pub(super) type ResponseBody = UnsyncBoxBody<Bytes, WatchCut>;
+
+/// What the request handlers share with the test-facing handle.
+pub(super) struct Shared {
+    pub store: Mutex<Store>,
+    pub token: String,
+}
+
+impl Shared {
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The apiserver's default watch length when the client sets no
+/// `timeoutSeconds` (its `--min-request-timeout`).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Largest body accepted (the apiserver's limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ResponseBody>, WatchCut> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let latency = {
+        let mut store = shared.store();
+        store.record(RequestRecord {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+        });
+        store.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(code) = shared.store().failing {
+        return Ok(error(&ApiError::from_code(code)));
+    }
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == shared.token);
+    if !authorized {
+        return Ok(error(&ApiError::from_code(401)));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return Ok(error(&ApiError::new(413, "RequestEntityTooLarge", e.to_string()))),
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match segments.as_slice() {
+        ["version"] => only_get(&method).map(|()| json_response(StatusCode::OK, &version())),
+        ["api", "v1", "pods"] => only_get(&method).and_then(|()| pods(&shared, None, &query)),
+        ["api", "v1", "namespaces", ns, "pods"] => only_get(&method).and_then(|()| pods(&shared, Some(ns), &query)),
+        ["api", "v1", "namespaces", ns, "pods", name] => only_get(&method).and_then(|()| {
+            let store = shared.store();
+            let pod = store.get(ns, name).ok_or_else(|| ApiError::not_found("pods", name))?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::to_value(pod).unwrap_or(Value::Null),
+            ))
+        }),
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", rest @ ..] => {
+            events(&shared, EventApi::EventsV1, &method, ns, rest, &content_type, &body)
+        }
+        ["api", "v1", "namespaces", ns, "events", rest @ ..] => {
+            events(&shared, EventApi::CoreV1, &method, ns, rest, &content_type, &body)
+        }
+        _ => Err(ApiError::no_route()),
+    };
+    Ok(result.unwrap_or_else(|e| error(&e)))
+}
+
+fn only_get(method: &Method) -> Result<(), ApiError> {
+    if method == Method::GET {
+        Ok(())
+    } else {
+        Err(method_not_allowed())
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
+fn pods(
+    shared: &Shared,
+    namespace: Option<&str>,
+    query: &[(String, String)],
+) -> Result<Response<ResponseBody>, ApiError> {
+    let get = |k: &str| query.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let flag = |k: &str| get(k).is_some_and(|v| v == "true" || v == "1");
+    let labels = LabelSelector::parse(get("labelSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fields = FieldSelector::parse(get("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+    let number = |k: &str| -> Result<Option<u64>, ApiError> {
+        get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid {k}: {v:?}")))
+            })
+            .transpose()
+    };
+    let limit = number("limit")?;
+    let timeout = number("timeoutSeconds")?;
+    let q = ListQuery {
+        filter: Filter {
+            namespace: namespace.map(str::to_string),
+            labels,
+            fields,
+        },
+        resource_version: get("resourceVersion").map(str::to_string),
+        version_match: get("resourceVersionMatch").map(str::to_string),
+        limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+        continue_token: get("continue").filter(|c| !c.is_empty()).map(str::to_string),
+        bookmarks: flag("allowWatchBookmarks"),
+        send_initial_events: flag("sendInitialEvents"),
+    };
+    if !flag("watch") {
+        let list = shared.store().list(&q)?;
+        return Ok(json_response(StatusCode::OK, &list));
+    }
+    let (initial, rx) = shared.store().watch(q)?;
+    let rx = match rx {
+        Some(rx) => rx,
+        // The watch ends after its initial lines (an ERROR event).
+        None => tokio::sync::mpsc::channel(1).1,
+    };
+    let timeout = timeout
+        .filter(|t| *t > 0)
+        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let body = WatchBody {
+        initial: VecDeque::from(initial),
+        rx,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        done: false,
+    };
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(UnsyncBoxBody::new(body))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    Ok(response)
+}
+
+fn events(
+    shared: &Shared,
+    api: EventApi,
+    method: &Method,
+    namespace: &str,
+    rest: &[&str],
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ApiError> {
+    let mut store = shared.store();
+    match (method, rest) {
+        (&Method::POST, []) => {
+            let rv = store.next_rv();
+            let created = store.events.create(api, namespace, body, rv)?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (&Method::PATCH, [name]) => {
+            let rv = store.next_rv();
+            let patched = store.events.patch(api, namespace, name, content_type, body, rv)?;
+            Ok(json_response(StatusCode::OK, &patched))
+        }
+        (&Method::GET, [name]) => Ok(json_response(StatusCode::OK, &store.events.get(api, namespace, name)?)),
+        (_, [] | [_]) => Err(method_not_allowed()),
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "34",
+        "gitVersion": "v1.34.0-nodeward-fake",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64"
+    })
+}
+
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(e: &ApiError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, &e.to_json());
+    if matches!(e.code, 429 | 503 | 504) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    response
+}
