@@ -3,10 +3,15 @@
 //! reverse-proxy mode, created inside the pod's namespace and fed by eBPF in
 //! steering mode), the admin server, and applying a new configuration (at
 //! start and on every reload) without disturbing requests in flight.
+//!
+//! The workloads applied are the file's static workloads plus the pods the
+//! Kubernetes watch hands over ([`Agent::apply_pods`]); either side changing
+//! re-applies the union, serialised by the supervisor's lock.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,8 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::config::{Config, Limits, ProviderConfig, WorkloadConfig};
+use crate::config::{Config, Limits, ProviderConfig, WorkloadConfig, bound_policy};
 use crate::enrol::Enroller;
+use crate::k8s::binding::PodPolicy;
+use crate::k8s::{PodSink, PodWorkload};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
 use crate::policy::{Policy, PolicyError};
@@ -56,7 +63,13 @@ pub struct Shared {
     /// Last program counters seen per workload, to turn them into counter increments.
     seen: Mutex<HashMap<String, crate::ebpf::Counters>>,
     /// Set once the first configuration is fully applied (listeners up, workloads enrolled).
-    configured: std::sync::atomic::AtomicBool,
+    configured: AtomicBool,
+    /// The pod watch is on (`kubernetes.enabled` at start) ...
+    kube_enabled: AtomicBool,
+    /// ... and its first full pod list has been applied.
+    kube_synced: AtomicBool,
+    /// Static workloads whose enrolment failed (pods' failures are theirs, not the agent's).
+    static_failed: AtomicUsize,
 }
 
 impl Shared {
@@ -93,10 +106,14 @@ impl Shared {
             .filter(|p| !p.is_ready())
             .map(|p| format!("provider {} has no usable keys", p.name))
             .collect();
-        if !self.configured.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.configured.load(Ordering::Acquire) {
             out.push("configuration not applied yet".to_string());
         }
-        let failed = self.metrics.workloads.with_label_values(&["failed"]).get();
+        // Only the first list: a later API outage leaves pods as they are, and the agent ready.
+        if self.kube_enabled.load(Ordering::Acquire) && !self.kube_synced.load(Ordering::Acquire) {
+            out.push("kubernetes: first pod list not applied yet".to_string());
+        }
+        let failed = self.static_failed.load(Ordering::Acquire);
         if failed > 0 {
             out.push(format!("{failed} workload(s) failed to enrol"));
         }
@@ -135,8 +152,10 @@ struct Supervisor {
     listeners: HashMap<String, Listener>,
     /// Upstream clients of steered workloads, by workload, with the key they were made for.
     netns_clients: HashMap<String, (ListenKey, Arc<upstream::Client>)>,
-    /// Steered workloads whose enrolment failed, by name, with their key.
-    failed: HashMap<String, ListenKey>,
+    /// Steered workloads whose enrolment failed, by name, with their key and why.
+    failed: HashMap<String, (ListenKey, String)>,
+    /// The pod workloads the Kubernetes watch wants enrolled.
+    pods: Vec<PodWorkload>,
 }
 
 /// A running agent.
@@ -148,26 +167,86 @@ pub struct Agent {
     supervisor: tokio::sync::Mutex<Supervisor>,
     bound: Mutex<HashMap<String, SocketAddr>>,
     host_client: Arc<upstream::Client>,
+    /// Bumped after every applied configuration, so the pod watch re-binds pods.
+    config_gen: watch::Sender<u64>,
 }
 
-fn listen_key(w: &WorkloadConfig, config: &Config) -> Option<ListenKey> {
-    if let Some(addr) = w.listen {
-        return Some(ListenKey::Addr(addr));
+/// One workload as `apply` sees it: a static workload of the file, or a pod.
+pub struct WorkloadSpec {
+    pub name: String,
+    key: Option<ListenKey>,
+    /// The bound policy's name, or why there is none.
+    policy: Result<String, String>,
+    /// A missing policy means deny-all (pods) rather than an error (the file's workloads).
+    fail_closed: bool,
+    upstream: Option<SocketAddr>,
+    steered: bool,
+}
+
+impl WorkloadSpec {
+    fn from_static(w: &WorkloadConfig, config: &Config) -> Self {
+        let policy = bound_policy(config, w);
+        let key = match (w.listen, &w.netns) {
+            (Some(addr), _) => Some(ListenKey::Addr(addr)),
+            (None, Some(path)) => Some(ListenKey::Netns {
+                path: path.clone(),
+                ips: w.ips.clone(),
+                ports: policy.map(|p| p.ports.clone()).unwrap_or_default(),
+            }),
+            (None, None) => None,
+        };
+        Self {
+            name: w.name.clone(),
+            key,
+            policy: policy
+                .map(|p| p.name.clone())
+                .ok_or_else(|| "no policy selects it".into()),
+            fail_closed: false,
+            upstream: w.upstream,
+            steered: w.netns.is_some(),
+        }
     }
-    let path = w.netns.clone()?;
-    let ports = selected_policy(config, w).map(|p| p.ports.clone()).unwrap_or_default();
-    Some(ListenKey::Netns {
-        path,
-        ips: w.ips.clone(),
-        ports,
-    })
+
+    fn from_pod(p: &PodWorkload, config: &Config) -> Self {
+        let policy = match &p.policy {
+            PodPolicy::Named(n) if config.policies.iter().any(|q| &q.name == n) => Ok(n.clone()),
+            PodPolicy::Named(n) => Err(format!("policy {n:?} does not exist")),
+            PodPolicy::Missing(why) => Err(why.clone()),
+        };
+        Self {
+            name: p.name.clone(),
+            key: Some(ListenKey::Netns {
+                path: p.netns.clone(),
+                ips: p.ips.clone(),
+                ports: p.ports.clone(),
+            }),
+            policy,
+            fail_closed: true,
+            upstream: None,
+            steered: true,
+        }
+    }
+
+    /// Whether connections to this workload are steered by eBPF (else a reverse-proxy listener).
+    pub fn steered(&self) -> bool {
+        self.steered
+    }
 }
 
-fn selected_policy<'c>(config: &'c Config, w: &WorkloadConfig) -> Option<&'c crate::config::PolicyConfig> {
-    config
-        .policies
+/// The effective workloads: the file's, then the pods whose names they do not take.
+fn specs(config: &Config, pods: &[PodWorkload]) -> Vec<WorkloadSpec> {
+    let mut out: Vec<WorkloadSpec> = config
+        .workloads
         .iter()
-        .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        .map(|w| WorkloadSpec::from_static(w, config))
+        .collect();
+    for p in pods {
+        if config.workloads.iter().any(|w| w.name == p.name) {
+            continue;
+        }
+        out.push(WorkloadSpec::from_pod(p, config));
+    }
+    out
 }
 
 fn client_for(limits: &Limits, netns: Option<Arc<Netns>>) -> Arc<upstream::Client> {
@@ -202,7 +281,10 @@ impl Agent {
             request_ids: RequestIds::default(),
             enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
             seen: Mutex::new(HashMap::new()),
-            configured: std::sync::atomic::AtomicBool::new(false),
+            configured: AtomicBool::new(false),
+            kube_enabled: AtomicBool::new(config.kubernetes.enabled),
+            kube_synced: AtomicBool::new(false),
+            static_failed: AtomicUsize::new(0),
         });
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), stop_rx));
@@ -214,6 +296,7 @@ impl Agent {
             admin_task,
             supervisor: tokio::sync::Mutex::new(Supervisor::default()),
             bound: Mutex::new(HashMap::new()),
+            config_gen: watch::channel(0).0,
         };
         agent.adopt_pinned_state(&config);
         agent.apply(config).await?;
@@ -224,9 +307,13 @@ impl Agent {
     /// After a restart: un-enrol what a previous agent protected that this
     /// configuration no longer has. What it still has stays protected (and
     /// dropped, fail closed) until `apply` gives it a listener again.
+    ///
+    /// With the pod watch on, pinned pods cannot be told from gone ones until
+    /// the first full pod list: nothing is un-enrolled here, and
+    /// [`Agent::apply_pods`] does it when that list arrives.
     fn adopt_pinned_state(&self, config: &Config) {
-        let Ok(mut e) = self.shared.enroller.lock() else { return };
-        if !e.has_pinned_state() {
+        if config.kubernetes.enabled {
+            tracing::info!("pinned eBPF state is reconciled when the first pod list arrives");
             return;
         }
         let keep: HashSet<String> = config
@@ -235,7 +322,17 @@ impl Agent {
             .filter(|w| w.netns.is_some())
             .map(|w| w.name.clone())
             .collect();
-        match e.reconcile(&keep) {
+        self.forget_pinned(&keep);
+    }
+
+    /// Un-enrols pinned workloads (a previous agent's, or pods this one
+    /// could not enrol) that are not in `keep`.
+    fn forget_pinned(&self, keep: &HashSet<String>) {
+        let Ok(mut e) = self.shared.enroller.lock() else { return };
+        if !e.has_pinned_state() {
+            return;
+        }
+        match e.reconcile(keep) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(
                     ?removed,
@@ -269,13 +366,71 @@ impl Agent {
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
         let mut sup = self.supervisor.lock().await;
         let current = self.shared.state.load_full();
+        if current.config.kubernetes != config.kubernetes && self.shared.configured.load(Ordering::Acquire) {
+            tracing::warn!("changes to the `kubernetes` section take effect on restart");
+        }
+        self.apply_locked(&mut sup, config).await?;
+        self.config_gen.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Makes `pods` the pod workloads (the Kubernetes watch's complete set)
+    /// and re-applies the running configuration with them. Pinned state of
+    /// workloads neither configured, in `present`, nor in `pods` is
+    /// un-enrolled: after a restart, pods deleted while the agent was down
+    /// are released only now that the full list is known. Returns, per pod
+    /// that is not enrolled, why.
+    pub async fn apply_pods(&self, pods: Vec<PodWorkload>, present: HashSet<String>) -> HashMap<String, String> {
+        let mut sup = self.supervisor.lock().await;
+        let config = (*self.shared.state.load().config).clone();
+        let mut out = HashMap::new();
+        for p in &pods {
+            if config.workloads.iter().any(|w| w.name == p.name) {
+                out.insert(
+                    p.name.clone(),
+                    "a static workload of the configuration file has the same name".to_string(),
+                );
+            }
+        }
+        let mut keep: HashSet<String> = config
+            .workloads
+            .iter()
+            .filter(|w| w.netns.is_some())
+            .map(|w| w.name.clone())
+            .collect();
+        keep.extend(present);
+        keep.extend(pods.iter().map(|p| p.name.clone()));
+        keep.extend(sup.listeners.keys().cloned());
+        self.forget_pinned(&keep);
+        sup.pods = pods;
+        match self.apply_locked(&mut sup, config).await {
+            Ok(()) => {
+                for p in &sup.pods {
+                    if let Some((_, why)) = sup.failed.get(&p.name) {
+                        out.entry(p.name.clone()).or_insert_with(|| why.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply the pod set");
+                for p in &sup.pods {
+                    out.entry(p.name.clone()).or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        self.shared.kube_synced.store(true, Ordering::Release);
+        out
+    }
+
+    async fn apply_locked(&self, sup: &mut Supervisor, config: Config) -> Result<(), AppError> {
+        let current = self.shared.state.load_full();
         if current.config.admin != config.admin && !current.workloads.is_empty() {
             tracing::warn!("the admin address changes only on restart");
         }
-        let keys: HashMap<String, ListenKey> = config
-            .workloads
+        let specs = specs(&config, &sup.pods);
+        let keys: HashMap<String, ListenKey> = specs
             .iter()
-            .filter_map(|w| listen_key(w, &config).map(|k| (w.name.clone(), k)))
+            .filter_map(|s| s.key.clone().map(|k| (s.name.clone(), k)))
             .collect();
 
         // 1. Host listeners for new or moved reverse-proxy workloads.
@@ -329,9 +484,9 @@ impl Agent {
             }
         }
         let host = self.host_client.clone();
-        let runtime = build_runtime(config, providers, |w| match netns_clients.get(&w.name) {
+        let runtime = build_runtime_for(config, &specs, providers, |w| match netns_clients.get(&w.name) {
             Some((_, c)) => Some(c.clone()),
-            None if w.netns.is_some() => None,
+            None if w.steered => None,
             None => Some(host.clone()),
         })?;
         let providers_changed = !started.is_empty() || sup.providers.len() != runtime.config.providers.len();
@@ -343,7 +498,7 @@ impl Agent {
             // Audiences, issuers or keys may differ: earlier verifications no longer apply.
             self.shared.cache.clear();
         }
-        self.restart_providers(&mut sup, started, &config);
+        self.restart_providers(sup, started, &config);
 
         // 5. Stop listeners that are gone or changed. A steered workload is
         //    un-enrolled first, so its port goes back to the app, not to a void.
@@ -364,13 +519,13 @@ impl Agent {
                 }
             }
         }
-        sup.failed.retain(|n, k| keys.get(n) == Some(k));
+        sup.failed.retain(|n, (k, _)| keys.get(n) == Some(k));
         sup.netns_clients = netns_clients;
 
         // 6. Start new host listeners.
         for (name, (key, listener)) in new_listeners {
             let bound = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            self.start_listener(&mut sup, name, key, listener, bound);
+            self.start_listener(sup, name, key, listener, bound);
         }
 
         // 7. Enrol new or changed steered workloads.
@@ -378,12 +533,12 @@ impl Agent {
             let ListenKey::Netns { ips, ports, .. } = key else {
                 continue;
             };
-            if sup.listeners.contains_key(name) || sup.failed.get(name) == Some(key) {
+            if sup.listeners.contains_key(name) || sup.failed.get(name).map(|(k, _)| k) == Some(key) {
                 continue;
             }
             if let Some(why) = open_failed.get(name) {
                 tracing::error!(workload = %name, error = %why, "workload not enrolled");
-                sup.failed.insert(name.clone(), key.clone());
+                sup.failed.insert(name.clone(), (key.clone(), why.clone()));
                 continue;
             }
             let Some(ns) = sup.netns_clients.get(name).and_then(|(_, c)| c.netns()) else {
@@ -403,11 +558,11 @@ impl Agent {
                         .enrolment_seconds
                         .observe(began.elapsed().as_secs_f64());
                     let bound = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    self.start_listener(&mut sup, name.clone(), key.clone(), listener, bound);
+                    self.start_listener(sup, name.clone(), key.clone(), listener, bound);
                 }
                 Err(why) => {
                     tracing::error!(workload = %name, error = %why, "workload not enrolled");
-                    sup.failed.insert(name.clone(), key.clone());
+                    sup.failed.insert(name.clone(), (key.clone(), why));
                 }
             }
         }
@@ -422,7 +577,13 @@ impl Agent {
         w.with_label_values(&["serving"]).set(serving as i64);
         w.with_label_values(&["enrolled"]).set(enrolled as i64);
         w.with_label_values(&["failed"]).set(sup.failed.len() as i64);
-        self.shared.configured.store(true, std::sync::atomic::Ordering::Release);
+        let static_failed = sup
+            .failed
+            .keys()
+            .filter(|n| runtime_config_has(&self.shared, n))
+            .count();
+        self.shared.static_failed.store(static_failed, Ordering::Release);
+        self.shared.configured.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -515,23 +676,46 @@ impl Agent {
     }
 }
 
-/// Compiles policies and binds each workload to the one policy its labels
-/// select and to its upstream client (`client` returns `None` for a steered
-/// workload whose namespace could not be opened; it is left out).
+/// Whether `name` is one of the running configuration's static workloads.
+fn runtime_config_has(shared: &Shared, name: &str) -> bool {
+    shared.state.load().config.workloads.iter().any(|w| w.name == name)
+}
+
+/// Compiles policies and binds each of the configuration's static workloads
+/// to its policy and to its upstream client (`client` returns `None` for a
+/// steered workload whose namespace could not be opened; it is left out).
 pub fn build_runtime(
     config: Config,
     providers: Providers,
-    client: impl Fn(&WorkloadConfig) -> Option<Arc<upstream::Client>>,
+    client: impl Fn(&WorkloadSpec) -> Option<Arc<upstream::Client>>,
+) -> Result<Runtime, AppError> {
+    let specs = specs(&config, &[]);
+    build_runtime_for(config, &specs, providers, client)
+}
+
+/// [`build_runtime`] for the given workloads (the file's and the pods').
+/// A pod without its policy gets a deny-all stand-in: enrolled, fail closed.
+fn build_runtime_for(
+    config: Config,
+    specs: &[WorkloadSpec],
+    providers: Providers,
+    client: impl Fn(&WorkloadSpec) -> Option<Arc<upstream::Client>>,
 ) -> Result<Runtime, AppError> {
     let mut policies = HashMap::new();
     for p in &config.policies {
         policies.insert(p.name.clone(), Arc::new(Policy::compile(p)?));
     }
     let mut workloads = HashMap::new();
-    for w in &config.workloads {
-        let policy = selected_policy(&config, w)
-            .and_then(|p| policies.get(&p.name).cloned())
-            .ok_or_else(|| AppError::NoPolicy(w.name.clone()))?;
+    for w in specs {
+        let policy = match (&w.policy, w.fail_closed) {
+            (Ok(name), _) => policies.get(name).cloned(),
+            (Err(why), true) => Some(Arc::new(Policy::deny_all(
+                "(none)",
+                format!("workload {} has no policy: {why}", w.name),
+            ))),
+            (Err(_), false) => None,
+        }
+        .ok_or_else(|| AppError::NoPolicy(w.name.clone()))?;
         let upstream = match w.upstream {
             Some(addr) => match addr.to_string().parse() {
                 Ok(a) => Upstream::Fixed(a),
@@ -556,4 +740,22 @@ pub fn build_runtime(
         providers,
         workloads,
     })
+}
+
+impl PodSink for Agent {
+    fn config(&self) -> Arc<Config> {
+        self.shared.state.load().config.clone()
+    }
+
+    fn config_changes(&self) -> watch::Receiver<u64> {
+        self.config_gen.subscribe()
+    }
+
+    fn apply_pods(
+        &self,
+        pods: Vec<PodWorkload>,
+        present: HashSet<String>,
+    ) -> impl std::future::Future<Output = HashMap<String, String>> + Send {
+        Agent::apply_pods(self, pods, present)
+    }
 }

@@ -13,6 +13,7 @@
 //!   sockets created inside pods' network namespaces;
 //! - `admin`, `metrics`, `audit`: what operators see;
 //! - `app`, `state`, `reload`: wiring and live configuration;
+//! - `k8s`: the Kubernetes pod watch (this node's opted-in pods → workloads);
 //! - `devidp`: a development OpenID provider for demos and tests.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod devidp;
 pub mod ebpf;
 pub mod enrol;
 pub mod explain;
+pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod netns;

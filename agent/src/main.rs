@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use nodeward::app::Agent;
 use nodeward::config::Config;
 use nodeward::devidp;
+use nodeward::k8s::PodWatch;
 use nodeward::reload::Reloader;
 
 #[derive(Parser, Debug)]
@@ -111,7 +113,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let text = std::fs::read(&config).with_context(|| format!("{}: cannot read", config.display()))?;
             let c = Config::parse(std::str::from_utf8(&text).context("config is not UTF-8")?, &config)?;
-            let agent = Agent::start(c).await?;
+            let kubernetes = c.kubernetes.enabled;
+            let agent = Arc::new(Agent::start(c).await?);
+            let pods = if kubernetes {
+                let metrics = agent.shared().metrics.kubernetes.clone();
+                Some(PodWatch::start(agent.clone(), metrics).await?)
+            } else {
+                None
+            };
             let reloader = Reloader::new(&config, Some(text));
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
@@ -120,7 +129,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down: draining in-flight requests");
-            agent.shutdown().await;
+            if let Some(pods) = pods {
+                // Pods stay enrolled (pinned, fail closed) for the next agent.
+                pods.stop().await;
+            }
+            match Arc::try_unwrap(agent) {
+                Ok(agent) => agent.shutdown().await,
+                Err(_) => tracing::error!("agent still shared at shutdown; exiting without draining"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -6,6 +6,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::k8s::KubeMetrics;
 use crate::provider::ProviderMetricFamilies;
 
 pub struct Metrics {
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub ebpf_connections: IntCounterVec,
     pub enrolment_seconds: prometheus::Histogram,
     pub providers: ProviderMetricFamilies,
+    pub kubernetes: KubeMetrics,
 }
 
 impl Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             "nodeward",
         )))?;
         let providers = ProviderMetricFamilies::register(&registry)?;
+        let kubernetes = KubeMetrics::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -111,6 +114,7 @@ impl Metrics {
             ebpf_connections,
             enrolment_seconds,
             providers,
+            kubernetes,
         })
     }
 

@@ -1,0 +1,343 @@
+//! The Kubernetes pod watch: this node's opted-in pods become steered
+//! workloads. Three tasks:
+//!
+//! - `watch`: kube-rs's watcher → complete snapshots of the pod set;
+//! - the controller (here): each snapshot (or configuration reload) → bind
+//!   every pod to its policy (`binding`), find its network namespace
+//!   (`podns`), hand the resulting workloads to the agent (a [`PodSink`];
+//!   `app::Agent` in production), then report each pod's state in metrics,
+//!   logs and Kubernetes Events;
+//! - `events`: posts Events, never in the enrolment path's way.
+//!
+//! Enrolling itself is `app` + `enrol`; this module decides what to enrol.
+
+pub mod binding;
+pub mod events;
+pub mod metrics;
+pub mod podns;
+pub mod watch;
+
+pub use metrics::KubeMetrics;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource as _;
+use tokio::sync::watch as channel;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, KubernetesConfig};
+use binding::{Binding, PodPolicy};
+use events::{PodEvents, Reason};
+use podns::PodNsResolver;
+use watch::{PodSet, WatchTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubernetes: cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubernetes: no usable client configuration (in-cluster service account or $KUBECONFIG): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("kubernetes: cannot build the API client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("kubernetes: enabled without a node name")]
+    NoNodeName,
+}
+
+/// A pod the agent should enrol: a steered workload with explicit
+/// addresses and ports, in the namespace `netns` (`<proc>/<pid>/ns/net`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodWorkload {
+    /// `<namespace>/<pod>`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub policy: PodPolicy,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<u16>,
+    pub netns: PathBuf,
+}
+
+/// Where the controller delivers the pod workloads: the agent, or a test's recorder.
+pub trait PodSink: Send + Sync + 'static {
+    /// The configuration pods are bound with (policies, the `kubernetes` section).
+    fn config(&self) -> Arc<Config>;
+    /// Changes whenever a new configuration has been applied (a reload).
+    fn config_changes(&self) -> channel::Receiver<u64>;
+    /// Makes `pods` the pod workloads, enrolling and un-enrolling to match.
+    /// `present` names every pod of the snapshot that should stay protected
+    /// (fail closed) even if it could not be enrolled now. Returns, per pod
+    /// workload that could not be enrolled, why.
+    fn apply_pods(
+        &self,
+        pods: Vec<PodWorkload>,
+        present: HashSet<String>,
+    ) -> impl Future<Output = HashMap<String, String>> + Send;
+}
+
+/// A running pod watch.
+pub struct PodWatch {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PodWatch {
+    /// A client from `kubernetes.kubeconfig`, else in-cluster, else `$KUBECONFIG`.
+    pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
+        let config = match &k.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| KubeError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            None => kube::Config::infer().await.map_err(KubeError::Infer)?,
+        };
+        kube::Client::try_from(config).map_err(KubeError::Client)
+    }
+
+    /// Starts the watch, the controller and the event poster for `sink`.
+    pub async fn start<S: PodSink>(sink: Arc<S>, metrics: KubeMetrics) -> Result<Self, KubeError> {
+        let config = sink.config();
+        let k = &config.kubernetes;
+        let node = k.node_name.clone().ok_or(KubeError::NoNodeName)?;
+        let client = Self::client(k).await?;
+        let (events, poster) = PodEvents::start(client.clone(), std::env::var("POD_NAME").ok());
+        let (tx, rx) = channel::channel(None);
+        let target = WatchTarget {
+            node,
+            label: k.opt_in_label.clone(),
+        };
+        let watcher = tokio::spawn(watch::run(client, target, metrics.clone(), tx));
+        let controller = Controller::new(sink, events, metrics, PodNsResolver::new(&k.proc_root, &k.cgroup_root));
+        let controller = tokio::spawn(controller.run(rx));
+        Ok(Self {
+            tasks: vec![watcher, controller, poster],
+        })
+    }
+
+    /// Stops the tasks. Enrolled pods stay enrolled (their pinned state
+    /// keeps them fail closed) for the next agent to adopt.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// How often pods whose namespace could not be found are looked at again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// A pod's reported state: the metric's `state` label and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodState {
+    state: &'static str,
+    why: String,
+}
+
+struct Known {
+    state: PodState,
+    reference: ObjectReference,
+}
+
+/// Binds, resolves, applies and reports.
+pub struct Controller<S> {
+    sink: Arc<S>,
+    events: PodEvents,
+    metrics: KubeMetrics,
+    resolver: PodNsResolver,
+    /// Namespace found per pod UID: a pod's namespace never changes.
+    netns: HashMap<String, PathBuf>,
+    known: HashMap<String, Known>,
+    /// Some pod's namespace was not found: look again after `RETRY`.
+    retry: bool,
+}
+
+impl<S: PodSink> Controller<S> {
+    pub fn new(sink: Arc<S>, events: PodEvents, metrics: KubeMetrics, resolver: PodNsResolver) -> Self {
+        Self {
+            sink,
+            events,
+            metrics,
+            resolver,
+            netns: HashMap::new(),
+            known: HashMap::new(),
+            retry: false,
+        }
+    }
+
+    /// Reconciles on every snapshot, every configuration change, and (while
+    /// some pod's namespace is missing) every `RETRY`, until the watch ends.
+    pub async fn run(mut self, mut pods: channel::Receiver<Option<Arc<PodSet>>>) {
+        let mut config = self.sink.config_changes();
+        loop {
+            let snapshot = pods.borrow_and_update().clone();
+            if let Some(set) = snapshot {
+                self.reconcile(&set).await;
+            }
+            tokio::select! {
+                r = pods.changed() => if r.is_err() { break },
+                r = config.changed() => if r.is_err() { break },
+                () = tokio::time::sleep(RETRY), if self.retry => {}
+            }
+        }
+    }
+
+    /// One pass over a complete pod set.
+    pub async fn reconcile(&mut self, set: &PodSet) {
+        let config = self.sink.config();
+        let mut states: HashMap<String, PodState> = HashMap::new();
+        let mut workloads = Vec::new();
+        let mut present = HashSet::new();
+        self.retry = false;
+        for (name, pod) in set {
+            match binding::bind(pod, &config.kubernetes, &config.policies) {
+                Binding::Waiting(why) => {
+                    states.insert(name.clone(), state("waiting", why));
+                }
+                Binding::Refused(why) => {
+                    states.insert(name.clone(), state("refused", why));
+                }
+                Binding::Failed(why) => {
+                    present.insert(name.clone());
+                    states.insert(name.clone(), state("failed", why));
+                }
+                Binding::Enrol(b) => {
+                    present.insert(name.clone());
+                    let netns = match self.netns.get(&b.uid).filter(|p| p.exists()) {
+                        Some(p) => Ok(p.clone()),
+                        None => self.resolver.resolve(&b.uid),
+                    };
+                    match netns {
+                        Ok(netns) => {
+                            self.netns.insert(b.uid.clone(), netns.clone());
+                            let s = match &b.policy {
+                                PodPolicy::Named(p) => state("enrolled", format!("policy {p}, ports {:?}", b.ports)),
+                                PodPolicy::Missing(why) => {
+                                    state("deny_all", format!("{why}: every request is refused (no_policy)"))
+                                }
+                            };
+                            states.insert(name.clone(), s);
+                            workloads.push(PodWorkload {
+                                name: name.clone(),
+                                labels: b.labels,
+                                policy: b.policy,
+                                ips: b.ips,
+                                ports: b.ports,
+                                netns,
+                            });
+                        }
+                        Err(e) => {
+                            if matches!(e, podns::PodNsError::HostNetns { .. }) {
+                                states.insert(name.clone(), state("refused", e.to_string()));
+                            } else {
+                                self.retry = true;
+                                states.insert(
+                                    name.clone(),
+                                    state("failed", format!("network namespace not found: {e}")),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let live: HashSet<&str> = set.values().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        self.netns.retain(|uid, _| live.contains(uid.as_str()));
+
+        let failures = self.sink.apply_pods(workloads, present).await;
+        for (name, why) in failures {
+            states.insert(name, state("failed", why));
+        }
+        self.report(set, states);
+        if self.metrics.synced.get() == 0 {
+            self.metrics.synced.set(1);
+            tracing::info!(pods = set.len(), "first pod list applied");
+        }
+    }
+
+    /// Metrics, logs and events for what changed.
+    fn report(&mut self, set: &PodSet, states: HashMap<String, PodState>) {
+        // Pods gone from the set (deleted, label removed).
+        let gone: Vec<String> = self.known.keys().filter(|n| !set.contains_key(*n)).cloned().collect();
+        for name in gone {
+            if let Some(k) = self.known.remove(&name) {
+                self.metrics.set_pod_state(&name, None);
+                if is_protected(&k.state) {
+                    tracing::info!(pod = %name, "pod un-enrolled: deleted or no longer opted in");
+                    self.events.post_ref(
+                        k.reference,
+                        Reason::Unenrolled,
+                        "no longer watched (deleted, or the opt-in label was removed); traffic goes straight to the pod".into(),
+                    );
+                }
+            }
+        }
+        for (name, pod) in set {
+            let Some(now) = states.get(name) else { continue };
+            let before = self.known.get(name).map(|k| k.state.clone());
+            if before.as_ref() == Some(now) {
+                continue;
+            }
+            self.metrics.set_pod_state(name, Some(now.state));
+            let was_protected = before.as_ref().is_some_and(is_protected);
+            match now.state {
+                "enrolled" => {
+                    tracing::info!(pod = %name, detail = %now.why, "pod enrolled");
+                    self.events
+                        .post(pod, Reason::Enrolled, format!("protected by nodeward: {}", now.why));
+                }
+                "deny_all" => {
+                    tracing::warn!(pod = %name, detail = %now.why, "pod enrolled deny-all: its policy is missing");
+                    self.events.post(pod, Reason::PolicyNotFound, now.why.clone());
+                }
+                "failed" => {
+                    tracing::error!(pod = %name, error = %now.why, "pod not enrolled");
+                    self.events.post(pod, Reason::EnrolmentFailed, now.why.clone());
+                }
+                "refused" => {
+                    tracing::warn!(pod = %name, why = %now.why, "pod refused");
+                    self.events.post(pod, Reason::HostNetworkRefused, now.why.clone());
+                }
+                _ => {
+                    tracing::debug!(pod = %name, why = %now.why, "pod waiting");
+                    if was_protected {
+                        self.events
+                            .post(pod, Reason::Unenrolled, format!("un-enrolled: {}", now.why));
+                    }
+                }
+            }
+            self.known.insert(
+                name.clone(),
+                Known {
+                    state: now.clone(),
+                    reference: pod.object_ref(&()),
+                },
+            );
+        }
+    }
+}
+
+fn state(state: &'static str, why: String) -> PodState {
+    PodState { state, why }
+}
+
+fn is_protected(s: &PodState) -> bool {
+    s.state == "enrolled" || s.state == "deny_all"
+}

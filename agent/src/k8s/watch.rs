@@ -1,0 +1,123 @@
+//! The pod watch: kube-rs's `watcher` on this node's opted-in pods (field
+//! selector `spec.nodeName`, the opt-in label selector), turned into
+//! complete snapshots of the desired pod set.
+//!
+//! The watcher lists, then watches from the list's resourceVersion; when the
+//! watch expires (410 Gone) it re-lists. A re-list arrives as `Init`,
+//! `InitApply`…, `InitDone`: it is buffered and replaces the snapshot only
+//! when complete, so a re-list never empties the set early. API errors are
+//! counted and retried with the watcher's default backoff; meanwhile the
+//! last snapshot stands, so an API outage un-enrols no healthy pod.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+
+use super::binding::workload_name;
+use super::metrics::KubeMetrics;
+
+/// This node's opted-in pods by workload name (`namespace/pod`).
+pub type PodSet = BTreeMap<String, Pod>;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchTarget {
+    pub node: String,
+    /// `key=value`.
+    pub label: String,
+}
+
+impl WatchTarget {
+    pub fn field_selector(&self) -> String {
+        format!("spec.nodeName={}", self.node)
+    }
+
+    /// Whether `pod` is one of ours, checked again on our side.
+    fn selects(&self, pod: &Pod) -> bool {
+        let (k, v) = self.label.split_once('=').unwrap_or((self.label.as_str(), ""));
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(self.node.as_str())
+            && pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(k))
+                .is_some_and(|x| x == v)
+    }
+}
+
+/// Runs the watch until the receiver side of `tx` is gone, publishing a
+/// complete snapshot after the first full list and after every change.
+/// `None` in the channel means no complete list yet.
+pub async fn run(
+    client: kube::Client,
+    target: WatchTarget,
+    metrics: KubeMetrics,
+    tx: watch::Sender<Option<Arc<PodSet>>>,
+) {
+    let api: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default()
+        .fields(&target.field_selector())
+        .labels(&target.label);
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut current = PodSet::new();
+    let mut listing: Option<PodSet> = None;
+    let mut synced = false;
+    let count = |t: &str| metrics.watch_events.with_label_values(&[t]).inc();
+    tracing::info!(node = %target.node, label = %target.label, "watching this node's pods");
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            () = tx.closed() => break,
+        };
+        let Some(event) = next else { break };
+        let changed = match event {
+            Ok(Event::Init) => {
+                listing = Some(PodSet::new());
+                false
+            }
+            Ok(Event::InitApply(pod)) => {
+                if target.selects(&pod) {
+                    listing.get_or_insert_with(PodSet::new).insert(workload_name(&pod), pod);
+                }
+                false
+            }
+            Ok(Event::InitDone) => {
+                count("restarted");
+                let full = listing.take().unwrap_or_default();
+                tracing::info!(pods = full.len(), resynced = synced, "pod list complete");
+                current = full;
+                synced = true;
+                true
+            }
+            Ok(Event::Apply(pod)) => {
+                count("applied");
+                let name = workload_name(&pod);
+                if target.selects(&pod) {
+                    current.insert(name, pod);
+                    true
+                } else {
+                    current.remove(&name).is_some()
+                }
+            }
+            Ok(Event::Delete(pod)) => {
+                count("deleted");
+                current.remove(&workload_name(&pod)).is_some()
+            }
+            Err(e) => {
+                metrics.api_errors.inc();
+                tracing::warn!(error = %e, "pod watch: Kubernetes API error; retrying with backoff, pods keep their state");
+                false
+            }
+        };
+        if changed && synced && tx.send(Some(Arc::new(current.clone()))).is_err() {
+            break;
+        }
+    }
+    tracing::info!("pod watch stopped");
+}
