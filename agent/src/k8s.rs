@@ -91,7 +91,7 @@ pub struct PodWatch {
 impl PodWatch {
     /// A client from `kubernetes.kubeconfig`, else in-cluster, else `$KUBECONFIG`.
     pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
-        let config = match &k.kubeconfig {
+        let mut config = match &k.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
                     path: path.clone(),
@@ -106,6 +106,10 @@ impl PodWatch {
             }
             None => kube::Config::infer().await.map_err(KubeError::Infer)?,
         };
+        // The watcher retries with its own backoff and counts each failure;
+        // the client's own retries (up to 15 on a 503) would hide an outage
+        // from the metrics and the logs for minutes.
+        config.default_retry = false;
         kube::Client::try_from(config).map_err(KubeError::Client)
     }
 

@@ -1,0 +1,680 @@
+//! The pod watch against the fake Kubernetes API over real HTTP on loopback
+//! (no root): kube-rs's watcher → complete pod snapshots (`k8s::watch`), and
+//! the controller that binds, resolves and reports pods (`k8s::Controller`)
+//! with a recording sink in place of the agent and a fake host /proc and
+//! cgroup tree. Enrolling for real is `tests/kubernetes.rs` (root).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ContainerPort, Pod};
+use nodeward::config::Config;
+use nodeward::k8s::binding::PodPolicy;
+use nodeward::k8s::events::PodEvents;
+use nodeward::k8s::podns::PodNsResolver;
+use nodeward::k8s::watch::{self, PodSet, WatchTarget};
+use nodeward::k8s::{Controller, KubeMetrics, PodSink, PodWatch, PodWorkload};
+use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder};
+use tokio::sync::watch as channel;
+
+const NODE: &str = "node-1";
+const LABEL: (&str, &str) = ("nodeward.io/enabled", "true");
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn metrics() -> KubeMetrics {
+    KubeMetrics::register(&prometheus::Registry::new()).expect("metrics")
+}
+
+async fn client(api: &FakeKubeApi, dir: &Path) -> kube::Client {
+    let k = nodeward::config::KubernetesConfig {
+        kubeconfig: Some(api.write_kubeconfig(dir)),
+        ..Default::default()
+    };
+    PodWatch::client(&k).await.expect("client from the fake's kubeconfig")
+}
+
+/// An opted-in pod of this node, Running with `ip`.
+fn running(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)]) -> PodBuilder {
+    PodBuilder::new(ns, name)
+        .node(NODE)
+        .label(LABEL.0, LABEL.1)
+        .labels(labels)
+        .running(ip)
+}
+
+/// Polls `cond` every 20 ms until it holds, at most [`WAIT`].
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `watch::run` and its snapshots.
+struct Watch {
+    rx: channel::Receiver<Option<Arc<PodSet>>>,
+    metrics: KubeMetrics,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watch {
+    async fn start(api: &FakeKubeApi, dir: &Path) -> Self {
+        let metrics = metrics();
+        let (tx, rx) = channel::channel(None);
+        let target = WatchTarget {
+            node: NODE.into(),
+            label: format!("{}={}", LABEL.0, LABEL.1),
+        };
+        let task = tokio::spawn(watch::run(client(api, dir).await, target, metrics.clone(), tx));
+        Self { rx, metrics, task }
+    }
+
+    fn names(&self) -> Option<BTreeSet<String>> {
+        self.rx.borrow().as_ref().map(|s| s.keys().cloned().collect())
+    }
+
+    async fn until(&self, what: &str, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        eventually(what, || self.names().as_ref() == Some(&want)).await;
+    }
+
+    fn events(&self, t: &str) -> u64 {
+        self.metrics.watch_events.with_label_values(&[t]).get()
+    }
+}
+
+#[tokio::test]
+async fn pre_existing_pods_of_this_node_only_then_add_relabel_delete() {
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    api.apply_pod(running("shop", "a", "10.0.0.1", &[("app", "orders")]).build());
+    api.apply_pod(
+        PodBuilder::new("shop", "pending")
+            .node(NODE)
+            .label(LABEL.0, LABEL.1)
+            .build(),
+    );
+    // Another node's pod, and one of ours without the opt-in label.
+    api.apply_pod(
+        PodBuilder::new("shop", "elsewhere")
+            .node("node-2")
+            .label(LABEL.0, LABEL.1)
+            .running("10.0.1.1")
+            .build(),
+    );
+    api.apply_pod(PodBuilder::new("shop", "plain").node(NODE).running("10.0.0.9").build());
+    api.apply_pod(
+        PodBuilder::new("shop", "opted-out")
+            .node(NODE)
+            .label(LABEL.0, "false")
+            .running("10.0.0.8")
+            .build(),
+    );
+
+    let w = Watch::start(&api, dir.path()).await;
+    w.until("the pre-existing pods", &["shop/a", "shop/pending"]).await;
+    assert_eq!(w.events("restarted"), 1);
+
+    // Every list and watch carried both selectors: other nodes' pods never reach the agent.
+    let pod_requests: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/pods")
+        .collect();
+    assert!(!pod_requests.is_empty());
+    for r in &pod_requests {
+        assert_eq!(r.param("fieldSelector"), Some("spec.nodeName=node-1"), "{r:?}");
+        assert_eq!(r.param("labelSelector"), Some("nodeward.io/enabled=true"), "{r:?}");
+    }
+
+    api.apply_pod(running("shop", "b", "10.0.0.2", &[]).build());
+    w.until("an added pod", &["shop/a", "shop/b", "shop/pending"]).await;
+
+    // Another label changes: still watched, with the new labels.
+    api.apply_pod(running("shop", "b", "10.0.0.2", &[("tier", "web")]).build());
+    eventually("the relabelled pod", || {
+        w.rx.borrow()
+            .as_ref()
+            .and_then(|s| s.get("shop/b").cloned())
+            .is_some_and(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("tier"))
+                    .map(String::as_str)
+                    == Some("web")
+            })
+    })
+    .await;
+
+    // The opt-in label goes: the pod leaves the set.
+    api.apply_pod(PodBuilder::new("shop", "b").node(NODE).running("10.0.0.2").build());
+    w.until("the opted-out pod gone", &["shop/a", "shop/pending"]).await;
+
+    assert!(api.delete_pod("shop", "a"));
+    w.until("the deleted pod gone", &["shop/pending"]).await;
+    // Added, relabelled; the opt-in label removal arrives as DELETED, as from the apiserver.
+    assert!(w.events("applied") >= 2, "{}", w.events("applied"));
+    assert!(w.events("deleted") >= 2, "{}", w.events("deleted"));
+    assert_eq!(w.metrics.api_errors.get(), 0);
+}
+
+#[tokio::test]
+async fn an_api_outage_keeps_the_pods_and_recovery_resyncs() {
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    api.apply_pod(running("shop", "a", "10.0.0.1", &[]).build());
+    api.apply_pod(running("shop", "b", "10.0.0.2", &[]).build());
+    let w = Watch::start(&api, dir.path()).await;
+    w.until("the first list", &["shop/a", "shop/b"]).await;
+
+    for status in [503, 500] {
+        let before = w.names();
+        api.set_failing(Some(status));
+        eventually("API errors counted", || w.metrics.api_errors.get() >= 2).await;
+        // Nothing was un-enrolled: the last complete set stands.
+        assert_eq!(w.names(), before, "during a {status} outage");
+        // Changes during the outage: one pod deleted, one added.
+        if status == 503 {
+            assert!(api.delete_pod("shop", "a"));
+            api.apply_pod(running("shop", "c", "10.0.0.3", &[]).build());
+        }
+        api.set_failing(None);
+        w.until("the resync after the outage", &["shop/b", "shop/c"]).await;
+        w.metrics.api_errors.reset();
+    }
+}
+
+#[tokio::test]
+async fn expired_watch_relists_and_bookmarks_are_harmless() {
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    api.apply_pod(running("shop", "a", "10.0.0.1", &[]).build());
+    let w = Watch::start(&api, dir.path()).await;
+    w.until("the first list", &["shop/a"]).await;
+    eventually("an open watch", || api.open_watches() > 0).await;
+
+    api.bookmark();
+    api.apply_pod(running("shop", "b", "10.0.0.2", &[]).build());
+    w.until("a change after a bookmark", &["shop/a", "shop/b"]).await;
+
+    // History compacted: the open watch gets 410 Gone and the watcher re-lists.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/pods" && !r.is_watch())
+        .count();
+    api.compact();
+    api.delete_pod("shop", "a");
+    api.apply_pod(running("shop", "c", "10.0.0.3", &[]).build());
+    w.until("the set after the re-list", &["shop/b", "shop/c"]).await;
+    eventually("a re-list", || w.events("restarted") >= 2).await;
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/pods" && !r.is_watch())
+        .count();
+    assert!(lists_after > lists_before, "410 Gone must cause a new list");
+}
+
+#[tokio::test]
+async fn slow_api_responses_still_converge() {
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    api.set_latency(Duration::from_millis(400));
+    api.apply_pod(running("shop", "a", "10.0.0.1", &[]).build());
+    let w = Watch::start(&api, dir.path()).await;
+    // No complete list yet means no snapshot at all, never an empty one.
+    assert_eq!(w.names(), None);
+    w.until("the first list, slowly", &["shop/a"]).await;
+    api.apply_pod(running("shop", "b", "10.0.0.2", &[]).build());
+    w.until("a change, slowly", &["shop/a", "shop/b"]).await;
+}
+
+// === The controller, with a recording sink ===
+
+/// Stands in for the agent: records the pod workloads it is given.
+struct Sink {
+    config: Mutex<Arc<Config>>,
+    generation: channel::Sender<u64>,
+    applied: Mutex<Vec<PodWorkload>>,
+    present: Mutex<HashSet<String>>,
+    applies: Mutex<usize>,
+    /// Pods the "agent" cannot enrol, and why.
+    fail: Mutex<HashMap<String, String>>,
+}
+
+impl Sink {
+    fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config: Mutex::new(Arc::new(config)),
+            generation: channel::channel(0).0,
+            applied: Mutex::default(),
+            present: Mutex::default(),
+            applies: Mutex::default(),
+            fail: Mutex::default(),
+        })
+    }
+
+    fn pod(&self, name: &str) -> Option<PodWorkload> {
+        self.applied
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.applied
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn reload(&self, config: Config) {
+        *self.config.lock().expect("lock") = Arc::new(config);
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+impl PodSink for Sink {
+    fn config(&self) -> Arc<Config> {
+        self.config.lock().expect("lock").clone()
+    }
+
+    fn config_changes(&self) -> channel::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn apply_pods(
+        &self,
+        pods: Vec<PodWorkload>,
+        present: HashSet<String>,
+    ) -> impl Future<Output = HashMap<String, String>> + Send {
+        let fail = self.fail.lock().expect("lock").clone();
+        let failures = pods
+            .iter()
+            .filter_map(|p| fail.get(&p.name).map(|why| (p.name.clone(), why.clone())))
+            .collect();
+        *self.applied.lock().expect("lock") = pods;
+        *self.present.lock().expect("lock") = present;
+        *self.applies.lock().expect("lock") += 1;
+        std::future::ready(failures)
+    }
+}
+
+const CONFIG: &str = r#"
+policies:
+  - name: orders
+    selector: {app: orders}
+    ports: [8080]
+    rules: [{name: all, allow: anonymous}]
+  - name: web
+    selector: {tier: web}
+    ports: [80]
+    container_ports: true
+    rules: [{name: all, allow: anonymous}]
+kubernetes:
+  enabled: true
+  node_name: node-1
+"#;
+
+/// A fake host: `proc/1` (the host namespace) and pods' processes, each in
+/// a namespace of its own, listed in a cgroupfs-driver tree.
+struct FakeHost {
+    dir: tempfile::TempDir,
+    next_pid: Mutex<u32>,
+}
+
+impl FakeHost {
+    fn new() -> Self {
+        let h = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            next_pid: Mutex::new(100),
+        };
+        let ns = h.proc_root().join("1/ns");
+        std::fs::create_dir_all(&ns).expect("proc/1");
+        std::fs::write(ns.join("net"), b"").expect("host netns");
+        std::fs::create_dir_all(h.cgroup_root()).expect("cgroup root");
+        h
+    }
+
+    fn proc_root(&self) -> PathBuf {
+        self.dir.path().join("proc")
+    }
+
+    fn cgroup_root(&self) -> PathBuf {
+        self.dir.path().join("cgroup")
+    }
+
+    /// Starts a "process" of the pod with `uid`; returns its netns path.
+    fn start_pod(&self, uid: &str) -> PathBuf {
+        let pid = {
+            let mut n = self.next_pid.lock().expect("lock");
+            *n += 1;
+            *n
+        };
+        let ns = self.proc_root().join(format!("{pid}/ns"));
+        std::fs::create_dir_all(&ns).expect("proc dir");
+        std::fs::write(ns.join("net"), b"").expect("netns");
+        let cg = self.cgroup_root().join(format!("kubepods/besteffort/pod{uid}/ctr"));
+        std::fs::create_dir_all(&cg).expect("cgroup");
+        std::fs::write(cg.join("cgroup.procs"), format!("{pid}\n")).expect("cgroup.procs");
+        ns.join("net")
+    }
+}
+
+struct Harness {
+    api: FakeKubeApi,
+    host: FakeHost,
+    sink: Arc<Sink>,
+    metrics: KubeMetrics,
+    _dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let api = FakeKubeApi::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = FakeHost::new();
+        let config = Config::parse_with_env(CONFIG, Path::new("test.yaml"), |_| None).expect("config");
+        let sink = Sink::new(config);
+        let metrics = metrics();
+        let client = client(&api, dir.path()).await;
+        let (events, poster) = PodEvents::start(client.clone(), Some("nodeward-test".into()));
+        let (tx, rx) = channel::channel(None);
+        let target = WatchTarget {
+            node: NODE.into(),
+            label: format!("{}={}", LABEL.0, LABEL.1),
+        };
+        let watcher = tokio::spawn(watch::run(client, target, metrics.clone(), tx));
+        let resolver = PodNsResolver::new(&host.proc_root(), &host.cgroup_root());
+        let controller = Controller::new(sink.clone(), events, metrics.clone(), resolver);
+        let controller = tokio::spawn(controller.run(rx));
+        Self {
+            api,
+            host,
+            sink,
+            metrics,
+            _dir: dir,
+            tasks: vec![watcher, controller, poster],
+        }
+    }
+
+    /// Applies `pod` to the fake and gives it a process on the fake host.
+    fn pod_with_process(&self, pod: Pod) -> PathBuf {
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        self.api.apply_pod(pod);
+        let uid = self
+            .api
+            .get_pod(&ns, &name)
+            .and_then(|p| p.metadata.uid)
+            .expect("the fake assigns a uid");
+        self.host.start_pod(&uid)
+    }
+
+    /// The pod's reported state: the one `nodeward_kubernetes_pods` series it has.
+    fn state(&self, ns: &str, pod: &str) -> Option<String> {
+        use prometheus::core::Collector as _;
+        let mut states = Vec::new();
+        for family in self.metrics.pods.collect() {
+            for m in family.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                if label("namespace").as_deref() == Some(ns) && label("pod").as_deref() == Some(pod) {
+                    assert_eq!(m.get_gauge().value(), 1.0);
+                    states.extend(label("state"));
+                }
+            }
+        }
+        assert!(states.len() <= 1, "one state at a time: {states:?}");
+        states.pop()
+    }
+
+    /// Events the fake received about `pod`: (reason, type, note).
+    fn events(&self, pod: &str) -> Vec<(String, String, String)> {
+        self.api
+            .events()
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == pod || e["involvedObject"]["name"] == pod)
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("reason"), s("type"), s("note"))
+            })
+            .collect()
+    }
+
+    async fn until_event(&self, pod: &str, reason: &str) -> (String, String, String) {
+        let mut found = None;
+        eventually(&format!("event {reason} on {pod}"), || {
+            found = self.events(pod).into_iter().find(|e| e.0 == reason);
+            found.is_some()
+        })
+        .await;
+        found.expect("found")
+    }
+}
+
+#[tokio::test]
+async fn pods_are_bound_resolved_and_reported() {
+    let h = Harness::start().await;
+    let ns_a = h.pod_with_process(running("shop", "a", "10.0.0.1", &[("app", "orders")]).build());
+    let mut web = running("shop", "w", "10.0.0.2", &[("tier", "web")]).build();
+    if let Some(spec) = web.spec.as_mut() {
+        spec.containers[0].ports = Some(vec![
+            ContainerPort {
+                container_port: 9000,
+                ..Default::default()
+            },
+            ContainerPort {
+                container_port: 53,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
+        ]);
+    }
+    let ns_w = h.pod_with_process(web);
+    eventually("both pods enrolled", || h.sink.names().len() == 2).await;
+    assert!(h.metrics.synced.get() == 1);
+
+    let a = h.sink.pod("shop/a").expect("a");
+    assert_eq!(a.policy, PodPolicy::Named("orders".into()));
+    assert_eq!(
+        (a.ports.as_slice(), a.netns.as_path()),
+        ([8080].as_slice(), ns_a.as_path())
+    );
+    assert_eq!(a.ips, ["10.0.0.1".parse::<std::net::IpAddr>().expect("ip")]);
+    let w = h.sink.pod("shop/w").expect("w");
+    assert_eq!(
+        (w.policy.clone(), w.ports.clone()),
+        (PodPolicy::Named("web".into()), vec![80, 9000])
+    );
+    assert_eq!(w.netns, ns_w);
+    eventually("states in metrics", || {
+        h.state("shop", "a").as_deref() == Some("enrolled") && h.state("shop", "w").as_deref() == Some("enrolled")
+    })
+    .await;
+    let (_, kind, note) = h.until_event("a", "Enrolled").await;
+    assert_eq!(kind, "Normal");
+    assert!(note.contains("policy orders"), "{note}");
+
+    // Relabelled: rebound to the other policy, same namespace, no new process needed.
+    h.api
+        .apply_pod(running("shop", "a", "10.0.0.1", &[("tier", "web")]).build());
+    eventually("rebinding to web", || {
+        h.sink
+            .pod("shop/a")
+            .is_some_and(|p| p.policy == PodPolicy::Named("web".into()))
+    })
+    .await;
+
+    // Label removed: un-enrolled, its series gone, an Unenrolled event.
+    h.api
+        .apply_pod(PodBuilder::new("shop", "a").node(NODE).running("10.0.0.1").build());
+    eventually("a un-enrolled", || h.sink.pod("shop/a").is_none()).await;
+    h.until_event("a", "Unenrolled").await;
+    eventually("a's series removed", || h.state("shop", "a").is_none()).await;
+
+    // A reload that removes `web`: w falls back to deny-all, on its container ports.
+    let without_web = CONFIG.replace(
+        "  - name: web\n    selector: {tier: web}\n    ports: [80]\n    container_ports: true\n    rules: [{name: all, allow: anonymous}]\n",
+        "",
+    );
+    assert_ne!(without_web, CONFIG);
+    h.sink
+        .reload(Config::parse_with_env(&without_web, Path::new("t.yaml"), |_| None).expect("config"));
+    eventually("deny-all after the reload", || {
+        h.sink
+            .pod("shop/w")
+            .is_some_and(|p| matches!(p.policy, PodPolicy::Missing(_)) && p.ports == [9000])
+    })
+    .await;
+    let (_, kind, note) = h.until_event("w", "PolicyNotFound").await;
+    assert_eq!(kind, "Warning");
+    assert!(note.contains("no policy selects"), "{note}");
+    eventually("deny_all state", || h.state("shop", "w").as_deref() == Some("deny_all")).await;
+
+    // Deleted.
+    assert!(h.api.delete_pod("shop", "w"));
+    eventually("w un-enrolled", || h.sink.names().is_empty()).await;
+    h.until_event("w", "Unenrolled").await;
+}
+
+#[tokio::test]
+async fn failures_are_reported_as_events_and_retried() {
+    let h = Harness::start().await;
+    // Annotated with a policy that does not exist: deny-all, on its containerPorts.
+    let mut ghost = running("shop", "ghost", "10.0.0.5", &[("app", "orders")])
+        .annotation("nodeward.io/policy", "nope")
+        .build();
+    if let Some(spec) = ghost.spec.as_mut() {
+        spec.containers[0].ports = Some(vec![ContainerPort {
+            container_port: 8443,
+            ..Default::default()
+        }]);
+    }
+    h.pod_with_process(ghost);
+    // hostNetwork: refused.
+    h.api.apply_pod(
+        running("shop", "hostnet", "192.168.1.10", &[("app", "orders")])
+            .host_network(true)
+            .build(),
+    );
+    // Running but its cgroup is not there yet: failed, then retried.
+    h.api
+        .apply_pod(running("shop", "late", "10.0.0.6", &[("app", "orders")]).build());
+    // Not running yet: waiting, no event.
+    h.api.apply_pod(
+        PodBuilder::new("shop", "pending")
+            .node(NODE)
+            .label(LABEL.0, LABEL.1)
+            .build(),
+    );
+
+    let (_, kind, note) = h.until_event("ghost", "PolicyNotFound").await;
+    assert_eq!(kind, "Warning");
+    assert!(note.contains("\"nope\"") && note.contains("no_policy"), "{note}");
+    let g = h.sink.pod("shop/ghost").expect("ghost enrolled deny-all");
+    assert!(matches!(g.policy, PodPolicy::Missing(_)));
+    assert_eq!(g.ports, [8443]);
+
+    let (_, kind, note) = h.until_event("hostnet", "HostNetworkRefused").await;
+    assert_eq!(kind, "Warning");
+    assert!(note.contains("hostNetwork"), "{note}");
+    assert_eq!(h.state("shop", "hostnet").as_deref(), Some("refused"));
+
+    let (_, _, note) = h.until_event("late", "EnrolmentFailed").await;
+    assert!(note.contains("network namespace not found"), "{note}");
+    assert_eq!(h.state("shop", "late").as_deref(), Some("failed"));
+    // Still protected-in-waiting: its pinned state, if any, is kept.
+    assert!(h.sink.present.lock().expect("lock").contains("shop/late"));
+    let uid = h.api.get_pod("shop", "late").and_then(|p| p.metadata.uid).expect("uid");
+    let ns = h.host.start_pod(&uid);
+    eventually("the retry finds the namespace", || {
+        h.sink.pod("shop/late").is_some_and(|p| p.netns == ns)
+    })
+    .await;
+    eventually("late enrolled", || {
+        h.state("shop", "late").as_deref() == Some("enrolled")
+    })
+    .await;
+
+    eventually("pending waiting", || {
+        h.state("shop", "pending").as_deref() == Some("waiting")
+    })
+    .await;
+    assert!(h.events("pending").is_empty());
+
+    // The agent cannot enrol a pod (eBPF error...): EnrolmentFailed with its reason.
+    h.sink.fail.lock().expect("lock").insert(
+        "shop/crash".into(),
+        "eBPF: attaching to a network namespace: EPERM".into(),
+    );
+    h.pod_with_process(running("shop", "crash", "10.0.0.7", &[("app", "orders")]).build());
+    let (_, _, note) = h.until_event("crash", "EnrolmentFailed").await;
+    assert!(note.contains("EPERM"), "{note}");
+    assert_eq!(h.state("shop", "crash").as_deref(), Some("failed"));
+    // Events are posted once per change of state, not on every pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let failed_events = h.events("crash").iter().filter(|e| e.0 == "EnrolmentFailed").count();
+    assert_eq!(failed_events, 1);
+}
+
+#[tokio::test]
+async fn events_never_block_enrolment_during_an_outage() {
+    let h = Harness::start().await;
+    h.pod_with_process(running("shop", "a", "10.0.0.1", &[("app", "orders")]).build());
+    eventually("a enrolled", || h.sink.pod("shop/a").is_some()).await;
+    h.until_event("a", "Enrolled").await;
+
+    // The API is down: the watch keeps the pods, and a config reload still
+    // re-applies at once even though every event post now fails.
+    h.api.set_failing(Some(503));
+    let applies = *h.sink.applies.lock().expect("lock");
+    h.sink.reload(
+        Config::parse_with_env(
+            &CONFIG.replace("ports: [8080]", "ports: [8080, 8081]"),
+            Path::new("t.yaml"),
+            |_| None,
+        )
+        .expect("config"),
+    );
+    eventually("re-applied with the new ports", || {
+        h.sink.pod("shop/a").is_some_and(|p| p.ports == [8080, 8081])
+    })
+    .await;
+    assert!(*h.sink.applies.lock().expect("lock") > applies);
+    eventually("API errors counted", || h.metrics.api_errors.get() >= 1).await;
+    assert!(h.sink.pod("shop/a").is_some(), "an outage un-enrols nothing");
+    h.api.set_failing(None);
+}
