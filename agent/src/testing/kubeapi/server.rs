@@ -2,7 +2,6 @@
 //! latency, answers the configured outage, checks the bearer token, then
 //! routes to the store.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -167,7 +166,7 @@ fn pods(
         .filter(|t| *t > 0)
         .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
     let body = WatchBody {
-        initial: VecDeque::from(initial),
+        initial,
         rx,
         deadline: Box::pin(tokio::time::sleep(timeout)),
         done: false,
@@ -236,7 +235,9 @@ pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Respo
 fn error(e: &ApiError) -> Response<ResponseBody> {
     let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &e.to_json());
-    if matches!(e.code, 429 | 503 | 504) {
+    // The apiserver sets Retry-After on its 429 (max-in-flight) answers;
+    // kube-rs honours it when it retries.
+    if e.code == 429 {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
