@@ -166,8 +166,8 @@ pub struct Controller<S> {
     events: PodEvents,
     metrics: KubeMetrics,
     resolver: PodNsResolver,
-    /// Namespace found per pod UID: a pod's namespace never changes.
-    netns: HashMap<String, PathBuf>,
+    /// Namespace found per pod UID: the path and the namespace's inode.
+    netns: HashMap<String, (PathBuf, u64)>,
     known: HashMap<String, Known>,
     /// Some pod's namespace was not found: look again after `RETRY`.
     retry: bool,
@@ -224,13 +224,8 @@ impl<S: PodSink> Controller<S> {
                 }
                 Binding::Enrol(b) => {
                     present.insert(name.clone());
-                    let netns = match self.netns.get(&b.uid).filter(|p| p.exists()) {
-                        Some(p) => Ok(p.clone()),
-                        None => self.resolver.resolve(&b.uid),
-                    };
-                    match netns {
+                    match self.netns_of(&b.uid) {
                         Ok(netns) => {
-                            self.netns.insert(b.uid.clone(), netns.clone());
                             let s = match &b.policy {
                                 PodPolicy::Named(p) => state("enrolled", format!("policy {p}, ports {:?}", b.ports)),
                                 PodPolicy::Missing(why) => {
@@ -273,6 +268,30 @@ impl<S: PodSink> Controller<S> {
         if self.metrics.synced.get() == 0 {
             self.metrics.synced.set(1);
             tracing::info!(pods = set.len(), "first pod list applied");
+        }
+    }
+
+    /// The pod's namespace path: the one found before while it is still
+    /// there, else a new one. When the process it was found through has
+    /// exited but the pod's namespace is the same (another container's
+    /// process), the old path is kept: the agent holds the namespace open,
+    /// and a new path would needlessly re-enrol the pod.
+    fn netns_of(&mut self, uid: &str) -> Result<PathBuf, podns::PodNsError> {
+        if let Some((path, _)) = self.netns.get(uid)
+            && path.exists()
+        {
+            return Ok(path.clone());
+        }
+        let found = self.resolver.resolve(uid)?;
+        let ino = std::fs::metadata(&found)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        match self.netns.get(uid) {
+            Some((old, old_ino)) if *old_ino == ino => Ok(old.clone()),
+            _ => {
+                self.netns.insert(uid.to_string(), (found.clone(), ino));
+                Ok(found)
+            }
         }
     }
 

@@ -338,6 +338,8 @@ kubernetes:
 struct FakeHost {
     dir: tempfile::TempDir,
     next_pid: Mutex<u32>,
+    /// The pod's current process, by UID.
+    pids: Mutex<HashMap<String, u32>>,
 }
 
 impl FakeHost {
@@ -345,6 +347,7 @@ impl FakeHost {
         let h = Self {
             dir: tempfile::tempdir().expect("temp dir"),
             next_pid: Mutex::new(100),
+            pids: Mutex::default(),
         };
         let ns = h.proc_root().join("1/ns");
         std::fs::create_dir_all(&ns).expect("proc/1");
@@ -361,16 +364,31 @@ impl FakeHost {
         self.dir.path().join("cgroup")
     }
 
-    /// Starts a "process" of the pod with `uid`; returns its netns path.
+    /// Starts a "process" of the pod with `uid` in a new namespace; returns its netns path.
     fn start_pod(&self, uid: &str) -> PathBuf {
+        self.replace_process(uid, false)
+    }
+
+    /// The pod's process exits and another one is listed in its cgroup, in
+    /// the same namespace (`share`: another container) or a new one (a new
+    /// sandbox). Returns the new process's netns path.
+    fn replace_process(&self, uid: &str, share: bool) -> PathBuf {
         let pid = {
             let mut n = self.next_pid.lock().expect("lock");
             *n += 1;
             *n
         };
+        let old = self.pids.lock().expect("lock").insert(uid.to_string(), pid);
         let ns = self.proc_root().join(format!("{pid}/ns"));
         std::fs::create_dir_all(&ns).expect("proc dir");
-        std::fs::write(ns.join("net"), b"").expect("netns");
+        match old {
+            Some(old) if share => std::fs::hard_link(self.proc_root().join(format!("{old}/ns/net")), ns.join("net"))
+                .expect("same namespace"),
+            _ => std::fs::write(ns.join("net"), b"").expect("netns"),
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.proc_root().join(old.to_string())).expect("old process exits");
+        }
         let cg = self.cgroup_root().join(format!("kubepods/besteffort/pod{uid}/ctr"));
         std::fs::create_dir_all(&cg).expect("cgroup");
         std::fs::write(cg.join("cgroup.procs"), format!("{pid}\n")).expect("cgroup.procs");
@@ -677,4 +695,86 @@ async fn events_never_block_enrolment_during_an_outage() {
     eventually("API errors counted", || h.metrics.api_errors.get() >= 1).await;
     assert!(h.sink.pod("shop/a").is_some(), "an outage un-enrols nothing");
     h.api.set_failing(None);
+}
+
+#[tokio::test]
+async fn a_pods_namespace_path_stays_while_its_namespace_does() {
+    let h = Harness::start().await;
+    let first = h.pod_with_process(running("shop", "a", "10.0.0.1", &[("app", "orders")]).build());
+    eventually("a enrolled", || h.sink.pod("shop/a").is_some_and(|p| p.netns == first)).await;
+    let uid = h.api.get_pod("shop", "a").and_then(|p| p.metadata.uid).expect("uid");
+
+    // The process it was found through exits; another container's process
+    // is in the same namespace: the path (and so the enrolment) is kept.
+    let second = h.host.replace_process(&uid, true);
+    assert!(!first.exists());
+    h.api
+        .apply_pod(running("shop", "a", "10.0.0.1", &[("app", "orders"), ("v", "2")]).build());
+    eventually("the relabelled pod re-bound", || {
+        h.sink
+            .pod("shop/a")
+            .is_some_and(|p| p.labels.get("v").map(String::as_str) == Some("2"))
+    })
+    .await;
+    assert_eq!(h.sink.pod("shop/a").map(|p| p.netns), Some(first.clone()));
+
+    // A new sandbox (a namespace of its own): the new path.
+    let third = h.host.replace_process(&uid, false);
+    assert_ne!(second, third);
+    h.api
+        .apply_pod(running("shop", "a", "10.0.0.1", &[("app", "orders"), ("v", "3")]).build());
+    eventually("the new namespace", || {
+        h.sink.pod("shop/a").is_some_and(|p| p.netns == third)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
+    // The real agent as the sink, without root: nothing here reaches eBPF
+    // (and its pin directory is its own, never the machine's).
+    let state = tempfile::tempdir().expect("temp dir");
+    let yaml = format!(
+        "admin: 127.0.0.1:0\nstate_dir: {0}\nebpf: {{pin_dir: {0}/pins}}\n{CONFIG}workloads:\n  - {{name: shop/a, labels: {{app: orders}}, listen: '127.0.0.1:0', upstream: '127.0.0.1:9'}}\n",
+        state.path().display()
+    );
+    let config = Config::parse_with_env(&yaml, Path::new("t.yaml"), |_| None).expect("config");
+    let agent = nodeward::app::Agent::start(config).await.expect("agent");
+    assert_eq!(
+        agent.shared().not_ready(),
+        ["kubernetes: first pod list not applied yet"],
+        "not ready before the first pod list"
+    );
+    let pod = |name: &str, netns: &str| PodWorkload {
+        name: name.into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        policy: PodPolicy::Named("orders".into()),
+        ips: vec!["10.0.0.1".parse().expect("ip")],
+        ports: vec![8080],
+        netns: netns.into(),
+    };
+    let failures = agent
+        .apply_pods(
+            vec![pod("shop/a", "/proc/1/ns/net"), pod("shop/gone", "/nonexistent/ns/net")],
+            HashSet::new(),
+        )
+        .await;
+    assert!(
+        failures.get("shop/a").is_some_and(|w| w.contains("static workload")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.get("shop/gone").is_some_and(|w| w.contains("not found")),
+        "{failures:?}"
+    );
+    assert!(
+        agent.shared().not_ready().is_empty(),
+        "a pod's failure is the pod's, not the agent's: {:?}",
+        agent.shared().not_ready()
+    );
+    assert!(
+        agent.workload_addr("shop/a").is_some(),
+        "the static workload still serves"
+    );
+    agent.shutdown().await;
 }
