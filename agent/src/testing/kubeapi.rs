@@ -36,7 +36,7 @@
 //!   required: anything else is 401, which proves a client used the file.
 //!
 //! One global resourceVersion counter orders pods and events, like etcd's
-//! revision. Memory is bounded: the last [`store::HISTORY`] pod changes, the
+//! revision. Memory is bounded: the last 4096 pod changes, the
 //! last 4096 events and requests, and 1024 queued events a watch (a slower
 //! watch is ended, as the apiserver ends watchers that fall behind).
 //!
@@ -91,7 +91,7 @@ impl RequestRecord {
 
     /// A `?watch=true` request.
     pub fn is_watch(&self) -> bool {
-        self.param("watch") == Some("true")
+        self.param("watch").is_some_and(|v| v == "true" || v == "1")
     }
 }
 

@@ -435,3 +435,114 @@ pub(super) fn new_uid() -> String {
     let h = b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::kubeapi::pod;
+
+    fn names(list: &Value) -> Vec<String> {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p["metadata"]["name"].as_str().unwrap_or(""),
+                    p["metadata"]["labels"]["v"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    fn query(rv: Option<&str>, version_match: Option<&str>) -> ListQuery {
+        ListQuery {
+            resource_version: rv.map(str::to_string),
+            version_match: version_match.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exact_lists_rebuild_old_states_until_compaction() {
+        let mut store = Store::new();
+        let first = store.apply(pod("ns", "a", "n", &[("v", "1")]));
+        store.apply(pod("ns", "b", "n", &[("v", "1")]));
+        store.apply(pod("ns", "a", "n", &[("v", "2")]));
+        store.delete("ns", "b");
+        let now = store.current_rv().to_string();
+
+        let at_first = store.list(&query(Some(&first), Some("Exact"))).expect("exact list");
+        assert_eq!(names(&at_first), ["a=1"]);
+        assert_eq!(at_first["metadata"]["resourceVersion"], first.as_str());
+        assert_eq!(
+            names(&store.list(&query(Some(&first), None)).expect("not older than")),
+            ["a=2"]
+        );
+        assert_eq!(names(&store.list(&query(None, None)).expect("latest")), ["a=2"]);
+
+        let future = (store.current_rv() + 5).to_string();
+        assert_eq!(store.list(&query(Some(&future), None)).expect_err("future").code, 504);
+        assert_eq!(
+            store.list(&query(Some("0"), Some("Exact"))).expect_err("exact 0").code,
+            422
+        );
+        assert_eq!(
+            store
+                .list(&query(None, Some("NotOlderThan")))
+                .expect_err("match without rv")
+                .code,
+            422
+        );
+        assert_eq!(store.list(&query(Some("abc"), None)).expect_err("bad rv").code, 400);
+
+        store.compact();
+        assert_eq!(
+            store
+                .list(&query(Some(&first), Some("Exact")))
+                .expect_err("compacted")
+                .code,
+            410
+        );
+        assert_eq!(
+            names(&store.list(&query(Some(&now), Some("Exact"))).expect("exact now")),
+            ["a=2"]
+        );
+    }
+
+    #[test]
+    fn watches_validate_their_options() {
+        let mut store = Store::new();
+        store.apply(pod("ns", "a", "n", &[]));
+        let future = (store.current_rv() + 1).to_string();
+        assert_eq!(store.watch(query(Some(&future), None)).err().map(|e| e.code), Some(504));
+        assert_eq!(
+            store
+                .watch(query(Some("1"), Some("NotOlderThan")))
+                .err()
+                .map(|e| e.code),
+            Some(422)
+        );
+        let initial = ListQuery {
+            send_initial_events: true,
+            version_match: Some("NotOlderThan".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store.watch(initial).err().map(|e| e.code),
+            Some(422),
+            "needs allowWatchBookmarks"
+        );
+        assert_eq!(store.open_watches(), 0);
+        let (lines, rx) = store
+            .watch(query(Some("1"), None))
+            .expect("a 410 is an event, not an HTTP error");
+        assert!(rx.is_none());
+        let event: Value = serde_json::from_slice(&lines[0]).expect("json line");
+        assert_eq!(
+            (event["type"].as_str(), event["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
+    }
+}
