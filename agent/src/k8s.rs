@@ -119,7 +119,10 @@ impl PodWatch {
         let k = &config.kubernetes;
         let node = k.node_name.clone().ok_or(KubeError::NoNodeName)?;
         let client = Self::client(k).await?;
-        let (events, poster) = PodEvents::start(client.clone(), std::env::var("POD_NAME").ok());
+        // The agent's pod name when the DaemonSet passes it, else one per node.
+        let instance = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
+        let instance = instance.unwrap_or_else(|| format!("nodeward-{node}"));
+        let (events, poster) = PodEvents::start(client.clone(), Some(instance));
         let (tx, rx) = channel::channel(None);
         let target = WatchTarget {
             node,

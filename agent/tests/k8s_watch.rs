@@ -205,6 +205,13 @@ async fn expired_watch_relists_and_bookmarks_are_harmless() {
     w.until("the first list", &["shop/a"]).await;
     eventually("an open watch", || api.open_watches() > 0).await;
 
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.is_watch())
+            .all(|r| r.param("allowWatchBookmarks") == Some("true")),
+        "the watch asks for bookmarks"
+    );
     api.bookmark();
     api.apply_pod(running("shop", "b", "10.0.0.2", &[]).build());
     w.until("a change after a bookmark", &["shop/a", "shop/b"]).await;
