@@ -545,4 +545,24 @@ mod tests {
             (Some("ERROR"), Some(410))
         );
     }
+
+    #[tokio::test]
+    async fn a_watch_that_falls_behind_is_ended_not_buffered() {
+        let mut store = Store::new();
+        let (initial, rx) = store.watch(query(None, None)).expect("watch");
+        assert!(initial.is_empty());
+        let mut rx = rx.expect("an open watch");
+        for i in 0..WATCH_QUEUE + 10 {
+            store.apply(pod("ns", "a", "n", &[("v", &i.to_string())]));
+        }
+        assert_eq!(store.open_watches(), 0, "dropped once its queue was full");
+        let mut queued = 0;
+        while let Some(WatchMsg::Line(_)) = rx.recv().await {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, WATCH_QUEUE,
+            "what was queued is delivered, then the stream ends"
+        );
+    }
 }
