@@ -152,8 +152,9 @@ struct Supervisor {
     listeners: HashMap<String, Listener>,
     /// Upstream clients of steered workloads, by workload, with the key they were made for.
     netns_clients: HashMap<String, (ListenKey, Arc<upstream::Client>)>,
-    /// Steered workloads whose enrolment failed, by name, with their key and why.
-    failed: HashMap<String, (ListenKey, String)>,
+    /// Steered workloads whose enrolment failed, by name, with their key, why,
+    /// and when (tried again with the same key after [`ENROL_RETRY`]).
+    failed: HashMap<String, (ListenKey, String, Instant)>,
     /// The pod workloads the Kubernetes watch wants enrolled.
     pods: Vec<PodWorkload>,
 }
@@ -170,6 +171,11 @@ pub struct Agent {
     /// Bumped after every applied configuration, so the pod watch re-binds pods.
     config_gen: watch::Sender<u64>,
 }
+
+/// A steered workload that failed to enrol is tried again, unchanged, on the
+/// next apply at least this long after the failure (the pod watch re-applies
+/// while pods are failing; a reload does for the file's workloads).
+const ENROL_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One workload as `apply` sees it: a static workload of the file, or a pod.
 pub struct WorkloadSpec {
@@ -406,7 +412,7 @@ impl Agent {
         match self.apply_locked(&mut sup, config).await {
             Ok(()) => {
                 for p in &sup.pods {
-                    if let Some((_, why)) = sup.failed.get(&p.name) {
+                    if let Some((_, why, _)) = sup.failed.get(&p.name) {
                         out.entry(p.name.clone()).or_insert_with(|| why.clone());
                     }
                 }
@@ -519,7 +525,7 @@ impl Agent {
                 }
             }
         }
-        sup.failed.retain(|n, (k, _)| keys.get(n) == Some(k));
+        sup.failed.retain(|n, (k, _, _)| keys.get(n) == Some(k));
         sup.netns_clients = netns_clients;
 
         // 6. Start new host listeners.
@@ -533,12 +539,17 @@ impl Agent {
             let ListenKey::Netns { ips, ports, .. } = key else {
                 continue;
             };
-            if sup.listeners.contains_key(name) || sup.failed.get(name).map(|(k, _)| k) == Some(key) {
+            let failed_recently = sup
+                .failed
+                .get(name)
+                .is_some_and(|(k, _, at)| k == key && at.elapsed() < ENROL_RETRY);
+            if sup.listeners.contains_key(name) || failed_recently {
                 continue;
             }
             if let Some(why) = open_failed.get(name) {
                 tracing::error!(workload = %name, error = %why, "workload not enrolled");
-                sup.failed.insert(name.clone(), (key.clone(), why.clone()));
+                sup.failed
+                    .insert(name.clone(), (key.clone(), why.clone(), Instant::now()));
                 continue;
             }
             let Some(ns) = sup.netns_clients.get(name).and_then(|(_, c)| c.netns()) else {
@@ -562,7 +573,7 @@ impl Agent {
                 }
                 Err(why) => {
                     tracing::error!(workload = %name, error = %why, "workload not enrolled");
-                    sup.failed.insert(name.clone(), (key.clone(), why));
+                    sup.failed.insert(name.clone(), (key.clone(), why, Instant::now()));
                 }
             }
         }
@@ -690,6 +701,17 @@ pub fn build_runtime(
     client: impl Fn(&WorkloadSpec) -> Option<Arc<upstream::Client>>,
 ) -> Result<Runtime, AppError> {
     let specs = specs(&config, &[]);
+    build_runtime_for(config, &specs, providers, client)
+}
+
+/// [`build_runtime`] with pod workloads besides the file's (as the agent binds them).
+pub fn build_runtime_with_pods(
+    config: Config,
+    pods: &[PodWorkload],
+    providers: Providers,
+    client: impl Fn(&WorkloadSpec) -> Option<Arc<upstream::Client>>,
+) -> Result<Runtime, AppError> {
+    let specs = specs(&config, pods);
     build_runtime_for(config, &specs, providers, client)
 }
 

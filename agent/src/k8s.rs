@@ -172,7 +172,7 @@ pub struct Controller<S> {
     /// Namespace found per pod UID: the path and the namespace's inode.
     netns: HashMap<String, (PathBuf, u64)>,
     known: HashMap<String, Known>,
-    /// Some pod's namespace was not found: look again after `RETRY`.
+    /// Some pod's namespace was not found, or its enrolment failed: look again after `RETRY`.
     retry: bool,
 }
 
@@ -264,6 +264,8 @@ impl<S: PodSink> Controller<S> {
         self.netns.retain(|uid, _| live.contains(uid.as_str()));
 
         let failures = self.sink.apply_pods(workloads, present).await;
+        // The agent tries a failed enrolment again after a while: come back.
+        self.retry |= !failures.is_empty();
         for (name, why) in failures {
             states.insert(name, state("failed", why));
         }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use nodeward::app::Agent;
 use nodeward::config::Config;
 use nodeward::devidp;
+use nodeward::explain::Subject;
 use nodeward::k8s::PodWatch;
 use nodeward::reload::Reloader;
 
@@ -39,11 +40,23 @@ enum Command {
         config: PathBuf,
     },
     /// Print the decision for one request, the rule that matched and why.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["workload", "pod", "labels"])))]
     Explain {
         #[arg(long)]
         config: PathBuf,
+        /// A workload of the configuration file.
         #[arg(long)]
-        workload: String,
+        workload: Option<String>,
+        /// A pod, NAMESPACE/NAME: read from the API server and bound to its
+        /// policy as the pod watch binds it (needs `kubernetes.enabled`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Offline: a pod with these labels (KEY=VALUE,...).
+        #[arg(long)]
+        labels: Option<String>,
+        /// With --labels: the value of the pod's policy annotation.
+        #[arg(long, requires = "labels")]
+        policy: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "/")]
@@ -94,12 +107,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Explain {
             config,
             workload,
+            pod,
+            labels,
+            policy,
             method,
             path,
             token,
         } => {
             let c = Config::load(&config)?;
-            let e = nodeward::explain::explain(c, &workload, &method, &path, token.as_deref()).await?;
+            let subject = match (workload, pod, labels) {
+                // `ns/name` that is not a workload of the file: the pod of that name.
+                (Some(w), _, _)
+                    if w.contains('/') && c.kubernetes.enabled && !c.workloads.iter().any(|x| x.name == w) =>
+                {
+                    Subject::Pod(w)
+                }
+                (Some(w), _, _) => Subject::Workload(w),
+                (None, Some(p), _) => Subject::Pod(p),
+                (None, None, Some(l)) => Subject::labels(&l, policy)?,
+                (None, None, None) => anyhow::bail!("explain needs --workload, --pod or --labels"),
+            };
+            let e = nodeward::explain::explain(c, &subject, &method, &path, token.as_deref()).await?;
             print!("{e}");
             Ok(ExitCode::SUCCESS)
         }

@@ -145,6 +145,145 @@ async fn explain_prints_the_decision_the_rule_and_why() {
     assert!(text(&out.stdout).contains("decision: ALLOW"));
 }
 
+/// `explain --pod` reads the pod from the API server and binds it as the pod
+/// watch does (labels, the policy annotation, deny-all without a policy);
+/// `--labels` does the same offline; a pod that is not protected says why.
+#[tokio::test]
+async fn explain_binds_a_pod_as_the_pod_watch_does() {
+    use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder};
+
+    let idp = TestIdp::start().await;
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let file = dir.path().join("nodeward.yaml");
+    let yaml = format!(
+        "state_dir: {}\nkubernetes: {{enabled: true, node_name: node-1, kubeconfig: {}}}\n{}",
+        dir.path().display(),
+        kubeconfig.display(),
+        example_config(&idp.issuer(), "127.0.0.1:9".parse().expect("addr"))
+    );
+    std::fs::write(&file, yaml).expect("write");
+    let config = file.to_str().expect("utf8").to_string();
+    api.apply_pod(
+        PodBuilder::new("shop", "orders-1")
+            .node("node-1")
+            .label("app", "orders")
+            .running("10.0.0.7")
+            .build(),
+    );
+    let mut typo = PodBuilder::new("shop", "typo-1")
+        .node("node-1")
+        .label("app", "orders")
+        .annotation("nodeward.io/policy", "ordres")
+        .running("10.0.0.8")
+        .build();
+    // A deny-all pod is closed on the ports it declares.
+    if let Some(c) = typo.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+        c.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+            container_port: 8080,
+            ..Default::default()
+        }]);
+    }
+    api.apply_pod(typo);
+    api.apply_pod(
+        PodBuilder::new("shop", "pending-1")
+            .node("node-1")
+            .label("app", "orders")
+            .build(),
+    );
+    let token = idp.token(json!({"aud": "orders", "sub": "alice", "groups": ["dev"]}));
+
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodeward(&args)
+        })
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        [
+            "explain",
+            "--config",
+            &config,
+            "--method",
+            "POST",
+            "--path",
+            "/admin/users",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    // The pod's labels select the `orders` policy; `--workload ns/name` means the pod too.
+    for subject in [["--pod", "shop/orders-1"], ["--workload", "shop/orders-1"]] {
+        let out = run(args(&[subject[0], subject[1], "--token", &token]))
+            .await
+            .expect("join");
+        let s = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            s.contains("workload: shop/orders-1") && s.contains("policy:   orders"),
+            "{s}"
+        );
+        assert!(
+            s.contains("decision: DENY 403") && s.contains("claim groups lacks \"admins\""),
+            "{s}"
+        );
+        assert!(
+            !s.contains(&token) && !text(&out.stderr).contains(&token),
+            "never print the token"
+        );
+    }
+
+    // An annotation naming a policy that does not exist: deny-all, and why.
+    let out = run(args(&["--pod", "shop/typo-1", "--token", &token]))
+        .await
+        .expect("join");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("decision: DENY 403") && s.contains("reason:   no_policy"),
+        "{s}"
+    );
+    assert!(s.contains("\"ordres\""), "the detail names the missing policy: {s}");
+
+    // Not running: not protected, and the error says so.
+    let out = run(args(&["--pod", "shop/pending-1"])).await.expect("join");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("not protected") && err.contains("waiting"), "{err}");
+
+    // Unknown pod: the API's answer, not a guess.
+    let out = run(args(&["--pod", "shop/nope"])).await.expect("join");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot read pod shop/nope"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Offline, by labels: the same binding without the API server.
+    let out = run(args(&["--labels", "app=orders,tier=web", "--token", &token]))
+        .await
+        .expect("join");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("policy:   orders") && s.contains("decision: DENY 403"),
+        "{s}"
+    );
+    let out = run(args(&["--labels", "app=other"])).await.expect("join");
+    assert!(
+        text(&out.stdout).contains("reason:   no_policy"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(args(&["--labels", "app=other", "--policy", "orders"]))
+        .await
+        .expect("join");
+    assert!(text(&out.stdout).contains("policy:   orders"), "{}", text(&out.stdout));
+}
+
 #[test]
 fn dev_idp_refuses_non_loopback_without_the_flag() {
     let out = nodeward(&["dev-idp", "--listen", "0.0.0.0:0"]);

@@ -79,19 +79,8 @@ pub fn bind(pod: &Pod, k8s: &KubernetesConfig, policies: &[PolicyConfig]) -> Bin
         .annotations
         .as_ref()
         .and_then(|a| a.get(&k8s.policy_annotation))
-        .map(|n| n.trim().to_string());
-    let chosen = match &annotated {
-        Some(name) => policies.iter().find(|p| &p.name == name).ok_or_else(|| {
-            format!(
-                "policy {name:?} named by annotation {} does not exist",
-                k8s.policy_annotation
-            )
-        }),
-        None => policies
-            .iter()
-            .find(|p| p.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
-            .ok_or_else(|| "no policy selects the pod's labels".to_string()),
-    };
+        .map(|n| n.trim());
+    let chosen = choose_policy(&labels, annotated, k8s, policies);
     let container = container_ports(pod);
     let (policy, ports) = match chosen {
         Ok(p) => {
@@ -127,6 +116,29 @@ pub fn bind(pod: &Pod, k8s: &KubernetesConfig, policies: &[PolicyConfig]) -> Bin
         ips,
         ports,
     })
+}
+
+/// The policy for a pod with these labels and this value of the policy
+/// annotation: the annotation names it, else the first whose selector the
+/// labels match; `Err` says why there is none.
+pub fn choose_policy<'p>(
+    labels: &BTreeMap<String, String>,
+    annotated: Option<&str>,
+    k8s: &KubernetesConfig,
+    policies: &'p [PolicyConfig],
+) -> Result<&'p PolicyConfig, String> {
+    match annotated {
+        Some(name) => policies.iter().find(|p| p.name == name).ok_or_else(|| {
+            format!(
+                "policy {name:?} named by annotation {} does not exist",
+                k8s.policy_annotation
+            )
+        }),
+        None => policies
+            .iter()
+            .find(|p| p.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .ok_or_else(|| "no policy selects the pod's labels".to_string()),
+    }
 }
 
 /// `status.podIPs` (both families on dual-stack), else `status.podIP`.
