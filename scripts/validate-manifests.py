@@ -33,11 +33,13 @@ import argparse
 import copy
 import fnmatch
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pydantic
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prom_v1
 
@@ -119,7 +121,7 @@ def check_crd(where: str, doc: dict, model: Any, problems: Problems) -> None:
     if not errors:
         try:
             model.model_validate(doc)
-        except Exception as e:  # pydantic's ValidationError, with every field named
+        except pydantic.ValidationError as e:
             problems.add(where, f"{doc['kind']} CRD model: {e}")
 
 
@@ -258,7 +260,9 @@ def check_rbac(where: str, doc: dict, problems: Problems) -> None:
                     problems.add(where, f"grants {sorted(verbs)} on {resource!r} in group {group!r}: not needed")
                     continue
                 if verbs - allowed:
-                    problems.add(where, f"{resource!r} in {group!r}: verbs {sorted(verbs - allowed)} beyond {sorted(allowed)}")
+                    problems.add(
+                        where, f"{resource!r} in {group!r}: verbs {sorted(verbs - allowed)} beyond {sorted(allowed)}"
+                    )
                 granted.setdefault((group, resource), set()).update(verbs)
     for key, verbs in REQUIRED_RBAC.items():
         if not verbs <= granted.get(key, set()):
@@ -296,7 +300,9 @@ def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems) -> No
             problems.add(where, f"annotation names policy {annotation!r}, which the config does not have (deny-all)")
             return
     else:
-        policy = next((p for p in policies if all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())), None)
+        policy = next(
+            (p for p in policies if all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())), None
+        )
         if policy is None:
             problems.add(where, "opted in, but no policy selects its labels: it would be enrolled deny-all")
             return
@@ -457,24 +463,80 @@ def _no_health_rule(config: dict) -> None:
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
-    ("a typo'd field in the DaemonSet", lambda d: _typo(agent_container(d)), "schema (strict): spec.template.spec.containers.0"),
-    ("a wrong type in a Service", lambda d: find(d, "Service")["spec"]["ports"][0].update(port="15020"), "schema (strict)"),
+    (
+        "a typo'd field in the DaemonSet",
+        lambda d: _typo(agent_container(d)),
+        "schema (strict): spec.template.spec.containers.0",
+    ),
+    (
+        "a wrong type in a Service",
+        lambda d: find(d, "Service")["spec"]["ports"][0].update(port="15020"),
+        "schema (strict)",
+    ),
     ("an unknown kind", lambda d: find(d, "Namespace").update(kind="Namespce"), "no schema"),
-    ("a typo'd ServiceMonitor field", lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(pth="/x"), "CRD schema (strict)"),
-    ("a wrong type in a PodMonitor", lambda d: find(d, "PodMonitor")["spec"].update(podMetricsEndpoints="metrics"), "CRD schema (strict)"),
-    ("a container without a memory limit", lambda d: opted_in_container(d)["resources"]["limits"].pop("memory"), "limits.memory is not set"),
-    ("an agent probe on a path it does not serve", lambda d: agent_container(d)["readinessProbe"]["httpGet"].update(path="/ready"), "not one the agent serves"),
-    ("a probe on an undeclared port", lambda d: agent_container(d)["livenessProbe"]["httpGet"].update(port="metric"), "not a named port"),
+    (
+        "a typo'd ServiceMonitor field",
+        lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(pth="/x"),
+        "CRD schema (strict)",
+    ),
+    (
+        "a wrong type in a PodMonitor",
+        lambda d: find(d, "PodMonitor")["spec"].update(podMetricsEndpoints="metrics"),
+        "CRD schema (strict)",
+    ),
+    (
+        "a container without a memory limit",
+        lambda d: opted_in_container(d)["resources"]["limits"].pop("memory"),
+        "limits.memory is not set",
+    ),
+    (
+        "an agent probe on a path it does not serve",
+        lambda d: agent_container(d)["readinessProbe"]["httpGet"].update(path="/ready"),
+        "not one the agent serves",
+    ),
+    (
+        "a probe on an undeclared port",
+        lambda d: agent_container(d)["livenessProbe"]["httpGet"].update(port="metric"),
+        "not a named port",
+    ),
     ("an extra RBAC verb", _rbac_delete, "verbs ['delete']"),
     ("an extra RBAC resource", _rbac_secrets, "'secrets' in group '': not needed"),
-    ("an extra capability", lambda d: agent_container(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"), "capabilities beyond"),
-    ("a privileged agent", lambda d: agent_container(d)["securityContext"].update(privileged=True), "must not be privileged"),
+    (
+        "an extra capability",
+        lambda d: agent_container(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"),
+        "capabilities beyond",
+    ),
+    (
+        "a privileged agent",
+        lambda d: agent_container(d)["securityContext"].update(privileged=True),
+        "must not be privileged",
+    ),
     ("probes the policy refuses", lambda d: edit_config(d, _no_health_rule), "the kubelet would get 401"),
-    ("a ServiceMonitor on a missing port", lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="metricz"), "not a port of any rendered Service"),
-    ("a PodMonitor on a missing port", lambda d: find(d, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(port="metricz"), "not a named port of the agent"),
-    ("a state_dir that is not mounted", lambda d: edit_config(d, lambda c: c.update(state_dir="/data")), "state_dir: /data is not on a mounted volume"),
-    ("a loopback admin address", lambda d: edit_config(d, lambda c: c.update(admin="127.0.0.1:15020")), "loopback-only"),
-    ("an admin port the probes miss", lambda d: edit_config(d, lambda c: c.update(admin="0.0.0.0:9090")), "not the config's admin port 9090"),
+    (
+        "a ServiceMonitor on a missing port",
+        lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="metricz"),
+        "not a port of any rendered Service",
+    ),
+    (
+        "a PodMonitor on a missing port",
+        lambda d: find(d, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(port="metricz"),
+        "not a named port of the agent",
+    ),
+    (
+        "a state_dir that is not mounted",
+        lambda d: edit_config(d, lambda c: c.update(state_dir="/data")),
+        "state_dir: /data is not on a mounted volume",
+    ),
+    (
+        "a loopback admin address",
+        lambda d: edit_config(d, lambda c: c.update(admin="127.0.0.1:15020")),
+        "loopback-only",
+    ),
+    (
+        "an admin port the probes miss",
+        lambda d: edit_config(d, lambda c: c.update(admin="0.0.0.0:9090")),
+        "not the config's admin port 9090",
+    ),
 ]
 
 
