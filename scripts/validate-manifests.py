@@ -379,6 +379,8 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
         problems.add("deploy/base", "no ConfigMap with the agent's config.yaml was rendered")
     service_ports = {p.get("name") for _, d in docs if d["kind"] == "Service" for p in d["spec"].get("ports") or []}
     agent_pod_ports: set[str] = set()
+    agent_pod_labels: list[dict] = []
+    service_labels = [d["metadata"].get("labels") or {} for _, d in docs if d["kind"] == "Service"]
 
     for where, doc in docs:
         model = CRD_MODELS.get((doc.get("apiVersion"), doc.get("kind")))
@@ -399,6 +401,7 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
                 if is_agent:
                     check_agent_pod(where, pod, agent, problems)
                     agent_pod_ports |= {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
+                    agent_pod_labels.append(pod["metadata"].get("labels") or {})
                 elif agent is not None:
                     check_opted_in(where, pod, agent, problems)
         except (AttributeError, KeyError, TypeError, ValueError, StopIteration) as e:
@@ -406,6 +409,12 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
 
     for where, doc in docs:
         try:
+            if doc.get("kind") in ("ServiceMonitor", "PodMonitor"):
+                want = (doc["spec"].get("selector") or {}).get("matchLabels") or {}
+                targets = service_labels if doc["kind"] == "ServiceMonitor" else agent_pod_labels
+                if not any(all(labels.get(k) == v for k, v in want.items()) for labels in targets):
+                    what = "Service" if doc["kind"] == "ServiceMonitor" else "agent pod"
+                    problems.add(where, f"selector {want} matches no rendered {what}")
             if doc.get("kind") == "ServiceMonitor":
                 for ep in doc["spec"].get("endpoints") or []:
                     if ep.get("port") not in service_ports:
@@ -523,6 +532,16 @@ MUTATIONS: list[tuple[str, Any, str]] = [
         "not a named port of the agent",
     ),
     (
+        "a ServiceMonitor selecting nothing",
+        lambda d: find(d, "ServiceMonitor")["spec"]["selector"]["matchLabels"].update(app="nodeward"),
+        "matches no rendered Service",
+    ),
+    (
+        "a PodMonitor selecting nothing",
+        lambda d: find(d, "PodMonitor")["spec"]["selector"]["matchLabels"].update(app="nodeward"),
+        "matches no rendered agent pod",
+    ),
+    (
         "a state_dir that is not mounted",
         lambda d: edit_config(d, lambda c: c.update(state_dir="/data")),
         "state_dir: /data is not on a mounted volume",
@@ -573,8 +592,12 @@ def main() -> int:
     docs: list[tuple[str, dict]] = []
     for f in args.rendered:
         for doc in yaml.safe_load_all(f.read_text()):
-            if doc:
-                docs.append((f"{f.name}: {name_of(doc)}", doc))
+            if not doc:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+                print(f"error: {f}: a document without apiVersion/kind: not a Kubernetes object", file=sys.stderr)
+                return 1
+            docs.append((f"{f.name}: {name_of(doc)}", doc))
     if not docs:
         print("error: no objects rendered", file=sys.stderr)
         return 1
