@@ -1,0 +1,624 @@
+#!/usr/bin/env python3
+"""Offline checks of the rendered Kubernetes manifests in deploy/.
+
+Called by scripts/validate-manifests.sh with the rendered output of every
+kustomization (one multi-document YAML file each). Exits non-zero, naming the
+file, the object and the field, on the first kind of problem it finds in any
+of them (every problem is listed, not only the first).
+
+1. Schema, strict: every built-in object against the Kubernetes OpenAPI
+   schemas that kubernetes-validate ships (unknown fields are errors), for the
+   oldest Kubernetes we support and the newest the package knows. A kind it
+   has no schema for is an error, never a silent pass.
+2. ServiceMonitor / PodMonitor against the Prometheus Operator's CRD schema
+   (the JSON schema of cloudcoil's models, generated from the operator's CRDs),
+   made strict the same way: every object that lists its properties refuses
+   the others.
+3. The project's own rules: every container has CPU and memory requests and
+   a memory limit; probes point at a port the container declares and, for the
+   nodeward image, at a path the agent serves on the admin port its config
+   sets; the RBAC grants nothing beyond the pod watch and events; the agent
+   drops every capability and adds only the four it needs; the monitors scrape
+   a port that exists; the config's paths are mounted; and every opted-in pod's
+   probe paths are let in anonymously by its policy (the kubelet's probes pass
+   through nodeward).
+
+It also writes the agent's config from the ConfigMap to --config-out, for
+`nodeward check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import sys
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pydantic
+import yaml
+from cloudcoil.models.prometheus_operator import v1 as prom_v1
+
+# Oldest supported (securityContext.appArmorProfile is GA since 1.30) and newest shipped.
+KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version())]
+
+CRD_MODELS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): prom_v1.ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PodMonitor"): prom_v1.PodMonitor,
+}
+
+# (apiGroup, resource) -> verbs the agent may have. Anything else is an error.
+ALLOWED_RBAC = {
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+REQUIRED_RBAC = {("", "pods"): {"get", "list", "watch"}}
+
+# Each one justified in deploy/base/daemonset.yaml and docs/kubernetes.md.
+ALLOWED_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "BPF"}
+
+AGENT_PATHS = {"/healthz", "/readyz", "/metrics"}
+DEV_IDP_PATHS = {"/.well-known/openid-configuration", "/jwks"}
+
+WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "ReplicaSet"}
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+
+def name_of(doc: dict) -> str:
+    meta = doc.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{doc.get('kind')}/{(ns + '/') if ns else ''}{meta.get('name')}"
+
+
+# === schemas ===
+
+
+def strict(schema: Any) -> Any:
+    """Every object schema that lists its properties refuses the others, as
+    `kubectl apply --validate=strict` does for a CRD with a structural schema."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+def check_builtin(where: str, doc: dict, problems: Problems) -> None:
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.utils.ValidationError as e:
+            path = ".".join(str(p) for p in e.path) or "(top)"
+            problems.add(where, f"Kubernetes {e.version} schema (strict): {path}: {e.message}")
+            return
+        except kubernetes_validate.utils.SchemaNotFoundError as e:
+            problems.add(where, f"no schema: {e.message} (a typo in apiVersion or kind?)")
+            return
+
+
+def check_crd(where: str, doc: dict, model: Any, problems: Problems) -> None:
+    schema = strict(model.model_json_schema(mode="validation", by_alias=True))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    for e in errors:
+        path = ".".join(str(p) for p in e.path) or "(top)"
+        problems.add(where, f"{doc['kind']} CRD schema (strict): {path}: {e.message}")
+    if not errors:
+        try:
+            model.model_validate(doc)
+        except pydantic.ValidationError as e:
+            problems.add(where, f"{doc['kind']} CRD model: {e}")
+
+
+# === project rules ===
+
+
+def pod_templates(doc: dict) -> Iterator[dict]:
+    if doc.get("kind") in WORKLOAD_KINDS:
+        yield doc["spec"]["template"]
+    elif doc.get("kind") == "Pod":
+        yield doc
+
+
+def containers(pod_spec: dict) -> Iterator[dict]:
+    yield from pod_spec.get("initContainers") or []
+    yield from pod_spec.get("containers") or []
+
+
+def image_is_nodeward(image: str) -> bool:
+    repo = image.rsplit("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0] == "nodeward"
+
+
+def listen_port(args: list[str]) -> int | None:
+    if "--listen" in args:
+        i = args.index("--listen")
+        if i + 1 < len(args):
+            return int(args[i + 1].rsplit(":", 1)[1])
+    return None
+
+
+def check_container(where: str, c: dict, agent: dict | None, problems: Problems) -> None:
+    here = f"{where} container {c.get('name')}"
+    res = c.get("resources") or {}
+    for section, key in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
+        if key not in (res.get(section) or {}):
+            problems.add(here, f"resources.{section}.{key} is not set")
+
+    ports = c.get("ports") or []
+    by_name = {p["name"]: p["containerPort"] for p in ports if "name" in p}
+    numbers = {p["containerPort"] for p in ports}
+    args = c.get("args") or []
+    nodeward = image_is_nodeward(c.get("image", ""))
+    for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = c.get(probe_name)
+        if not probe:
+            continue
+        get = probe.get("httpGet")
+        if get is None:
+            continue
+        port = get.get("port")
+        if isinstance(port, str):
+            if port not in by_name:
+                problems.add(here, f"{probe_name} port {port!r} is not a named port of the container")
+                continue
+            port = by_name[port]
+        elif port not in numbers:
+            problems.add(here, f"{probe_name} port {port} is not declared in the container's ports")
+        path = get.get("path", "/")
+        if nodeward and args[:1] == ["run"]:
+            if path not in AGENT_PATHS:
+                problems.add(here, f"{probe_name} path {path} is not one the agent serves ({sorted(AGENT_PATHS)})")
+            if agent is not None and port != agent["admin_port"]:
+                problems.add(here, f"{probe_name} port {port} is not the config's admin port {agent['admin_port']}")
+        elif nodeward and args[:1] == ["dev-idp"]:
+            if path not in DEV_IDP_PATHS:
+                problems.add(here, f"{probe_name} path {path} is not one the dev IdP serves")
+            if port != listen_port(args):
+                problems.add(here, f"{probe_name} port {port} is not the dev IdP's --listen port")
+
+
+def check_agent_pod(where: str, pod: dict, agent: dict | None, problems: Problems) -> None:
+    spec = pod["spec"]
+    if not spec.get("hostPID"):
+        problems.add(where, "hostPID must be true (the agent opens /proc/<pid>/ns/net of pod processes)")
+    if spec.get("hostNetwork"):
+        problems.add(where, "hostNetwork must stay off (the agent enters pod namespaces with setns)")
+    c = next(c for c in spec["containers"] if image_is_nodeward(c.get("image", "")))
+    sc = c.get("securityContext") or {}
+    if sc.get("privileged"):
+        problems.add(where, "the agent must not be privileged")
+    if sc.get("allowPrivilegeEscalation", True):
+        problems.add(where, "allowPrivilegeEscalation must be false")
+    if not sc.get("readOnlyRootFilesystem"):
+        problems.add(where, "readOnlyRootFilesystem must be true")
+    caps = sc.get("capabilities") or {}
+    if caps.get("drop") != ["ALL"]:
+        problems.add(where, f"capabilities.drop must be [ALL], not {caps.get('drop')}")
+    extra = set(caps.get("add") or []) - ALLOWED_CAPABILITIES
+    if extra:
+        problems.add(where, f"capabilities beyond {sorted(ALLOWED_CAPABILITIES)}: {sorted(extra)}")
+    if agent is None:
+        return
+    annotations = pod["metadata"].get("annotations") or {}
+    if annotations.get("prometheus.io/port") != str(agent["admin_port"]):
+        problems.add(where, f"prometheus.io/port must be the admin port {agent['admin_port']}")
+    ports = {p["containerPort"] for p in c.get("ports") or []}
+    if agent["admin_port"] not in ports:
+        problems.add(where, f"the admin port {agent['admin_port']} is not a declared containerPort")
+    mounts = {PurePosixPath(m["mountPath"]): m for m in c.get("volumeMounts") or []}
+    args = c.get("args") or []
+    if "--config" not in args:
+        problems.add(where, "the agent runs without --config")
+    else:
+        cfg = PurePosixPath(args[args.index("--config") + 1])
+        mount = mounts.get(cfg.parent)
+        volume = next((v for v in spec["volumes"] if mount and v["name"] == mount["name"]), None)
+        if mount is None or volume is None or "configMap" not in volume:
+            problems.add(where, f"--config {cfg}: its directory is not a ConfigMap volume mount")
+        elif "subPath" in mount:
+            problems.add(where, "the config mount uses subPath, which the kubelet never updates")
+        elif volume["configMap"]["name"] != agent["configmap"] or cfg.name != agent["key"]:
+            problems.add(where, f"--config {cfg} is not key {agent['key']} of ConfigMap {agent['configmap']}")
+    for key, path, writable in agent["paths"]:
+        covering = [m for p, m in mounts.items() if PurePosixPath(path) == p or p in PurePosixPath(path).parents]
+        if not covering:
+            problems.add(where, f"config {key}: {path} is not on a mounted volume")
+        elif writable and covering[0].get("readOnly"):
+            problems.add(where, f"config {key}: {path} is mounted read-only")
+    env = {e["name"] for e in c.get("env") or []}
+    if agent["k8s"].get("enabled") and not agent["k8s"].get("node_name") and "NODE_NAME" not in env:
+        problems.add(where, "kubernetes.enabled without node_name needs the NODE_NAME environment variable")
+
+
+def check_rbac(where: str, doc: dict, problems: Problems) -> None:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in doc.get("rules") or []:
+        if rule.get("nonResourceURLs"):
+            problems.add(where, f"nonResourceURLs granted: {rule['nonResourceURLs']}")
+        for group in rule.get("apiGroups") or []:
+            for resource in rule.get("resources") or []:
+                verbs = set(rule.get("verbs") or [])
+                allowed = ALLOWED_RBAC.get((group, resource))
+                if allowed is None:
+                    problems.add(where, f"grants {sorted(verbs)} on {resource!r} in group {group!r}: not needed")
+                    continue
+                if verbs - allowed:
+                    problems.add(
+                        where, f"{resource!r} in {group!r}: verbs {sorted(verbs - allowed)} beyond {sorted(allowed)}"
+                    )
+                granted.setdefault((group, resource), set()).update(verbs)
+    for key, verbs in REQUIRED_RBAC.items():
+        if not verbs <= granted.get(key, set()):
+            problems.add(where, f"the pod watch needs {sorted(verbs)} on {key[1]!r}")
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """The agent's path globs: `*` one segment, `**` any number; `/a/**` also matches `/a`."""
+    if pattern.endswith("/**") and path == pattern[:-3]:
+        return True
+    p_parts, s_parts = pattern.strip("/").split("/"), path.strip("/").split("/")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(p_parts):
+            return j == len(s_parts)
+        if p_parts[i] == "**":
+            return any(match(i + 1, k) for k in range(j, len(s_parts) + 1))
+        return j < len(s_parts) and fnmatch.fnmatchcase(s_parts[j], p_parts[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems) -> None:
+    """An opted-in pod's probes go through nodeward: they must be let in anonymously."""
+    k8s = agent["k8s"]
+    key, _, value = k8s.get("opt_in_label", "nodeward.io/enabled=true").partition("=")
+    labels = pod["metadata"].get("labels") or {}
+    if labels.get(key) != value:
+        return
+    annotation = (pod["metadata"].get("annotations") or {}).get(k8s.get("policy_annotation", "nodeward.io/policy"))
+    policies = agent["config"].get("policies") or []
+    if annotation is not None:
+        policy = next((p for p in policies if p.get("name") == annotation), None)
+        if policy is None:
+            problems.add(where, f"annotation names policy {annotation!r}, which the config does not have (deny-all)")
+            return
+    else:
+        policy = next(
+            (p for p in policies if all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())), None
+        )
+        if policy is None:
+            problems.add(where, "opted in, but no policy selects its labels: it would be enrolled deny-all")
+            return
+    declared = {p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []}
+    protected = set(policy.get("ports") or []) | (declared if policy.get("container_ports") else set())
+    for c in pod["spec"]["containers"]:
+        by_name = {p["name"]: p["containerPort"] for p in c.get("ports") or [] if "name" in p}
+        for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+            get = (c.get(probe_name) or {}).get("httpGet")
+            if get is None:
+                continue
+            port = by_name.get(get["port"], get["port"])
+            if port not in protected:
+                continue
+            path = get.get("path", "/")
+            rule = next(
+                (
+                    r
+                    for r in policy.get("rules") or []
+                    if (not r.get("paths") or any(glob_matches(g, path) for g in r["paths"]))
+                    and (not r.get("methods") or "GET" in r["methods"])
+                ),
+                None,
+            )
+            if rule is None or rule.get("allow") != "anonymous":
+                got = f"rule {rule.get('name')!r}" if rule else "no rule"
+                problems.add(
+                    where,
+                    f"container {c['name']} {probe_name} GET {path} on protected port {port}: policy "
+                    f"{policy['name']!r} answers with {got}, not `allow: anonymous`; the kubelet would get 401",
+                )
+
+
+# === main ===
+
+
+def agent_config(docs: list[tuple[str, dict]], problems: Problems) -> dict | None:
+    for where, doc in docs:
+        if doc.get("kind") == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
+            try:
+                config = yaml.safe_load(doc["data"]["config.yaml"])
+            except yaml.YAMLError as e:
+                problems.add(where, f"config.yaml is not YAML: {e}")
+                return None
+            k8s = config.get("kubernetes") or {}
+            admin = str(config.get("admin", "127.0.0.1:15020"))
+            if admin.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "localhost"):
+                problems.add(where, f"admin {admin} is loopback-only: probes and Prometheus cannot reach it")
+            return {
+                "where": where,
+                "configmap": doc["metadata"]["name"],
+                "key": "config.yaml",
+                "text": doc["data"]["config.yaml"],
+                "config": config,
+                "k8s": k8s,
+                "admin_port": int(admin.rsplit(":", 1)[1]),
+                "paths": [
+                    ("state_dir", config.get("state_dir", "/var/lib/nodeward"), True),
+                    ("ebpf.pin_dir", (config.get("ebpf") or {}).get("pin_dir", "/sys/fs/bpf/nodeward"), True),
+                    ("kubernetes.cgroup_root", k8s.get("cgroup_root", "/sys/fs/cgroup"), False),
+                ],
+            }
+    return None
+
+
+def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
+    problems = Problems()
+    try:
+        agent = agent_config(docs, problems)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:
+        problems.add("ConfigMap", f"the agent's config is malformed ({type(e).__name__}: {e})")
+        agent = None
+    if agent is None:
+        problems.add("deploy/base", "no ConfigMap with the agent's config.yaml was rendered")
+    service_ports = {p.get("name") for _, d in docs if d["kind"] == "Service" for p in d["spec"].get("ports") or []}
+    agent_pod_ports: set[str] = set()
+    agent_pod_labels: list[dict] = []
+    service_labels = [d["metadata"].get("labels") or {} for _, d in docs if d["kind"] == "Service"]
+
+    for where, doc in docs:
+        model = CRD_MODELS.get((doc.get("apiVersion"), doc.get("kind")))
+        if model is not None:
+            check_crd(where, doc, model, problems)
+        else:
+            check_builtin(where, doc, problems)
+        try:
+            if doc.get("kind") in ("ClusterRole", "Role"):
+                check_rbac(where, doc, problems)
+            for pod in pod_templates(doc):
+                for c in containers(pod["spec"]):
+                    check_container(where, c, agent, problems)
+                is_agent = any(
+                    image_is_nodeward(c.get("image", "")) and (c.get("args") or [])[:1] == ["run"]
+                    for c in pod["spec"]["containers"]
+                )
+                if is_agent:
+                    check_agent_pod(where, pod, agent, problems)
+                    agent_pod_ports |= {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
+                    agent_pod_labels.append(pod["metadata"].get("labels") or {})
+                elif agent is not None:
+                    check_opted_in(where, pod, agent, problems)
+        except (AttributeError, KeyError, TypeError, ValueError, StopIteration) as e:
+            problems.add(where, f"malformed, project rules cannot be applied ({type(e).__name__}: {e})")
+
+    for where, doc in docs:
+        try:
+            if doc.get("kind") in ("ServiceMonitor", "PodMonitor"):
+                want = (doc["spec"].get("selector") or {}).get("matchLabels") or {}
+                targets = service_labels if doc["kind"] == "ServiceMonitor" else agent_pod_labels
+                if not any(all(labels.get(k) == v for k, v in want.items()) for labels in targets):
+                    what = "Service" if doc["kind"] == "ServiceMonitor" else "agent pod"
+                    problems.add(where, f"selector {want} matches no rendered {what}")
+            if doc.get("kind") == "ServiceMonitor":
+                for ep in doc["spec"].get("endpoints") or []:
+                    if ep.get("port") not in service_ports:
+                        problems.add(where, f"endpoint port {ep.get('port')!r} is not a port of any rendered Service")
+            if doc.get("kind") == "PodMonitor":
+                for ep in doc["spec"].get("podMetricsEndpoints") or []:
+                    if ep.get("port") not in agent_pod_ports:
+                        problems.add(where, f"endpoint port {ep.get('port')!r} is not a named port of the agent's pods")
+        except (AttributeError, KeyError, TypeError) as e:
+            problems.add(where, f"malformed, project rules cannot be applied ({type(e).__name__}: {e})")
+    return problems, agent
+
+
+# === self-test: every check above can fail ===
+
+
+def find(docs: list[tuple[str, dict]], kind: str, name: str | None = None) -> dict:
+    return next(d for _, d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+def agent_container(docs: list[tuple[str, dict]]) -> dict:
+    return find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+
+
+def edit_config(docs: list[tuple[str, dict]], edit: Any) -> None:
+    cm = next(d for _, d in docs if d["kind"] == "ConfigMap" and "config.yaml" in (d.get("data") or {}))
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    edit(config)
+    cm["data"]["config.yaml"] = yaml.safe_dump(config)
+
+
+def opted_in_container(docs: list[tuple[str, dict]]) -> dict:
+    for _, d in docs:
+        for pod in pod_templates(d):
+            if (pod["metadata"].get("labels") or {}).get("nodeward.io/enabled") == "true":
+                return pod["spec"]["containers"][0]
+    raise LookupError("no opted-in pod rendered")
+
+
+def _typo(c: dict) -> None:
+    c["imagePulPolicy"] = c.pop("imagePullPolicy")
+
+
+def _rbac_delete(docs: list[tuple[str, dict]]) -> None:
+    find(docs, "ClusterRole")["rules"][0]["verbs"].append("delete")
+
+
+def _rbac_secrets(docs: list[tuple[str, dict]]) -> None:
+    find(docs, "ClusterRole")["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+
+
+def _no_health_rule(config: dict) -> None:
+    for policy in config["policies"]:
+        policy["rules"] = [r for r in policy["rules"] if r.get("allow") != "anonymous"]
+
+
+MUTATIONS: list[tuple[str, Any, str]] = [
+    (
+        "a typo'd field in the DaemonSet",
+        lambda d: _typo(agent_container(d)),
+        "schema (strict): spec.template.spec.containers.0",
+    ),
+    (
+        "a wrong type in a Service",
+        lambda d: find(d, "Service")["spec"]["ports"][0].update(port="15020"),
+        "schema (strict)",
+    ),
+    ("an unknown kind", lambda d: find(d, "Namespace").update(kind="Namespce"), "no schema"),
+    (
+        "a typo'd ServiceMonitor field",
+        lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(pth="/x"),
+        "CRD schema (strict)",
+    ),
+    (
+        "a wrong type in a PodMonitor",
+        lambda d: find(d, "PodMonitor")["spec"].update(podMetricsEndpoints="metrics"),
+        "CRD schema (strict)",
+    ),
+    (
+        "a container without a memory limit",
+        lambda d: opted_in_container(d)["resources"]["limits"].pop("memory"),
+        "limits.memory is not set",
+    ),
+    (
+        "an agent probe on a path it does not serve",
+        lambda d: agent_container(d)["readinessProbe"]["httpGet"].update(path="/ready"),
+        "not one the agent serves",
+    ),
+    (
+        "a probe on an undeclared port",
+        lambda d: agent_container(d)["livenessProbe"]["httpGet"].update(port="metric"),
+        "not a named port",
+    ),
+    ("an extra RBAC verb", _rbac_delete, "verbs ['delete']"),
+    ("an extra RBAC resource", _rbac_secrets, "'secrets' in group '': not needed"),
+    (
+        "an extra capability",
+        lambda d: agent_container(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"),
+        "capabilities beyond",
+    ),
+    (
+        "a privileged agent",
+        lambda d: agent_container(d)["securityContext"].update(privileged=True),
+        "must not be privileged",
+    ),
+    ("probes the policy refuses", lambda d: edit_config(d, _no_health_rule), "the kubelet would get 401"),
+    (
+        "a ServiceMonitor on a missing port",
+        lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="metricz"),
+        "not a port of any rendered Service",
+    ),
+    (
+        "a PodMonitor on a missing port",
+        lambda d: find(d, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(port="metricz"),
+        "not a named port of the agent",
+    ),
+    (
+        "a ServiceMonitor selecting nothing",
+        lambda d: find(d, "ServiceMonitor")["spec"]["selector"]["matchLabels"].update(app="nodeward"),
+        "matches no rendered Service",
+    ),
+    (
+        "a PodMonitor selecting nothing",
+        lambda d: find(d, "PodMonitor")["spec"]["selector"]["matchLabels"].update(app="nodeward"),
+        "matches no rendered agent pod",
+    ),
+    (
+        "a state_dir that is not mounted",
+        lambda d: edit_config(d, lambda c: c.update(state_dir="/data")),
+        "state_dir: /data is not on a mounted volume",
+    ),
+    (
+        "a loopback admin address",
+        lambda d: edit_config(d, lambda c: c.update(admin="127.0.0.1:15020")),
+        "loopback-only",
+    ),
+    (
+        "an admin port the probes miss",
+        lambda d: edit_config(d, lambda c: c.update(admin="0.0.0.0:9090")),
+        "not the config's admin port 9090",
+    ),
+]
+
+
+def self_test(docs: list[tuple[str, dict]]) -> int:
+    """Breaks the rendered manifests one way at a time; each must be caught."""
+    problems, _ = check_all(docs)
+    if problems.items:
+        print("self-test needs manifests that pass first", file=sys.stderr)
+        return 1
+    missed = 0
+    for what, mutate, expected in MUTATIONS:
+        broken = copy.deepcopy(docs)
+        mutate(broken)
+        found, _ = check_all(broken)
+        if any(expected in p for p in found.items):
+            print(f"caught: {what}")
+        else:
+            missed += 1
+            print(f"MISSED: {what}: expected a problem containing {expected!r}, got {found.items}", file=sys.stderr)
+    if missed:
+        print(f"self-test: {missed} of {len(MUTATIONS)} breakages not caught", file=sys.stderr)
+        return 1
+    print(f"self-test: all {len(MUTATIONS)} breakages caught")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rendered", nargs="+", type=Path, help="rendered kustomizations (multi-document YAML)")
+    ap.add_argument("--config-out", type=Path, help="write the agent's config from the ConfigMap here")
+    ap.add_argument("--self-test", action="store_true", help="also prove that each check catches a breakage")
+    args = ap.parse_args()
+
+    docs: list[tuple[str, dict]] = []
+    for f in args.rendered:
+        for doc in yaml.safe_load_all(f.read_text()):
+            if not doc:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+                print(f"error: {f}: a document without apiVersion/kind: not a Kubernetes object", file=sys.stderr)
+                return 1
+            docs.append((f"{f.name}: {name_of(doc)}", doc))
+    if not docs:
+        print("error: no objects rendered", file=sys.stderr)
+        return 1
+
+    problems, agent = check_all(docs)
+    if problems.items:
+        for p in problems.items:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"{len(problems.items)} problem(s) in {len(docs)} objects", file=sys.stderr)
+        return 1
+    kinds = sorted({d["kind"] for _, d in docs})
+    print(
+        f"ok: {len(docs)} objects ({', '.join(kinds)}) valid against Kubernetes "
+        f"{' and '.join(KUBERNETES_VERSIONS)} (strict) and the Prometheus Operator CRD schema; project rules hold"
+    )
+    if agent is not None and args.config_out is not None:
+        args.config_out.write_text(agent["text"])
+    if args.self_test:
+        return self_test(docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
