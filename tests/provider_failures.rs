@@ -269,7 +269,7 @@ async fn duplicate_kids_and_unfit_keys_are_refused_one_by_one() {
     let our_kid = e.idp.idp.current_kid("RS256").expect("kid");
     let impostor = DevIdp::new("http://impostor").expect("keys");
     let encrypter = DevIdp::new("http://encrypter").expect("keys");
-    let unfit = vec![
+    let unfit = [
         foreign_jwk(&impostor, json!({"kid": our_kid})),
         foreign_jwk(&encrypter, json!({"kid": "enc-1", "use": "enc"})),
         foreign_jwk(&encrypter, json!({"kid": "ops-1", "key_ops": ["encrypt"]})),
