@@ -327,7 +327,7 @@ async fn forged_identity_headers_never_reach_the_upstream_http1_raw() {
 /// WSGI/CGI-style servers (and some frameworks) map `x_nodeward_sub` and
 /// `x-nodeward-sub` to the same variable, which is why nginx drops header
 /// names with underscores by default and Envoy has
-/// `headers_with_underscores_action`. nodeward strips only the dash spelling.
+/// `headers_with_underscores_action`. nodeward strips these spellings too.
 #[tokio::test]
 async fn underscore_spellings_of_identity_headers_are_stripped() {
     let e = env().await;
