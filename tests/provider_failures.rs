@@ -75,6 +75,7 @@ async fn a_slow_provider_holds_no_request_beyond_a_bound() {
     let known = e.idp.token();
     assert_eq!(status(&e.url, &known).await.0, 200);
     e.idp.set_jwks(Script::Slow(Duration::from_secs(60)));
+    let requests_before = e.idp.jwks_requests();
 
     let mut burst = Vec::new();
     for i in 0..20 {
@@ -116,6 +117,11 @@ async fn a_slow_provider_holds_no_request_beyond_a_bound() {
     assert!(fetches(&m, "timeout") >= 1.0, "{m}");
     let on_demand = metric(&m, "nodeward_jwks_on_demand_fetches_total{provider=\"corp\"}").unwrap_or(0.0);
     assert!(on_demand <= 3.0, "20 requests caused {on_demand} on-demand fetches");
+    let at_provider = e.idp.jwks_requests() - requests_before;
+    assert!(
+        at_provider <= 3,
+        "20 requests caused {at_provider} JWKS requests at the provider"
+    );
     assert_eq!(readyz(&e.agent).await.0, 200, "stale keys still verify: ready");
     assert_eq!(status(&e.url, &known).await.0, 200);
 }
