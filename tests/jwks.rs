@@ -6,29 +6,21 @@
 use std::time::Duration;
 
 use nodeward::devidp::MintRequest;
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
+use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::json;
 
-/// The example config with fast refresh bounds for tests.
-fn config(issuer: &str, upstream: std::net::SocketAddr, cooldown: &str) -> String {
-    example_config(issuer, upstream).replace(
-        "    audiences: [orders]\n",
-        &format!(
-            "    audiences: [orders]\n    refresh: {{min_interval: 1s, max_interval: 1h, unknown_kid_cooldown: {cooldown}, fetch_timeout: 2s}}\n"
-        ),
-    )
-}
+#[path = "support/provider.rs"]
+mod support;
 
-async fn status(url: &str, token: &str) -> (u16, serde_json::Value) {
-    let resp = client()
-        .get(format!("{url}/orders"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request");
-    let s = resp.status().as_u16();
-    let body = resp.bytes().await.expect("body");
-    (s, serde_json::from_slice(&body).unwrap_or_default())
+use support::status;
+
+/// The example config with fast refresh bounds and this kid cooldown.
+fn config(issuer: &str, upstream: std::net::SocketAddr, cooldown: &str) -> String {
+    support::config(
+        issuer,
+        upstream,
+        &format!("unknown_kid_cooldown: {cooldown}, fetch_timeout: 2s"),
+    )
 }
 
 #[tokio::test]

@@ -138,6 +138,13 @@ impl Netns {
             source,
         };
         let listener = self.run(|| TcpListener::bind(addr))?.map_err(listen_error)?;
+        // std listens with a backlog of 128. Every steered connection of the
+        // pod waits in this one accept queue, and an overflow drops the SYN
+        // (a stall of a second or more for the client): ask for as much as
+        // the kernel allows (net.core.somaxconn). Listening again on a
+        // listening socket only changes its backlog.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+            .map_err(|e| listen_error(e.into()))?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         Ok(listener)
     }
@@ -217,6 +224,28 @@ mod tests {
             .expect_err("no such netns");
         assert!(matches!(err, NetnsError::Missing { .. }), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+    }
+
+    #[test]
+    fn listeners_queue_bursts_past_std_default_backlog() {
+        let listener = match listener_in(Path::new("/proc/self/ns/net"), "127.0.0.1:0".parse().expect("addr")) {
+            Ok(l) => l,
+            Err(e @ NetnsError::NotPermitted { .. }) => {
+                eprintln!("SKIPPED listeners_queue_bursts_past_std_default_backlog: needs CAP_SYS_ADMIN: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let addr = listener.local_addr().expect("addr");
+        // Nobody accepts: every connection waits in the accept queue. With
+        // std's backlog of 128 the 130th SYN is dropped and connect times out.
+        let mut held = Vec::new();
+        for i in 0..600 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)) {
+                Ok(s) => held.push(s),
+                Err(e) => panic!("connection {i} was not queued: {e}"),
+            }
+        }
     }
 
     #[test]

@@ -270,11 +270,20 @@ impl Provider {
     pub async fn refetch_on_demand(&self) -> bool {
         let started = Instant::now();
         let mut last = self.on_demand.lock().await;
-        if let Some(t) = *last
-            && t.elapsed() < self.cfg.refresh.unknown_kid_cooldown
-        {
-            // Someone fetched while we waited, or recently: use what they got.
-            return t >= started;
+        if let Some(t) = *last {
+            // A fetch that began after this caller arrived has what it needs,
+            // whatever the cooldown. Checked first: when a fetch takes longer
+            // than the cooldown (a slow provider), callers queued behind it
+            // would otherwise each fetch again in turn, the last one waiting
+            // for all of them. So a caller waits for at most two fetches: the
+            // one in flight when it arrived, and its own.
+            if t >= started {
+                return true;
+            }
+            // Someone fetched recently, before this caller arrived: rate limit.
+            if t.elapsed() < self.cfg.refresh.unknown_kid_cooldown {
+                return false;
+            }
         }
         *last = Some(Instant::now());
         self.metrics.on_demand.inc();

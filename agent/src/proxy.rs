@@ -98,9 +98,23 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
     }
 }
 
+/// Connections the kernel queues for `accept` per listener. One agent fronts
+/// every workload of a node, so bursts (a client pool reconnecting after a
+/// restart) are large; tokio's default of 1024 overflows and turns the
+/// overflow into SYN retransmits, each a stall of a second or more. The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds a workload's listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restarted agent must not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 pin_project_lite::pin_project! {

@@ -11,10 +11,12 @@
 //!   every test (installing the interop test's npm packages first if needed).
 //! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
 //!   `bench.rs`. `--quick` is CI's smoke test of the harness.
+//! - `soak`: a bounded soak with reloads and key rotations; see `soak.rs`.
 
 mod bench;
 mod demo;
 mod proc;
+mod soak;
 mod steering_bench;
 mod test;
 
@@ -40,6 +42,11 @@ commands:
   bench-steering [--quick]
                   (root) eBPF-steered vs reverse-proxy path of one agent,
                   enrolment latency, RSS with 100 enrolled workloads
+  soak [--duration D]
+                  a bounded soak (default 10m) of one nodeward process: mixed
+                  valid/invalid/anonymous traffic over h1 and h2c, config
+                  reloads and key rotations; fails on any wrong decision,
+                  lost request or memory growth (CI runs --duration 45s)
   help            this text";
 
 fn main() -> ExitCode {
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("bench-steering") => steering_bench::run(&rest),
+        Some("soak") => soak::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

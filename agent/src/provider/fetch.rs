@@ -103,10 +103,7 @@ impl Fetcher {
                 .header("accept", "application/json")
                 .send()
                 .await
-                .map_err(|source| FetchError::Http {
-                    url: url.to_string(),
-                    source,
-                })?;
+                .map_err(|source| self.http_error(url, source))?;
             if !resp.status().is_success() {
                 return Err(FetchError::Status {
                     url: url.to_string(),
@@ -125,10 +122,7 @@ impl Fetcher {
                 });
             }
             let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Http {
-                url: url.to_string(),
-                source,
-            })? {
+            while let Some(chunk) = resp.chunk().await.map_err(|source| self.http_error(url, source))? {
                 if body.len() + chunk.len() > self.max_bytes {
                     return Err(FetchError::TooLarge {
                         url: url.to_string(),
@@ -147,6 +141,22 @@ impl Fetcher {
                 timeout: self.timeout,
             })
         })
+    }
+
+    /// reqwest's own time limit (the same `fetch_timeout`) usually fires
+    /// before ours: a provider that is slow is a timeout, not a network error.
+    fn http_error(&self, url: &str, source: reqwest::Error) -> FetchError {
+        if source.is_timeout() {
+            FetchError::Timeout {
+                url: url.to_string(),
+                timeout: self.timeout,
+            }
+        } else {
+            FetchError::Http {
+                url: url.to_string(),
+                source,
+            }
+        }
     }
 
     /// Discovers the JWKS URI from `issuer`, insisting the document names the
