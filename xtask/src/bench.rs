@@ -219,14 +219,24 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let scenarios: Vec<_> = scenarios::all()
+    let (scenarios, unavailable): (Vec<_>, Vec<_>) = scenarios::all()
         .into_iter()
         .filter(|s| set.only.as_ref().is_none_or(|o| o.iter().any(|n| n == s.name)))
-        .collect();
+        .partition(|s| s.proxy.unavailable().is_none());
     if let Some(only) = &set.only {
         for name in only {
-            anyhow::ensure!(scenarios.iter().any(|s| s.name == name), "no scenario named {name:?}");
+            anyhow::ensure!(
+                scenarios.iter().chain(&unavailable).any(|s| s.name == name),
+                "no scenario named {name:?}"
+            );
         }
+    }
+    let skipped: Vec<(String, String)> = unavailable
+        .iter()
+        .map(|s| (s.name.to_owned(), s.proxy.unavailable().unwrap_or_default().to_owned()))
+        .collect();
+    for (name, why) in &skipped {
+        println!("skipping {name}: {why}");
     }
 
     let (runs, pernode, (baseline, floor_optimized)) = rt.block_on(async {
@@ -256,6 +266,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         baseline: &baseline,
         floor_optimized,
         wall_s: started.elapsed().as_secs_f64(),
+        skipped: &skipped,
     };
     let md = report::markdown(&cx, &sums, &pernode, &targets);
     println!("\n{md}");
@@ -271,6 +282,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "runs": runs,
         "pernode": pernode,
         "targets": targets,
+        "skipped": skipped,
     });
     let json_path = out.join("results.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
