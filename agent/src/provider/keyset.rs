@@ -34,7 +34,7 @@ enum Verifier {
     /// RSA (PKCS#1 v1.5 or PSS), ECDSA (fixed-length P1363 signatures) or Ed25519.
     Public(ParsedPublicKey),
     /// HS*: a configured shared secret (constant-time comparison).
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
 }
 
 impl std::fmt::Debug for Key {
@@ -73,7 +73,7 @@ impl Key {
         Ok(Self {
             kid: None,
             alg,
-            verifier: Verifier::Hmac(hmac::Key::new(digest, secret)),
+            verifier: Verifier::Hmac(Box::new(hmac::Key::new(digest, secret))),
             fingerprint: String::new(),
             revoked: AtomicBool::new(false),
         })
