@@ -41,12 +41,13 @@ use env::{Idp, Nginx, NginxRole};
 use pernode::Model;
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode] [--keep]
-                         [--nodeward BIN] [--out DIR]
+usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --pods N,N..]
+                         [--keep] [--nodeward BIN] [--out DIR]
 
   --quick          one short repeat, N = 10 only (CI's smoke test)
   --scenarios      run only these scenarios (names as in the table)
   --no-pernode     skip per-node vs per-pod
+  --pods N,N..     per-node vs per-pod at these N instead (default 10,50,100; --quick 10)
   --keep           keep the temporary directory (configs, stderr of every process)
   --nodeward BIN   measure this nodeward binary instead of building one (before/after)
   --out DIR        write results there instead of target/bench";
@@ -112,6 +113,14 @@ impl Settings {
             match a.as_str() {
                 "--quick" => {}
                 "--no-pernode" => s.pods.clear(),
+                "--pods" => {
+                    let list = it.next().context("--pods needs a comma-separated list of N")?;
+                    s.pods = list
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                        .collect::<Option<Vec<_>>>()
+                        .with_context(|| format!("--pods {list:?}: expected positive integers like 10,50,100"))?;
+                }
                 "--keep" => s.keep = true,
                 "--nodeward" => s.nodeward = Some(it.next().context("--nodeward needs a path")?.into()),
                 "--out" => s.out = Some(it.next().context("--out needs a directory")?.into()),
