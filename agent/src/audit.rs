@@ -1,8 +1,28 @@
-//! The audit log: one JSON line per decision under the tracing target
-//! `audit`, naming the caller (iss, sub, email), never the token.
+//! The audit log: one JSON line per decision under the target `audit`,
+//! naming the caller (iss, sub, email), never the token.
+//!
+//! Two paths with the same line shape
+//! (`{"timestamp","level","target":"audit", request_id, workload, method, path,
+//! decision, reason, detail, rule, iss, sub, email, client, latency_us}`; an
+//! absent optional field is left out):
+//!
+//! - The binary installs a [`Sink`] on stdout ([`install`]): the worker
+//!   formats the line itself into a reused per-thread buffer and appends it
+//!   to a shared batch; one writer thread swaps the batch out and writes it
+//!   with one `write(2)`. The writer is woken only when a batch crosses
+//!   [`Limits::batch`] bytes or, after a quiet spell, by the first line, and
+//!   otherwise collects for one [`Limits::tick`]; so a busy agent pays no
+//!   cross-thread wake-up per request. Never lossy: past [`Limits::cap`]
+//!   buffered bytes the request waits for the writer (back-pressure from a
+//!   slow stdout). Lines are appended whole under one lock, so they never
+//!   interleave; the [`Guard`] flushes on shutdown.
+//! - Without a sink (the library in tests, `explain`), the same fields go
+//!   through `tracing` under the target `audit`, so a subscriber sees them.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
 
@@ -18,23 +38,318 @@ pub struct Record<'a> {
     pub latency: Duration,
 }
 
-pub fn log(r: &Record<'_>) {
-    let d = r.decision;
-    let token = d.token.as_ref().map(|t| &t.verified);
-    tracing::info!(
-        target: "audit",
-        request_id = r.request_id.to_str().unwrap_or(""),
-        workload = r.workload,
-        method = r.method.as_str(),
-        path = r.path,
-        decision = d.label(),
-        reason = d.reason,
-        detail = d.detail.as_deref(),
-        rule = d.rule.as_deref(),
-        iss = token.map(|t| t.iss.as_str()),
-        sub = token.and_then(|t| t.sub.as_deref()),
-        email = token.and_then(|t| t.email()),
-        client = %r.client,
-        latency_us = r.latency.as_micros() as u64,
-    );
+/// The fields of one audit line, borrowed from the request and the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    pub request_id: &'a str,
+    pub workload: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub detail: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub iss: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub client: SocketAddr,
+    pub latency_us: u64,
 }
+
+impl<'a> Fields<'a> {
+    pub fn of(r: &'a Record<'a>) -> Self {
+        let d = r.decision;
+        let token = d.token.as_ref().map(|t| &t.verified);
+        Self {
+            request_id: r.request_id.to_str().unwrap_or(""),
+            workload: r.workload,
+            method: r.method.as_str(),
+            path: r.path,
+            decision: d.label(),
+            reason: d.reason,
+            detail: d.detail.as_deref(),
+            rule: d.rule.as_deref(),
+            iss: token.map(|t| t.iss.as_str()),
+            sub: token.and_then(|t| t.sub.as_deref()),
+            email: token.and_then(|t| t.email()),
+            client: r.client,
+            latency_us: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
+
+thread_local! {
+    /// The line being formatted, reused across requests on this thread.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A per-thread line buffer above this is released after use (a very long path).
+const KEEP_LINE_BYTES: usize = 16 * 1024;
+
+pub fn log(r: &Record<'_>) {
+    let f = Fields::of(r);
+    match SINK.get() {
+        Some(sink) => LINE.with_borrow_mut(|line| {
+            line.clear();
+            format_line(line, &f, SystemTime::now());
+            sink.push(line);
+            if line.capacity() > KEEP_LINE_BYTES {
+                *line = Vec::new();
+            }
+        }),
+        None => tracing::info!(
+            target: "audit",
+            request_id = f.request_id,
+            workload = f.workload,
+            method = f.method,
+            path = f.path,
+            decision = f.decision,
+            reason = f.reason,
+            detail = f.detail,
+            rule = f.rule,
+            iss = f.iss,
+            sub = f.sub,
+            email = f.email,
+            client = %f.client,
+            latency_us = f.latency_us,
+        ),
+    }
+}
+
+/// Sends every later audit line of this process to `out` through a batching
+/// writer thread. Keep the guard until exit: dropping it writes what is
+/// buffered and stops the thread. Only the first call installs a sink; a
+/// later one gets `None`.
+pub fn install(out: Box<dyn Write + Send>, limits: Limits) -> std::io::Result<Option<Guard>> {
+    let mut started = None;
+    SINK.get_or_init(|| {
+        let sink = Arc::new(Sink::new(out, limits));
+        started = Some(sink.clone());
+        sink
+    });
+    match started {
+        Some(sink) => match Guard::start(sink.clone()) {
+            Ok(guard) => Ok(Some(guard)),
+            Err(e) => {
+                // No writer thread: lines go straight to the output instead of piling up.
+                sink.close();
+                Err(e)
+            }
+        },
+        None => Ok(None),
+    }
+}
+
+/// Appends one audit line (ending in `\n`) for `f` at `now` to `out`.
+pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
+    // Writes into a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"timestamp":"{}","level":"INFO","target":"audit""#,
+        humantime::format_rfc3339_micros(now)
+    );
+    field(out, "request_id", f.request_id);
+    field(out, "workload", f.workload);
+    field(out, "method", f.method);
+    field(out, "path", f.path);
+    field(out, "decision", f.decision);
+    field(out, "reason", f.reason);
+    for (name, value) in [
+        ("detail", f.detail),
+        ("rule", f.rule),
+        ("iss", f.iss),
+        ("sub", f.sub),
+        ("email", f.email),
+    ] {
+        if let Some(v) = value {
+            field(out, name, v);
+        }
+    }
+    // A socket address is digits, hex, '.', ':', '[', ']' and '%': nothing to escape.
+    let _ = write!(out, r#","client":"{}","latency_us":{}}}"#, f.client, f.latency_us);
+    out.push(b'\n');
+}
+
+/// `,"name":"value"` with the value JSON-escaped (quotes, backslashes, control characters).
+fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Batching limits of a [`Sink`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Buffered bytes that wake the writer at once.
+    pub batch: usize,
+    /// Buffered bytes past which a request waits for the writer.
+    pub cap: usize,
+    /// How long the writer lets a batch fill before writing it.
+    pub tick: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            batch: 64 * 1024,
+            cap: 4 * 1024 * 1024,
+            tick: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Audit lines on their way to the output: an append-only batch and the writer's handle.
+pub struct Sink {
+    state: Mutex<State>,
+    /// Wakes the writer: a line after a quiet spell, a full batch, or shutdown.
+    wake: Condvar,
+    /// Wakes requests waiting for room under the cap.
+    room: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// The writer waits for a first line (not on a tick).
+    parked: bool,
+    /// Producers waiting for room.
+    waiting: usize,
+    /// The writer has stopped: lines go straight to the output.
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sink {
+    pub fn new(out: Box<dyn Write + Send>, limits: Limits) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            room: Condvar::new(),
+            out: Mutex::new(out),
+            limits,
+        }
+    }
+
+    /// Appends whole lines; waits while the batch is over the cap.
+    pub fn push(&self, lines: &[u8]) {
+        let mut st = lock(&self.state);
+        // A line longer than the cap still goes in, alone.
+        while !st.closed && !st.buf.is_empty() && st.buf.len() + lines.len() > self.limits.cap {
+            st.waiting += 1;
+            st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.waiting -= 1;
+        }
+        if st.closed {
+            drop(st);
+            self.write(lines);
+            return;
+        }
+        let before = st.buf.len();
+        st.buf.extend_from_slice(lines);
+        let batch = self.limits.batch;
+        let wake = (st.parked && before == 0) || (before < batch && st.buf.len() >= batch);
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut out = lock(&self.out);
+        if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+            // Nowhere left to put the lines; say so on stderr once per failure.
+            eprintln!("nodeward: audit log write failed ({} bytes lost): {e}", bytes.len());
+        }
+    }
+
+    /// The writer thread's loop: until closed, take the batch and write it.
+    fn run(&self) {
+        let Limits { batch, tick, .. } = self.limits;
+        let mut spare = Vec::with_capacity(batch);
+        loop {
+            let mut st = lock(&self.state);
+            loop {
+                if st.closed || st.buf.len() >= batch {
+                    break;
+                }
+                if st.buf.is_empty() {
+                    st.parked = true;
+                    st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st.parked = false;
+                    continue;
+                }
+                // Let the batch fill for one tick (a full batch or shutdown cuts it short).
+                st = self
+                    .wake
+                    .wait_timeout(st, tick)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                break;
+            }
+            let closed = st.closed;
+            std::mem::swap(&mut st.buf, &mut spare);
+            let waiting = st.waiting > 0;
+            drop(st);
+            if waiting {
+                self.room.notify_all();
+            }
+            if !spare.is_empty() {
+                self.write(&spare);
+                spare.clear();
+                if spare.capacity() > 4 * batch {
+                    spare = Vec::with_capacity(batch);
+                }
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.wake.notify_one();
+        self.room.notify_all();
+    }
+}
+
+/// Owns the writer thread; dropping it writes what is buffered and stops it.
+pub struct Guard {
+    sink: Arc<Sink>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Guard {
+    /// Starts the writer thread of `sink`.
+    pub fn start(sink: Arc<Sink>) -> std::io::Result<Self> {
+        let s = sink.clone();
+        let thread = std::thread::Builder::new()
+            .name("nodeward-audit".into())
+            .spawn(move || s.run())?;
+        Ok(Self {
+            sink,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.sink.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

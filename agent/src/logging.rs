@@ -2,26 +2,37 @@
 //! decision, for log shippers; everything else goes to stderr, human-readable
 //! by default or JSON with `--log-json`. `RUST_LOG` filters the latter.
 //!
-//! Audit lines are written by a dedicated thread (tracing-appender), so a
-//! request never waits on a stdout syscall. The writer is not lossy: when the
-//! queue is full, requests wait rather than lose audit lines.
+//! Audit lines bypass tracing: [`crate::audit`] formats them on the worker
+//! and a batching writer thread puts them on stdout, so a request never waits
+//! on a stdout syscall nor wakes a thread. The writer is not lossy: when its
+//! buffer is full, requests wait rather than lose audit lines. Should a
+//! `target: "audit"` event still reach tracing (no sink installed), it is
+//! written to stdout as JSON as before, synchronously.
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
-/// Keep the returned guard alive until exit: dropping it flushes the audit queue.
-pub fn init(json: bool) -> WorkerGuard {
-    let (stdout, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("nodeward-audit")
-        .finish(std::io::stdout());
+use crate::audit;
+
+/// Keep it alive until exit: dropping it flushes the audit lines still buffered.
+pub struct Guard {
+    _audit: Option<audit::Guard>,
+}
+
+pub fn init(json: bool) -> Guard {
+    let audit_guard = match audit::install(Box::new(std::io::stdout()), audit::Limits::default()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("nodeward: no audit writer thread ({e}); audit lines are written synchronously");
+            None
+        }
+    };
     let audit = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_target(true)
-        .with_writer(stdout)
+        .with_writer(std::io::stdout)
         .with_filter(filter_fn(|m| m.target() == "audit"));
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let not_audit = filter_fn(|m| m.target() != "audit");
@@ -40,5 +51,5 @@ pub fn init(json: bool) -> WorkerGuard {
             .with_filter(not_audit);
         let _ = registry.with(logs).try_init();
     }
-    guard
+    Guard { _audit: audit_guard }
 }

@@ -191,10 +191,9 @@ impl<'t> Jws<'t> {
             .ok()
             .filter(|a| provider.algorithms.contains(a))
             .ok_or_else(|| TokenError::AlgorithmNotAllowed(truncate(&self.alg, ECHO_MAX)))?;
-        if jose::b64(self.signature).is_none() {
-            return Err(TokenError::Malformed("signature is not canonical base64url"));
-        }
-        let signature = self.signature;
+        let signature =
+            jose::b64(self.signature).ok_or(TokenError::Malformed("signature is not canonical base64url"))?;
+        let signature = signature.as_slice();
         let message = self.signing_input.as_bytes();
         let key = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
             provider

@@ -41,12 +41,13 @@ use env::{Idp, Nginx, NginxRole};
 use pernode::Model;
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode] [--keep]
-                         [--nodeward BIN] [--out DIR]
+usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --pods N,N..]
+                         [--keep] [--nodeward BIN] [--out DIR]
 
   --quick          one short repeat, N = 10 only (CI's smoke test)
   --scenarios      run only these scenarios (names as in the table)
   --no-pernode     skip per-node vs per-pod
+  --pods N,N..     per-node vs per-pod at these N instead (default 10,50,100; --quick 10)
   --keep           keep the temporary directory (configs, stderr of every process)
   --nodeward BIN   measure this nodeward binary instead of building one (before/after)
   --out DIR        write results there instead of target/bench";
@@ -112,6 +113,14 @@ impl Settings {
             match a.as_str() {
                 "--quick" => {}
                 "--no-pernode" => s.pods.clear(),
+                "--pods" => {
+                    let list = it.next().context("--pods needs a comma-separated list of N")?;
+                    s.pods = list
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                        .collect::<Option<Vec<_>>>()
+                        .with_context(|| format!("--pods {list:?}: expected positive integers like 10,50,100"))?;
+                }
                 "--keep" => s.keep = true,
                 "--nodeward" => s.nodeward = Some(it.next().context("--nodeward needs a path")?.into()),
                 "--out" => s.out = Some(it.next().context("--out needs a directory")?.into()),
@@ -219,14 +228,24 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let scenarios: Vec<_> = scenarios::all()
+    let (scenarios, unavailable): (Vec<_>, Vec<_>) = scenarios::all()
         .into_iter()
         .filter(|s| set.only.as_ref().is_none_or(|o| o.iter().any(|n| n == s.name)))
-        .collect();
+        .partition(|s| s.proxy.unavailable().is_none());
     if let Some(only) = &set.only {
         for name in only {
-            anyhow::ensure!(scenarios.iter().any(|s| s.name == name), "no scenario named {name:?}");
+            anyhow::ensure!(
+                scenarios.iter().chain(&unavailable).any(|s| s.name == name),
+                "no scenario named {name:?}"
+            );
         }
+    }
+    let skipped: Vec<(String, String)> = unavailable
+        .iter()
+        .map(|s| (s.name.to_owned(), s.proxy.unavailable().unwrap_or_default().to_owned()))
+        .collect();
+    for (name, why) in &skipped {
+        println!("skipping {name}: {why}");
     }
 
     let (runs, pernode, (baseline, floor_optimized)) = rt.block_on(async {
@@ -256,6 +275,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         baseline: &baseline,
         floor_optimized,
         wall_s: started.elapsed().as_secs_f64(),
+        skipped: &skipped,
     };
     let md = report::markdown(&cx, &sums, &pernode, &targets);
     println!("\n{md}");
@@ -271,6 +291,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "runs": runs,
         "pernode": pernode,
         "targets": targets,
+        "skipped": skipped,
     });
     let json_path = out.join("results.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;

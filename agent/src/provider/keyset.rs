@@ -1,17 +1,18 @@
 //! A provider's verification keys: parsed once from the JWKS, each pinned to
-//! exactly one algorithm (RFC 8725 §3.1), each checked against the crypto
-//! backend at load time so an unusable key fails the fetch, not a request.
-//! Verification goes through jsonwebtoken's aws-lc-rs backend, which rebuilds
-//! the public key per call (about 2.6 µs of an RS256 verify; see the benches).
+//! exactly one algorithm (RFC 8725 §3.1), each built into an aws-lc-rs key at
+//! load time, so an unusable key fails the fetch, not a request, and a
+//! verification does no key parsing: an RSA key keeps its Montgomery context,
+//! an EC key its decoded, on-curve point (see the benches).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use jsonwebtoken::crypto::CryptoProvider;
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 
 /// Most keys taken from one JWKS; more is a misbehaving provider.
@@ -21,11 +22,19 @@ pub const MAX_KEYS: usize = 64;
 pub struct Key {
     pub kid: Option<String>,
     pub alg: Algorithm,
-    decoding: DecodingKey,
+    verifier: Verifier,
     /// The public parameters, to recognise the same key across refreshes.
     fingerprint: String,
     /// Set when the key leaves the JWKS: tokens it verified leave the cache.
     revoked: AtomicBool,
+}
+
+/// A key ready to verify with its one algorithm.
+enum Verifier {
+    /// RSA (PKCS#1 v1.5 or PSS), ECDSA (fixed-length P1363 signatures) or Ed25519.
+    Public(ParsedPublicKey),
+    /// HS*: a configured shared secret (constant-time comparison).
+    Hmac(Box<hmac::Key>),
 }
 
 impl std::fmt::Debug for Key {
@@ -38,9 +47,12 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Checks the base64url `signature` over `message` with this key's one algorithm.
-    pub fn verify(&self, message: &[u8], signature: &str) -> bool {
-        jsonwebtoken::crypto::verify(signature, message, &self.decoding, self.alg).unwrap_or(false)
+    /// Checks the decoded `signature` over `message` with this key's one algorithm.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.verifier {
+            Verifier::Public(key) => key.verify_sig(message, signature).is_ok(),
+            Verifier::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
+        }
     }
 
     pub fn is_revoked(&self) -> bool {
@@ -49,24 +61,68 @@ impl Key {
 
     /// A key for HS* tokens made from a configured shared secret.
     pub fn from_secret(secret: &[u8], alg: Algorithm) -> Result<Self, String> {
-        let decoding = DecodingKey::from_secret(secret).map_err(|e| e.to_string())?;
-        check_usable(alg, &decoding)?;
+        let digest = match alg {
+            Algorithm::HS256 => hmac::HMAC_SHA256,
+            Algorithm::HS384 => hmac::HMAC_SHA384,
+            Algorithm::HS512 => hmac::HMAC_SHA512,
+            other => return Err(format!("{other:?} is not an HMAC algorithm")),
+        };
+        if secret.is_empty() {
+            return Err("the shared secret is empty".into());
+        }
         Ok(Self {
             kid: None,
             alg,
-            decoding,
+            verifier: Verifier::Hmac(Box::new(hmac::Key::new(digest, secret))),
             fingerprint: String::new(),
             revoked: AtomicBool::new(false),
         })
     }
 }
 
-/// Fails early, at JWKS load, for a key the crypto backend cannot use with `alg`.
-fn check_usable(alg: Algorithm, key: &DecodingKey) -> Result<(), String> {
-    let provider = CryptoProvider::try_get_default().ok_or("no crypto provider is built in")?;
-    (provider.verifier_factory)(&alg, key)
-        .map(drop)
-        .map_err(|e| format!("key unusable for {alg:?}: {e}"))
+/// RSA parameters for `alg`, with aws-lc-rs's 2048–8192-bit modulus range.
+fn rsa_params(alg: Algorithm) -> Option<&'static RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// Builds the aws-lc-rs key for `alg` from the JWK's decoded public parameters,
+/// failing early, at JWKS load, for a key that cannot verify `alg`.
+fn build_verifier(alg: Algorithm, key: &DecodingKey) -> Result<Verifier, String> {
+    let unusable = |why: &dyn std::fmt::Display| format!("key unusable for {alg:?}: {why}");
+    let parsed = match (alg, key.kind()) {
+        (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
+            let params = rsa_params(alg).ok_or_else(|| unusable(&"not an RSA algorithm"))?;
+            // The verify would refuse every token of a key outside the range; refuse the key instead.
+            let bits = n.iter().skip_while(|&&b| b == 0).count() * 8;
+            let top = n.iter().find(|&&b| b != 0).map_or(0, |b| b.leading_zeros() as usize);
+            let bits = bits.saturating_sub(top);
+            if !(2048..=8192).contains(&bits) {
+                return Err(unusable(&format!("a {bits}-bit RSA modulus is outside 2048–8192 bits")));
+            }
+            RsaPublicKeyComponents { n: &n[..], e: &e[..] }
+                .to_parsed_public_key(params)
+                .map_err(|e| unusable(&e))?
+        }
+        (Algorithm::ES256, DecodingKeyKind::SecretOrDer(point)) => {
+            ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point).map_err(|e| unusable(&e))?
+        }
+        (Algorithm::ES384, DecodingKeyKind::SecretOrDer(point)) => {
+            ParsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, point).map_err(|e| unusable(&e))?
+        }
+        (Algorithm::EdDSA, DecodingKeyKind::SecretOrDer(raw)) => {
+            ParsedPublicKey::new(&sig::ED25519, raw).map_err(|e| unusable(&e))?
+        }
+        _ => return Err(unusable(&"the key type does not fit the algorithm")),
+    };
+    Ok(Verifier::Public(parsed))
 }
 
 /// The keys of one provider at one point in time.
@@ -153,11 +209,11 @@ impl KeySet {
                     });
                     let key = match reused {
                         Some(k) => k,
-                        None => match check_usable(alg, &dk) {
-                            Ok(()) => Arc::new(Key {
+                        None => match build_verifier(alg, &dk) {
+                            Ok(verifier) => Arc::new(Key {
                                 kid: kid.clone(),
                                 alg,
-                                decoding: dk,
+                                verifier,
                                 fingerprint,
                                 revoked: AtomicBool::new(false),
                             }),

@@ -676,7 +676,7 @@ fn keyset_duplicate_kids_first_wins_and_limits() {
     let verifies = |idp: &DevIdp| {
         let t = mint_by(idp, "RS256", json!({}), json!({}));
         let [h, c, s] = parts(&t);
-        key.verify(format!("{h}.{c}").as_bytes(), s)
+        key.verify(format!("{h}.{c}").as_bytes(), &super::jose::b64(s).expect("base64url"))
     };
     assert!(
         verifies(&IDP) && !verifies(&ATTACKER),
@@ -787,4 +787,71 @@ fn attacker_chosen_values_are_echoed_bounded() {
     ] {
         assert!(e.to_string().len() < 200, "{e}");
     }
+}
+
+/// Keys are built into aws-lc-rs keys when the JWKS loads: one that could
+/// never verify is skipped there, with the reason, instead of failing every
+/// token later; and the built key verifies only its own algorithm's form.
+#[test]
+fn keys_are_built_and_checked_when_the_jwks_loads() {
+    use Algorithm::*;
+    let (rsa, ec, ed) = (jwk(&IDP, "RS256"), jwk(&IDP, "ES256"), jwk(&IDP, "EdDSA"));
+    let n_1024 = b64(&[[0xc5u8].as_slice(), &[0x5a; 127]].concat());
+    let y: Vec<u8> = URL_SAFE_NO_PAD.decode(ec["y"].as_str().expect("y")).expect("b64 y");
+    let mut off_curve = y.clone();
+    off_curve[31] ^= 1;
+    #[rustfmt::skip]
+    let cases = [
+        (with(rsa.clone(), json!({"kid": "rsa-1024", "n": n_1024})), "key unusable for RS256: a 1024-bit RSA modulus is outside 2048–8192 bits"),
+        (with(ec.clone(), json!({"kid": "off-curve", "y": b64(&off_curve)})), "key unusable for ES256"),
+        (with(ec.clone(), json!({"kid": "short-y", "y": b64(&y[1..])})), "key unusable for ES256"),
+        (with(ed.clone(), json!({"kid": "short-ed", "x": b64(&[7; 31])})), "key unusable for EdDSA"),
+    ];
+    let keys = cases.iter().map(|(k, _)| k.clone()).chain([rsa, ec, ed]).collect();
+    let set = set_of(keys, &[RS256, ES256, EdDSA]);
+    assert_eq!(set.len(), 3, "{:#?}", set.skipped);
+    for (i, (got, (_, why))) in set.skipped.iter().zip(&cases).enumerate() {
+        assert!(got.starts_with(&format!("key {i}: {why}")), "{got:?} vs {why:?}");
+    }
+
+    // Each key takes only its own signature form: raw r||s for ECDSA (not
+    // DER), 64 bytes for Ed25519, the full modulus length for RSA.
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let key = set.by_kid(&kid(&IDP, alg)).expect("loaded");
+        let t = mint(alg, json!({}), json!({}));
+        let [h, c, s] = parts(&t);
+        let msg = format!("{h}.{c}");
+        let sig = URL_SAFE_NO_PAD.decode(s).expect("b64 sig");
+        assert!(key.verify(msg.as_bytes(), &sig), "{alg}: the real signature verifies");
+        assert!(
+            !key.verify(b"other message", &sig),
+            "{alg}: over another message it does not"
+        );
+        assert!(!key.verify(msg.as_bytes(), &sig[..sig.len() - 1]), "{alg}: truncated");
+        assert!(
+            !key.verify(msg.as_bytes(), &[sig.as_slice(), &[0]].concat()),
+            "{alg}: extended"
+        );
+        assert!(
+            !key.verify(msg.as_bytes(), &vec![0; sig.len()]),
+            "{alg}: all zero (psychic)"
+        );
+        assert!(!key.verify(msg.as_bytes(), &[]), "{alg}: empty");
+    }
+}
+
+#[test]
+fn shared_secrets_build_hmac_keys_for_hs_algorithms_only() {
+    use Algorithm::*;
+    assert!(Key::from_secret(b"", HS256).is_err(), "an empty secret is refused");
+    assert!(Key::from_secret(SECRET, RS256).is_err(), "not an HMAC algorithm");
+    let token = hmac(SECRET, r#"{"alg":"HS256"}"#, r#"{"iss":"x"}"#);
+    let [h, c, s] = parts(&token);
+    let sig = URL_SAFE_NO_PAD.decode(s).expect("b64");
+    let key = Key::from_secret(SECRET, HS256).expect("HS256 key");
+    assert!(key.verify(format!("{h}.{c}").as_bytes(), &sig));
+    assert!(!key.verify(format!("{h}.{c}x").as_bytes(), &sig));
+    assert!(!key.verify(format!("{h}.{c}").as_bytes(), &sig[..31]));
+    let other = Key::from_secret(b"another secret of the same size!!!!", HS256).expect("key");
+    assert!(!other.verify(format!("{h}.{c}").as_bytes(), &sig));
 }

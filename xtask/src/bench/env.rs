@@ -124,17 +124,36 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(name: &str, role: &NginxRole<'_>, port: u16, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_at(name, role, SocketAddr::from(([127, 0, 0, 1], port)), None, dir).await
+    }
+
+    /// nginx listening on `addr`, inside the network namespace `netns`
+    /// (`ip netns exec`, which execs nginx: the PIDs are nginx's) or in ours.
+    pub async fn start_at(
+        name: &str,
+        role: &NginxRole<'_>,
+        addr: SocketAddr,
+        netns: Option<&str>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let prefix = dir.join(name);
         std::fs::create_dir_all(prefix.join("tmp")).with_context(|| format!("creating {}", prefix.display()))?;
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(role, port, &prefix)?)?;
+        std::fs::write(&conf, nginx_conf(role, addr, &prefix)?)?;
         if let NginxRole::NjsJwt {
             spki_b64, issuer, kid, ..
         } = role
         {
             std::fs::write(prefix.join("jwt.js"), njs_script(spki_b64, issuer, kid))?;
         }
-        let mut cmd = Command::new("nginx");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "nginx"]);
+                c
+            }
+            None => Command::new("nginx"),
+        };
         cmd.arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -144,7 +163,6 @@ impl Nginx {
             .args(["-g", "daemon off;"]);
         let mut proc = ChildProc::spawn(name, &mut cmd, &prefix.join("stderr"))
             .context("starting nginx (Debian: apt-get install nginx libnginx-mod-http-js; .ci/run installs them)")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let pid_file = prefix.join("nginx.pid");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -183,7 +201,7 @@ impl Nginx {
     }
 }
 
-fn nginx_conf(role: &NginxRole<'_>, port: u16, prefix: &Path) -> anyhow::Result<String> {
+fn nginx_conf(role: &NginxRole<'_>, listen: SocketAddr, prefix: &Path) -> anyhow::Result<String> {
     let p = prefix.to_str().context("non-UTF-8 temporary path")?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     // The app gets one worker (a small service); the proxies get one per
@@ -240,7 +258,7 @@ http {{
     keepalive_timeout 75s;
     {http_extra}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen {listen} backlog=4096;
         location / {{
             {location}
         }}
@@ -502,6 +520,30 @@ pub fn nodeward_config(
         })
         .collect();
     map.insert("workloads".into(), Y::Sequence(list));
+    Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
+/// `yaml` (from [`nodeward_config`]) with its workloads replaced by one
+/// eBPF-steered workload in the network namespace `netns` (same name, labels
+/// and so policy as before; the app is reached at the original destination,
+/// pod IP:8080 inside the namespace) and the eBPF pins under `pin_dir`.
+pub fn steered_config(yaml: &str, netns: &Path, pin_dir: &Path) -> anyhow::Result<String> {
+    use serde_yaml_ng::{Mapping, Value as Y};
+    let mut doc: Y = serde_yaml_ng::from_str(yaml).context("parsing the nodeward config")?;
+    let map = doc.as_mapping_mut().context("config is not a mapping")?;
+    let mut ebpf = Mapping::new();
+    ebpf.insert("pin_dir".into(), pin_dir.to_string_lossy().into_owned().into());
+    map.insert("ebpf".into(), Y::Mapping(ebpf));
+    let mut wl = map
+        .get("workloads")
+        .and_then(|w| w.get(0))
+        .and_then(Y::as_mapping)
+        .cloned()
+        .context("config has no workload")?;
+    wl.remove("listen");
+    wl.remove("upstream");
+    wl.insert("netns".into(), netns.to_string_lossy().into_owned().into());
+    map.insert("workloads".into(), Y::Sequence(vec![Y::Mapping(wl)]));
     Ok(serde_yaml_ng::to_string(&doc)?)
 }
 

@@ -307,6 +307,8 @@ pub struct Context<'a> {
     /// Whether the floor was measured in optimized code.
     pub floor_optimized: bool,
     pub wall_s: f64,
+    /// Scenarios that could not run here, with why.
+    pub skipped: &'a [(String, String)],
 }
 
 /// The whole report in Markdown: docs/benchmarks.md embeds it.
@@ -332,6 +334,9 @@ pub fn markdown(cx: &Context<'_>, sums: &[ScenarioSummary], pernode: &[PerNodeRe
         base.join(", ")
     );
     let _ = writeln!(s, "### Scenarios\n\n{}", scenario_table(sums));
+    for (name, why) in cx.skipped {
+        let _ = writeln!(s, "Not measured in this run: `{name}` ({why}).\n");
+    }
     let noise: Vec<String> = sums
         .iter()
         .map(|x| format!("{} {:.0} %", x.name, x.other_cpu_share.median * 100.0))

@@ -3,18 +3,21 @@
 //! expected, warm up, measure with wrk while reading the proxy's and the
 //! app's CPU time, read peak memory, stop the proxy.
 //!
-//! Adding a scenario is one entry in [`all`]; a new kind of proxy (nodeward
-//! behind eBPF steering, once that lands) is one more [`Proxy`] variant with
-//! its start in [`start_proxy`]: everything after (load, measurement,
-//! report, chart) only sees a target address and the PIDs to measure.
+//! Adding a scenario is one entry in [`all`]; a new kind of proxy is one
+//! more [`Proxy`] variant with its start in [`start_proxy`]: everything after
+//! (load, measurement, report, chart) only sees a target address and the
+//! PIDs to measure. `nodeward-steered-cached` is such a variant: the agent
+//! behind eBPF SK_LOOKUP steering, with its app inside a pod-like network
+//! namespace (root only; skipped with a message otherwise).
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use nodeward::testing::netns::{NetnsGuard, PinDir};
 use serde::Serialize;
 
-use super::env::{ConfigKnobs, Nginx, NginxRole, Nodeward, Workload, free_ports, nodeward_config};
+use super::env::{ConfigKnobs, Nginx, NginxRole, Nodeward, Workload, free_ports, nodeward_config, steered_config};
 use super::procfs;
 use super::wrk::{self, Load};
 use super::{Bench, Settings};
@@ -31,7 +34,28 @@ pub enum Proxy {
     Nodeward {
         cache_entries: Option<u64>,
     },
+    /// `nodeward run` with one eBPF-steered workload: wrk dials the pod IP
+    /// and port over a veth into a fresh network namespace, the SK_LOOKUP
+    /// program hands the connection to the agent's listener there, and the
+    /// agent forwards to the app (the same nginx `return 200`) listening on
+    /// the pod IP inside the namespace. Root only.
+    NodewardSteered,
 }
+
+impl Proxy {
+    /// Why this proxy cannot run here, if it cannot.
+    pub fn unavailable(self) -> Option<&'static str> {
+        match self {
+            Self::NodewardSteered if !nix::unistd::geteuid().is_root() => {
+                Some("needs root (network namespaces, veth, eBPF SK_LOOKUP); run as root to measure it")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The port the steered workload's pod serves on (the example policy's port).
+const POD_PORT: u16 = 8080;
 
 /// Which tokens a scenario sends.
 #[derive(Clone, Copy)]
@@ -116,6 +140,15 @@ pub fn all() -> Vec<Scenario> {
             200,
         ),
         s(
+            "nodeward-steered-cached",
+            "eBPF-steered to the pod IP, valid token reused (cache hit)",
+            Proxy::NodewardSteered,
+            "GET",
+            "/",
+            Tokens::Reused,
+            200,
+        ),
+        s(
             "nodeward-miss-rs256",
             "fresh RS256 token per request",
             no_cache,
@@ -192,6 +225,17 @@ enum Running {
     Direct,
     Nginx(Nginx),
     Nodeward(Nodeward),
+    Steered(Box<Steered>),
+}
+
+/// The steered scenario's pieces. Fields drop in order after `stop`: the
+/// pins (program, map, links), then the namespace and its veth.
+struct Steered {
+    agent: Nodeward,
+    /// The app inside the namespace.
+    app: Nginx,
+    _pins: PinDir,
+    _pod: NetnsGuard,
 }
 
 impl Running {
@@ -200,6 +244,23 @@ impl Running {
             Self::Direct => vec![],
             Self::Nginx(n) => n.pids(),
             Self::Nodeward(n) => vec![n.pid],
+            Self::Steered(s) => vec![s.agent.pid],
+        }
+    }
+
+    /// The app this proxy forwards to: the shared one, or its own.
+    fn app_pids(&self, b: &Bench) -> Vec<u32> {
+        match self {
+            Self::Steered(s) => s.app.pids(),
+            _ => b.app.pids(),
+        }
+    }
+
+    fn agent(&self) -> Option<&Nodeward> {
+        match self {
+            Self::Nodeward(a) => Some(a),
+            Self::Steered(s) => Some(&s.agent),
+            _ => None,
         }
     }
 
@@ -208,8 +269,98 @@ impl Running {
             Self::Direct => Ok(()),
             Self::Nginx(n) => n.stop(),
             Self::Nodeward(n) => n.stop(),
+            Self::Steered(s) => {
+                let Steered {
+                    agent,
+                    app,
+                    _pins,
+                    _pod,
+                } = *s;
+                let agent = agent.stop();
+                let app = app.stop();
+                drop(_pins);
+                drop(_pod);
+                agent.and(app)
+            }
         }
     }
+}
+
+/// The pod namespace with the app on pod IP:8080, then the agent steering
+/// that address to itself; returns once a request to the pod IP is answered
+/// by the agent (it adds `x-request-id`), not by the app directly.
+async fn start_steered(b: &Bench, s: &Scenario, dir: &Path, admin: u16) -> anyhow::Result<(Running, SocketAddr)> {
+    // Guards first: whatever fails below, drop removes them.
+    let pins = PinDir::new();
+    let pod = NetnsGuard::new();
+    let target = SocketAddr::new(pod.pod_ip(), POD_PORT);
+    let app = Nginx::start_at(
+        &format!("{}-app", s.name),
+        &NginxRole::Upstream,
+        target,
+        Some(&pod.name),
+        dir,
+    )
+    .await?;
+    let knobs = ConfigKnobs::default();
+    let base = nodeward_config(
+        &b.idp.issuer,
+        target,
+        admin,
+        &[Workload {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }],
+        &dir.join(s.name),
+        &knobs,
+    )?;
+    let yaml = steered_config(&base, &pod.path, &pins.path)?;
+    let mut agent = match Nodeward::spawn(&b.bin, s.name, dir, &yaml, admin) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = app.stop();
+            return Err(e);
+        }
+    };
+    // No listener to probe from here: it lives inside the namespace.
+    let ready = match agent.wait_ready(&b.http, &[]).await {
+        Ok(()) => wait_steered(b, target).await,
+        Err(e) => Err(e),
+    };
+    let running = Running::Steered(Box::new(Steered {
+        agent,
+        app,
+        _pins: pins,
+        _pod: pod,
+    }));
+    match ready {
+        Ok(()) => Ok((running, target)),
+        Err(e) => {
+            let _ = running.stop();
+            Err(e)
+        }
+    }
+}
+
+/// Until the agent answers on `target` (bounded): the app answers there too
+/// before the program is attached, but only the agent adds `x-request-id`.
+async fn wait_steered(b: &Bench, target: SocketAddr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut last = String::from("no answer yet");
+    while std::time::Instant::now() < deadline {
+        match b
+            .http
+            .get(format!("http://{target}/"))
+            .bearer_auth(&b.reused_token)
+            .send()
+            .await
+        {
+            Ok(r) if r.headers().contains_key("x-request-id") => return Ok(()),
+            Ok(r) => last = format!("{} without x-request-id (the app, not the agent)", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bail!("{target} was not steered into the agent within 15 s (last: {last})")
 }
 
 async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Running, SocketAddr)> {
@@ -241,6 +392,7 @@ async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Run
             agent.wait_ready(&b.http, &[addr]).await?;
             (Running::Nodeward(agent), addr)
         }
+        Proxy::NodewardSteered => start_steered(b, s, dir, admin).await?,
     })
 }
 
@@ -329,10 +481,10 @@ async fn measure(
 
     // nginx's workers are found now, after they have started.
     let proxy_pids = running.pids();
-    let app_pids = b.app.pids();
-    let cache_before = match running {
-        Running::Nodeward(a) => Some(cache_counts(b, a).await?),
-        _ => None,
+    let app_pids = running.app_pids(b);
+    let cache_before = match running.agent() {
+        Some(a) => Some(cache_counts(b, a).await?),
+        None => None,
     };
     let (p0, a0, m0) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
     let run = wrk::run(
@@ -344,8 +496,8 @@ async fn measure(
         b.tick,
     )?;
     let (p1, a1, m1) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
-    let cache = match (running, cache_before) {
-        (Running::Nodeward(a), Some((h0, x0))) => {
+    let cache = match (running.agent(), cache_before) {
+        (Some(a), Some((h0, x0))) => {
             let (h1, x1) = cache_counts(b, a).await?;
             Some(CacheCounts {
                 hits: h1 - h0,
