@@ -30,13 +30,14 @@ RUN set -eux; \
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest even to build one
 # package (.dockerignore leaves out target/, .git, node_modules, fuzz/).
-# The line tables of the release profile are for local profiling: stripped.
+# `dist`: the release profile with fat LTO (Cargo.toml). Its line tables are
+# for local profiling: stripped.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    cargo build --release --locked -p nodeward; \
-    cp target/release/nodeward /nodeward; \
+    cargo build --profile dist --locked -p nodeward; \
+    cp target/dist/nodeward /nodeward; \
     strip --strip-debug /nodeward; \
     /nodeward --version
 

@@ -142,6 +142,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let text = std::fs::read(&config).with_context(|| format!("{}: cannot read", config.display()))?;
             let c = Config::parse(std::str::from_utf8(&text).context("config is not UTF-8")?, &config)?;
             let kubernetes = c.kubernetes.enabled;
+            // Signal handlers first: a SIGTERM while the agent starts (a
+            // rolling update) must still drain, not kill the process.
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let agent = Arc::new(Agent::start(c).await?);
             let pods = if kubernetes {
                 let metrics = agent.shared().metrics.kubernetes.clone();
@@ -150,7 +153,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None
             };
             let reloader = Reloader::new(&config, Some(text));
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = reloader.run(&agent, reload_interval) => {}
                 _ = tokio::signal::ctrl_c() => {}

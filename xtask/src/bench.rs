@@ -136,10 +136,15 @@ impl Settings {
 
     fn describe(&self) -> String {
         format!(
-            "wrk -t{} -c{} (keep-alive), {} s measured after {} s warm-up per run, fresh proxy process per run, \
-             {} repeat(s) in alternating order; cache-miss pools of {} tokens per algorithm with \
+            "nodeward {}; wrk -t{} -c{} (keep-alive), {} s measured after {} s warm-up per run, fresh proxy \
+             process per run, {} repeat(s) in alternating order; cache-miss pools of {} tokens per algorithm with \
              token_cache.max_entries 0; per-node vs per-pod: N = {:?}, {} s window at ~{} req/s offered in total, \
              JWKS refresh {}",
+            match (&self.nodeward, self.quick) {
+                (Some(bin), _) => format!("binary {}", bin.display()),
+                (None, true) => "built with --release".to_string(),
+                (None, false) => "built with --profile dist (fat LTO, as shipped)".to_string(),
+            },
             self.threads,
             self.connections,
             self.duration.as_secs(),
@@ -208,7 +213,10 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
     let bin = match &set.nodeward {
         Some(bin) => std::path::absolute(bin)?,
-        None => env::build_release("nodeward")?,
+        // A full run measures what ships (the `dist` profile: fat LTO); the
+        // quick smoke run saves CI the longer build.
+        None if set.quick => env::build_release("nodeward")?,
+        None => env::build_profile("nodeward", "dist")?,
     };
     let release_xtask = if set.quick || !cfg!(debug_assertions) {
         None

@@ -560,11 +560,17 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 /// `cargo build --release -p PACKAGE`, returning the binary cargo reports
 /// (so CARGO_TARGET_DIR and friends are honoured).
 pub fn build_release(package: &str) -> anyhow::Result<PathBuf> {
-    println!("building {package} (cargo build --release -p {package}) ...");
+    build_profile(package, "release")
+}
+
+/// `cargo build --profile PROFILE -p PACKAGE`, returning the binary.
+pub fn build_profile(package: &str, profile: &str) -> anyhow::Result<PathBuf> {
+    println!("building {package} (cargo build --profile {profile} -p {package}) ...");
     let out = crate::cargo()
         .args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "-p",
             package,
             "--message-format=json-render-diagnostics",
@@ -574,7 +580,7 @@ pub fn build_release(package: &str) -> anyhow::Result<PathBuf> {
         .output()
         .context("running cargo build")?;
     if !out.status.success() {
-        bail!("cargo build --release -p {package} failed ({})", out.status);
+        bail!("cargo build --profile {profile} -p {package} failed ({})", out.status);
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
