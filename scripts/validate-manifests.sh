@@ -87,8 +87,8 @@ for m in members + ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]:
     manifest = m if m.endswith((".toml", ".lock")) else f"{m}/Cargo.toml"
     if ignored(manifest) or ignored(m):
         problems.append(f".dockerignore excludes {m}, which the workspace build needs")
-if "cargo build --release --locked -p nodeward" not in text or 'ENTRYPOINT ["/nodeward"]' not in text:
-    problems.append("Dockerfile: expected `cargo build --release --locked -p nodeward` and ENTRYPOINT [\"/nodeward\"]")
+if "cargo build --profile dist --locked -p nodeward" not in text or 'ENTRYPOINT ["/nodeward"]' not in text:
+    problems.append("Dockerfile: expected `cargo build --profile dist --locked -p nodeward` and ENTRYPOINT [\"/nodeward\"]")
 for p in problems:
     print(f"FAIL {p}", file=sys.stderr)
 if problems:
