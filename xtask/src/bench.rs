@@ -22,7 +22,7 @@
 
 mod baseline;
 mod chart;
-mod env;
+pub(crate) mod env;
 mod pernode;
 mod procfs;
 mod report;

@@ -55,28 +55,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
 /// it comes first.
 fn build() -> anyhow::Result<PathBuf> {
     ensure_bpf_toolchain()?;
-    println!("building nodeward (cargo build --release -p nodeward) ...");
-    let out = crate::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "nodeward",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(crate::workspace_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!("cargo build --release -p nodeward failed ({})", out.status);
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nodeward")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report a nodeward executable")
+    crate::bench::env::build_release("nodeward")
 }
 
 /// Runs `scripts/bpf-toolchain.sh` (nightly rust-src, bpf-linker) when

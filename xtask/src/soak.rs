@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -115,26 +115,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 fn build_release() -> anyhow::Result<PathBuf> {
-    println!("building nodeward (cargo build --release -p nodeward) ...");
-    let out = crate::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "nodeward",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(crate::workspace_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    anyhow::ensure!(out.status.success(), "cargo build --release -p nodeward failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nodeward")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report a nodeward executable")
+    crate::bench::env::build_release("nodeward")
 }
 
 // === the agent under soak ===
