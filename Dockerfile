@@ -2,7 +2,9 @@
 # The nodeward image: one static-ish binary (the SK_LOOKUP program is embedded
 # in it) on a distroless base. From the repository root:
 #   docker build -t registry.example.com/nodeward:0.1.0 .
-# The same image runs the agent (`nodeward run`) and the example's dev IdP.
+# The example's development IdP is a separate image that the agent's never
+# contains (it signs any token it is asked for):
+#   docker build --target dev-idp -t registry.example.com/nodeward-dev-idp:0.1.0 .
 
 # --- build ----------------------------------------------------------------
 # Debian 12 like the runtime image, so the binary links the glibc it will find.
@@ -36,10 +38,19 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    cargo build --profile dist --locked -p nodeward; \
+    cargo build --profile dist --locked -p nodeward -p nodeward-dev-idp; \
     cp target/dist/nodeward /nodeward; \
-    strip --strip-debug /nodeward; \
-    /nodeward --version
+    cp target/dist/nodeward-dev-idp /nodeward-dev-idp; \
+    strip --strip-debug /nodeward /nodeward-dev-idp; \
+    /nodeward --version; \
+    ! /nodeward dev-idp --help >/dev/null 2>&1
+
+# --- the example's development IdP (not the agent; never in its image) ------
+FROM gcr.io/distroless/cc-debian12 AS dev-idp
+COPY --from=build /nodeward-dev-idp /nodeward-dev-idp
+USER 65532:65532
+EXPOSE 9000
+ENTRYPOINT ["/nodeward-dev-idp"]
 
 # --- runtime --------------------------------------------------------------
 # `ldd nodeward`: libc, libm, libgcc_s and the loader, nothing else (TLS is
@@ -53,7 +64,6 @@ COPY --from=build /nodeward /nodeward
 # uid 0 (no ambient capabilities; file capabilities need privilege escalation,
 # which the DaemonSet forbids). The pinned state in the host's bpffs is also
 # owned by root, mode 0700. The DaemonSet still drops every other capability.
-# The example's dev IdP needs nothing and runs this image as uid 65532.
 USER 0:0
 EXPOSE 15020
 ENTRYPOINT ["/nodeward"]

@@ -140,10 +140,19 @@ def containers(pod_spec: dict) -> Iterator[dict]:
     yield from pod_spec.get("containers") or []
 
 
-def image_is_nodeward(image: str) -> bool:
+def image_name(image: str) -> str:
     repo = image.rsplit("@", 1)[0]
     last = repo.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0] == "nodeward"
+    return last.split(":", 1)[0]
+
+
+def image_is_nodeward(image: str) -> bool:
+    return image_name(image) == "nodeward"
+
+
+def image_is_dev_idp(image: str) -> bool:
+    """The development IdP is its own image: the agent's never carries a token minter."""
+    return image_name(image) == "nodeward-dev-idp"
 
 
 def listen_port(args: list[str]) -> int | None:
@@ -166,6 +175,9 @@ def check_container(where: str, c: dict, agent: dict | None, problems: Problems)
     numbers = {p["containerPort"] for p in ports}
     args = c.get("args") or []
     nodeward = image_is_nodeward(c.get("image", ""))
+    dev_idp = image_is_dev_idp(c.get("image", ""))
+    if nodeward and args[:1] == ["dev-idp"]:
+        problems.add(here, "the agent's image has no dev IdP: use the nodeward-dev-idp image")
     for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
         probe = c.get(probe_name)
         if not probe:
@@ -187,7 +199,7 @@ def check_container(where: str, c: dict, agent: dict | None, problems: Problems)
                 problems.add(here, f"{probe_name} path {path} is not one the agent serves ({sorted(AGENT_PATHS)})")
             if agent is not None and port != agent["admin_port"]:
                 problems.add(here, f"{probe_name} port {port} is not the config's admin port {agent['admin_port']}")
-        elif nodeward and args[:1] == ["dev-idp"]:
+        elif dev_idp:
             if path not in DEV_IDP_PATHS:
                 problems.add(here, f"{probe_name} path {path} is not one the dev IdP serves")
             if port != listen_port(args):

@@ -89,6 +89,10 @@ for m in members + ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]:
         problems.append(f".dockerignore excludes {m}, which the workspace build needs")
 if "cargo build --profile dist --locked -p nodeward" not in text or 'ENTRYPOINT ["/nodeward"]' not in text:
     problems.append("Dockerfile: expected `cargo build --profile dist --locked -p nodeward` and ENTRYPOINT [\"/nodeward\"]")
+# The default (last) stage is the agent's image, and it carries no token minter.
+last_stage = text.split("\nFROM ")[-1]
+if 'ENTRYPOINT ["/nodeward"]' not in last_stage or "dev-idp" in last_stage:
+    problems.append("Dockerfile: the last (default) stage must be the agent alone, without the dev IdP")
 for p in problems:
     print(f"FAIL {p}", file=sys.stderr)
 if problems:

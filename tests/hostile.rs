@@ -16,8 +16,8 @@ use forge::{
     Attacker, ED25519_L, P256_N, add_le, b64, ecdsa_der, hmac, noncanonical, padded, parts, public_key_encodings,
     resign, sub_be, unb64,
 };
-use nodeward::devidp::{DevIdp, MintRequest};
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
+use nodeward_dev_idp::{DevIdp, MintRequest};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
 use serde_json::{Map, Value, json};
 
 const SECRET: &[u8] = b"a-shared-secret-of-32-bytes-or-more";

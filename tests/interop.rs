@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nodeward::testing::{EchoUpstream, TestAgent, client, metric};
+use nodeward_testkit::{EchoUpstream, TestAgent, client, metric};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use nodeward::devidp::MintRequest;
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, metric};
+use nodeward_dev_idp::MintRequest;
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::json;
 
 #[path = "support/provider.rs"]

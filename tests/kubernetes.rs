@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use nodeward::app::Agent;
 use nodeward::k8s::PodWatch;
 use nodeward::netns::listener_in;
-use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder};
-use nodeward::testing::netns::{NetnsGuard, PinDir, require_root};
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, metric};
+use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
+use nodeward_testkit::netns::{NetnsGuard, PinDir, require_root};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::{Value, json};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

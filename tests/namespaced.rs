@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nodeward::ebpf::{Counters, EbpfError, Steering};
 use nodeward::netns::{Netns, listener_in};
-use nodeward::testing::netns::{
+use nodeward_testkit::netns::{
     NetnsApp, NetnsGuard, PinDir, app_reply, canonical, connect, connect_from, get, leftover_namespaces, open_fds,
     require_root, respond,
 };

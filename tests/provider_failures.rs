@@ -13,8 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nodeward::devidp::DevIdp;
-use nodeward::testing::{EchoUpstream, TestAgent, client, metric};
+use nodeward_dev_idp::DevIdp;
+use nodeward_testkit::{EchoUpstream, TestAgent, client, metric};
 use serde_json::{Value, json};
 use support::{Script, ScriptedIdp, config, status, token_with_kid};
 
@@ -302,7 +302,7 @@ async fn duplicate_kids_and_unfit_keys_are_refused_one_by_one() {
 
     assert_eq!(status(&e.url, &e.idp.token()).await.0, 200, "the provider's own key");
     for alg in ["ES256", "EdDSA"] {
-        let t = e.idp.idp.mint(&nodeward::devidp::MintRequest {
+        let t = e.idp.idp.mint(&nodeward_dev_idp::MintRequest {
             alg: Some(alg.into()),
             claims: json!({"aud": "orders"}).as_object().cloned().unwrap_or_default(),
             ..Default::default()

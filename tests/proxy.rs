@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
 use serde_json::{Value, json};
 
 struct Env {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nodeward::reload::{Reload, Reloader};
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
 use serde_json::json;
 
 #[tokio::test]

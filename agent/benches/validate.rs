@@ -36,12 +36,12 @@ use http::Method;
 use serde_json::{Map, Value, json};
 
 use nodeward::config::{Config, TokenCacheConfig};
-use nodeward::devidp::{DevIdp, MintRequest};
 use nodeward::policy::Policy;
 use nodeward::provider::{KeySet, Provider, ProviderMetrics, Providers};
-use nodeward::testing::TestIdp;
 use nodeward::token::{Jws, VerifiedToken};
 use nodeward::token_cache::TokenCache;
+use nodeward_dev_idp::{DevIdp, MintRequest};
+use nodeward_testkit::TestIdp;
 
 /// The default `limits.max_token_bytes`.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -13,15 +13,16 @@
 //!   sockets created inside pods' network namespaces;
 //! - `admin`, `metrics`, `audit`: what operators see;
 //! - `app`, `state`, `reload`: wiring and live configuration;
-//! - `k8s`: the Kubernetes pod watch (this node's opted-in pods → workloads);
-//! - `devidp`: a development OpenID provider for demos and tests.
+//! - `k8s`: the Kubernetes pod watch (this node's opted-in pods → workloads).
+//!
+//! Test support (`nodeward-testkit`) and the development OpenID provider
+//! (`nodeward-dev-idp`) are crates of their own, never linked into the agent.
 
 pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authz;
 pub mod config;
-pub mod devidp;
 pub mod ebpf;
 pub mod enrol;
 pub mod explain;
@@ -36,6 +37,3 @@ pub mod reload;
 pub mod state;
 pub mod token;
 pub mod token_cache;
-
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;

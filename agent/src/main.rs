@@ -1,4 +1,5 @@
-//! The `nodeward` command: `run`, `check`, `explain`, `dev-idp`.
+//! The `nodeward` command: `run`, `check`, `explain`. The development
+//! OpenID provider is its own binary (`nodeward-dev-idp`), never shipped here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use nodeward::app::Agent;
 use nodeward::config::Config;
-use nodeward::devidp;
 use nodeward::explain::Subject;
 use nodeward::k8s::PodWatch;
 use nodeward::reload::Reloader;
@@ -65,8 +65,6 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// A development OpenID provider, for demos and tests only.
-    DevIdp(devidp::DevIdpArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,10 +127,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let e = nodeward::explain::explain(c, &subject, &method, &path, token.as_deref()).await?;
             print!("{e}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::DevIdp(args) => {
-            devidp::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {

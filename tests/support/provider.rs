@@ -16,15 +16,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use nodeward::devidp::{DevIdp, MintRequest};
-use nodeward::testing::client;
+use nodeward_dev_idp::{DevIdp, MintRequest};
+use nodeward_testkit::client;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// The example config with fast refresh bounds: `refresh` is the inside of
 /// the provider's `refresh:` map, e.g. `unknown_kid_cooldown: 100ms`.
 pub fn config(issuer: &str, upstream: SocketAddr, refresh: &str) -> String {
-    nodeward::testing::example_config(issuer, upstream).replace(
+    nodeward_testkit::example_config(issuer, upstream).replace(
         "    audiences: [orders]\n",
         &format!("    audiences: [orders]\n    refresh: {{min_interval: 1s, max_interval: 1h, {refresh}}}\n"),
     )

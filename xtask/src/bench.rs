@@ -341,8 +341,8 @@ async fn setup(
     dir: &Path,
     raw_dir: PathBuf,
 ) -> anyhow::Result<Bench> {
-    let http = nodeward::testing::client();
-    let idp = Idp::start(&bin, dir).await?;
+    let http = nodeward_testkit::client();
+    let idp = Idp::start("dev-idp", dir).await?;
     let [app_port] = crate::proc::free_ports()?;
     let app = Nginx::start("app", &NginxRole::Upstream, app_port, dir).await?;
     println!("dev IdP {}; app (nginx, return 200) on {}", idp.url, app.addr);

@@ -158,3 +158,53 @@ pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     }
     Ok(ports)
 }
+
+/// `nodeward-dev-idp` as a process, on a port of its own choosing (port 0,
+/// read back from its announcement: no race for the port).
+pub struct DevIdp {
+    /// Where to POST /mint.
+    pub url: String,
+    /// What it puts in `iss`.
+    pub issuer: String,
+    pub proc: ChildProc,
+}
+
+/// How long the dev IdP has to announce its address; it makes three keys first.
+const IDP_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl DevIdp {
+    /// Builds `nodeward-dev-idp` (release) when needed and starts it as `name`,
+    /// its stderr in `dir/<name>.stderr`.
+    pub async fn start(name: &str, dir: &Path) -> anyhow::Result<Self> {
+        let bin = dev_idp_binary()?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        let mut proc = ChildProc::spawn(name, &mut cmd, &dir.join(format!("{name}.stderr")))?;
+        let line = proc
+            .wait_for_line(IDP_START_TIMEOUT, |l| l.starts_with("dev-idp listening on "))
+            .await?;
+        let (url, issuer) = line
+            .strip_prefix("dev-idp listening on ")
+            .and_then(|rest| rest.split_once(" issuer="))
+            .with_context(|| format!("{name}: unexpected announcement {line:?}"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            issuer: issuer.to_owned(),
+            proc,
+        })
+    }
+
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.proc.stop()
+    }
+}
+
+/// The release `nodeward-dev-idp` binary, built once per xtask run.
+fn dev_idp_binary() -> anyhow::Result<PathBuf> {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(b) = BIN.get() {
+        return Ok(b.clone());
+    }
+    let b = crate::bench::env::build_release("nodeward-dev-idp")?;
+    Ok(BIN.get_or_init(|| b).clone())
+}

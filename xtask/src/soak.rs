@@ -29,8 +29,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use nodeward::devidp::{DevIdp, MintRequest};
-use nodeward::testing::{EchoUpstream, TestIdp, metric};
+use nodeward_dev_idp::{DevIdp, MintRequest};
+use nodeward_testkit::{EchoUpstream, TestIdp, metric};
 use serde_json::{Value, json};
 
 use crate::proc::{ChildProc, free_ports};
@@ -124,7 +124,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
 /// for `admins` only or for `admins` and `ops` (the reloaded difference).
 fn config(issuer: &str, upstream: SocketAddr, admin: u16, listen: u16, ops_admin: bool) -> String {
     let groups = if ops_admin { "[admins, ops]" } else { "[admins]" };
-    nodeward::testing::example_config(issuer, upstream)
+    nodeward_testkit::example_config(issuer, upstream)
         .replace("admin: 127.0.0.1:0", &format!("admin: 127.0.0.1:{admin}"))
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"))
         .replace("groups: {any_of: [admins]}", &format!("groups: {{any_of: {groups}}}"))
@@ -605,7 +605,7 @@ impl Report {
 
 async fn soak(bin: &Path, set: &Settings) -> anyhow::Result<Report> {
     let dir = tempfile::Builder::new().prefix("nodeward-soak-").tempdir()?;
-    let http = nodeward::testing::client();
+    let http = nodeward_testkit::client();
     let idp = TestIdp::start().await;
     let stranger = DevIdp::new("http://stranger.invalid")?;
     let upstream = EchoUpstream::start().await;

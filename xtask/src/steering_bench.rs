@@ -23,8 +23,8 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nodeward::netns::listener_in;
-use nodeward::testing::netns::{NetnsGuard, PinDir};
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp};
+use nodeward_testkit::netns::{NetnsGuard, PinDir};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp};
 use serde_json::json;
 
 const CONNECTIONS: usize = 16;

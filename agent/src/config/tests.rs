@@ -13,7 +13,8 @@ use super::*;
 const FILE: &str = "/etc/nodeward/config.yaml";
 
 /// The contract example, verbatim.
-const EXAMPLE: &str = crate::testing::CONTRACT_EXAMPLE;
+/// The design contract's example (shared with the testkit, which the demo and the tests use).
+const EXAMPLE: &str = include_str!("../../../testkit/src/contract-example.yaml");
 
 /// Parses with an empty environment, so a `NODE_NAME` of the machine running the tests cannot leak in.
 fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::{ProviderConfig, RefreshConfig, TokenSource, default_algorithms};
-use crate::devidp::{DevIdp, MintRequest};
 use crate::provider::ProviderMetrics;
+use nodeward_dev_idp::{DevIdp, MintRequest};
 
 const ISSUER: &str = "https://idp.nodeward.test";
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-hs";
@@ -565,37 +565,37 @@ async fn validate_refuses_unknown_issuers_and_oversized_tokens() {
 
 #[tokio::test]
 async fn validate_fetches_keys_and_refetches_for_an_unknown_kid() {
-    let idp = crate::testing::TestIdp::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let idp = Arc::new(DevIdp::new(format!("http://{addr}")).expect("dev idp keys"));
+    let server = tokio::spawn(nodeward_dev_idp::serve(idp.clone(), listener, std::future::pending()));
     let dir = tempfile::tempdir().expect("tempdir");
-    let ps = providers(cfg(&idp.issuer()), dir.path());
+    let ps = providers(cfg(idp.issuer()), dir.path());
     let provider = ps.by_name("corp").expect("provider").clone();
     provider.refresh().await.expect("refresh from the dev idp");
     for alg in ["RS256", "ES256", "EdDSA"] {
-        let t = mint_by(&idp.idp, alg, json!({}), json!({}));
+        let t = mint_by(&idp, alg, json!({}), json!({}));
         let v = validate(&t, &ps, MAX).await.unwrap_or_else(|e| panic!("{alg}: {e}"));
         assert_eq!(v.iss, idp.issuer());
     }
-    let old = provider
-        .keys()
-        .by_kid(&kid(&idp.idp, "RS256"))
-        .expect("old key")
-        .clone();
-    idp.idp.rotate(false).expect("rotate");
+    let old = provider.keys().by_kid(&kid(&idp, "RS256")).expect("old key").clone();
+    idp.rotate(false).expect("rotate");
     assert_eq!(provider.metrics().on_demand.get(), 0);
-    let t = mint_by(&idp.idp, "RS256", json!({}), json!({}));
+    let t = mint_by(&idp, "RS256", json!({}), json!({}));
     let v = validate(&t, &ps, MAX).await.expect("the new kid is fetched on demand");
     assert_eq!(
         (v.key.kid.clone(), provider.metrics().on_demand.get()),
-        (Some(kid(&idp.idp, "RS256")), 1)
+        (Some(kid(&idp, "RS256")), 1)
     );
     assert!(old.is_revoked(), "a key that left the JWKS is revoked");
     // Within the cooldown a random kid does not fetch again.
-    let t = mint_by(&idp.idp, "RS256", json!({}), json!({"kid": "random"}));
+    let t = mint_by(&idp, "RS256", json!({}), json!({"kid": "random"}));
     assert_eq!(
         refused(validate(&t, &ps, MAX).await).0,
         TokenError::UnknownKid("random".into())
     );
     assert_eq!(provider.metrics().on_demand.get(), 1);
+    server.abort();
 }
 
 // ---- KeySet ----

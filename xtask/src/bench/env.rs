@@ -25,42 +25,12 @@ const NJS_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_js_module.so";
 /// The audience and claims every benchmark token carries.
 pub const AUDIENCE: &str = "orders";
 
-/// `nodeward dev-idp` as a process.
-pub struct Idp {
-    pub url: String,
-    pub issuer: String,
-    proc: ChildProc,
-}
+pub use crate::proc::DevIdp as Idp;
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct IdpStats {
     pub discovery_fetches: u64,
     pub jwks_fetches: u64,
-}
-
-impl Idp {
-    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["dev-idp", "--listen", "127.0.0.1:0"]);
-        let mut proc = ChildProc::spawn("dev-idp", &mut cmd, &dir.join("dev-idp.stderr"))?;
-        let line = proc
-            .wait_for_line(START_TIMEOUT, |l| l.starts_with("dev-idp listening on "))
-            .await?;
-        let (url, issuer) = line
-            .strip_prefix("dev-idp listening on ")
-            .and_then(|rest| rest.split_once(" issuer="))
-            .with_context(|| format!("dev-idp: unexpected announcement {line:?}"))?;
-        Ok(Self {
-            url: url.to_owned(),
-            issuer: issuer.to_owned(),
-            proc,
-        })
-    }
-
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.proc.stop()?;
-        Ok(())
-    }
 }
 
 /// A 24-hour token signed with the current `alg` key of the dev IdP at `url`.
@@ -410,7 +380,7 @@ impl Nodeward {
                 match http.get(format!("{}/readyz", self.admin_url)).send().await {
                     Ok(r) if r.status().is_success() => {
                         let metrics = self.metrics(http).await.unwrap_or_default();
-                        if nodeward::testing::metric(&metrics, PROVIDER_READY) == Some(1.0) {
+                        if nodeward_testkit::metric(&metrics, PROVIDER_READY) == Some(1.0) {
                             return Ok(());
                         }
                         last = format!("/readyz 200 but no {PROVIDER_READY} 1 in /metrics");
@@ -465,7 +435,7 @@ pub struct ConfigKnobs {
     pub refresh: Option<&'static str>,
 }
 
-/// The contract's example config (`nodeward::testing::example_config`, the
+/// The contract's example config (`nodeward_testkit::example_config`, the
 /// same policy the tests and the demo use), with the benchmark's ports, a
 /// state directory, one workload per entry of `workloads` (all behind the
 /// one app, all selected by the one policy), and `knobs`.
@@ -478,8 +448,8 @@ pub fn nodeward_config(
     knobs: &ConfigKnobs,
 ) -> anyhow::Result<String> {
     use serde_yaml_ng::{Mapping, Value as Y};
-    let mut doc: Y = serde_yaml_ng::from_str(&nodeward::testing::example_config(issuer, upstream))
-        .context("parsing nodeward::testing::example_config")?;
+    let mut doc: Y = serde_yaml_ng::from_str(&nodeward_testkit::example_config(issuer, upstream))
+        .context("parsing nodeward_testkit::example_config")?;
     let map = doc.as_mapping_mut().context("example config is not a mapping")?;
     map.insert("admin".into(), format!("127.0.0.1:{admin}").into());
     map.insert("state_dir".into(), state_dir.to_string_lossy().into_owned().into());

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use nodeward::testing::netns::{NetnsGuard, PinDir};
+use nodeward_testkit::netns::{NetnsGuard, PinDir};
 use serde::Serialize;
 
 use super::env::{ConfigKnobs, Nginx, NginxRole, Nodeward, Workload, free_ports, nodeward_config, steered_config};
@@ -437,7 +437,7 @@ fn peak_rss_kb(pids: &[u32]) -> u64 {
 
 async fn cache_counts(b: &Bench, agent: &Nodeward) -> anyhow::Result<(f64, f64)> {
     let text = agent.metrics(&b.http).await?;
-    let get = |m: &str| nodeward::testing::metric(&text, m).unwrap_or(0.0);
+    let get = |m: &str| nodeward_testkit::metric(&text, m).unwrap_or(0.0);
     Ok((
         get("nodeward_token_cache_hits_total"),
         get("nodeward_token_cache_misses_total"),

@@ -107,7 +107,7 @@ async fn send(s: &Scenario, t: &Target<'_>, token: Option<&str>) -> anyhow::Resu
         .with_context(|| format!("{} is not http://IP:port", t.workload))?;
     let stream = match t.from {
         None => tokio::net::TcpStream::connect(addr).await?,
-        Some(netns) => nodeward::testing::netns::connect_from(netns, None, addr, EXCHANGE_TIMEOUT).await?,
+        Some(netns) => nodeward_testkit::netns::connect_from(netns, None, addr, EXCHANGE_TIMEOUT).await?,
     };
     let local = stream.local_addr()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -284,7 +284,7 @@ async fn audit_line(t: &Target<'_>, request_id: &str) -> Option<String> {
 
 /// The agent's /metrics text.
 pub async fn metrics(admin: &str) -> anyhow::Result<String> {
-    let resp = nodeward::testing::client()
+    let resp = nodeward_testkit::client()
         .get(format!("{admin}/metrics"))
         .send()
         .await?;

@@ -3,21 +3,20 @@
 //! loopback port in front of the app. No eBPF, no Kubernetes, no root.
 //!
 //! The tour only sees a [`Target`]; the eBPF demo (`steered`) builds one per
-//! request from its simulated node and reuses [`DevIdp`] and [`wait_ready`].
+//! request from its simulated node and reuses [`wait_ready`].
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use nodeward::testing::{EchoUpstream, client, example_config};
+use nodeward_testkit::{EchoUpstream, client, example_config};
 
-use crate::proc::{ChildProc, free_ports};
+use crate::proc::{ChildProc, DevIdp, free_ports};
 
 /// Startup of a local agent with a local IdP takes well under a second; ten
 /// means something is wrong, and the demo should say so rather than hang.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-const IDP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the tour needs from an environment.
 pub struct Target<'a> {
@@ -35,35 +34,6 @@ pub struct Target<'a> {
     pub untrusted_idp: &'a DevIdp,
     /// The agent process, whose stdout is the audit log.
     pub agent: &'a ChildProc,
-}
-
-pub struct DevIdp {
-    /// Where to POST /mint.
-    pub url: String,
-    /// What it puts in `iss`.
-    pub issuer: String,
-    pub proc: ChildProc,
-}
-
-impl DevIdp {
-    pub async fn start(bin: &Path, name: &str, dir: &Path) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
-        // Port 0 and read the announced address back: no race for the port.
-        cmd.args(["dev-idp", "--listen", "127.0.0.1:0"]);
-        let mut proc = ChildProc::spawn(name, &mut cmd, &dir.join(format!("{name}.stderr")))?;
-        let line = proc
-            .wait_for_line(IDP_TIMEOUT, |l| l.starts_with("dev-idp listening on "))
-            .await?;
-        let (url, issuer) = line
-            .strip_prefix("dev-idp listening on ")
-            .and_then(|rest| rest.split_once(" issuer="))
-            .with_context(|| format!("{name}: unexpected announcement {line:?}"))?;
-        Ok(Self {
-            url: url.to_owned(),
-            issuer: issuer.to_owned(),
-            proc,
-        })
-    }
 }
 
 /// Everything the reverse-proxy demo started. Dropping it stops all of it
@@ -88,8 +58,8 @@ impl ReverseProxyEnv {
             .prefix("nodeward-demo-")
             .tempdir()
             .context("creating a temporary directory")?;
-        let idp = DevIdp::start(bin, "dev-idp", dir.path()).await?;
-        let untrusted_idp = DevIdp::start(bin, "untrusted-dev-idp", dir.path()).await?;
+        let idp = DevIdp::start("dev-idp", dir.path()).await?;
+        let untrusted_idp = DevIdp::start("untrusted-dev-idp", dir.path()).await?;
         let upstream = EchoUpstream::start().await;
 
         let [admin, listen] = free_ports()?;
@@ -168,7 +138,7 @@ fn demo_config(
         let from = format!("{key}: 127.0.0.1:0\n");
         anyhow::ensure!(
             yaml.matches(&from).count() == 1,
-            "nodeward::testing::example_config no longer has exactly one `{}`",
+            "nodeward_testkit::example_config no longer has exactly one `{}`",
             from.trim()
         );
         yaml = yaml.replace(&from, &format!("{key}: 127.0.0.1:{port}\n"));

@@ -34,7 +34,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The policy summary mirrors `nodeward::testing::example_config`, which the
+/// The policy summary mirrors `nodeward_testkit::example_config`, which the
 /// config is made from; the script's expectations depend on the same rules.
 fn describe(env: &ReverseProxyEnv) {
     println!(

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use http::Method;
 use serde_json::{Value, json};
 
-use super::env::DevIdp;
+use crate::proc::DevIdp;
 
 /// A caller, and the identity the app must see once nodeward verified it.
 #[derive(Clone, Copy)]
@@ -114,7 +114,7 @@ impl Tokens {
 /// `POST /mint` on a running dev IdP, as any client of the demo would.
 async fn mint(idp_url: &str, claims: Value) -> anyhow::Result<String> {
     let body = json!({ "alg": "RS256", "ttl": "5m", "claims": claims });
-    let resp = nodeward::testing::client()
+    let resp = nodeward_testkit::client()
         .post(format!("{idp_url}/mint"))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_string())

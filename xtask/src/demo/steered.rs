@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use nodeward::netns::listener_in;
-use nodeward::testing::{EchoUpstream, metric};
+use nodeward_testkit::{EchoUpstream, metric};
 
 use super::check;
-use super::env::{DevIdp, Target, wait_ready};
+use super::env::{Target, wait_ready};
 use super::node::{Node, Pins};
 use super::script::Tokens;
 use super::steered_script::{self, APP_PORT, SIDE_PORT};
+use crate::proc::DevIdp;
 use crate::proc::{ChildProc, free_ports};
 
 const NEEDS_ROOT: &str = "\
@@ -89,8 +90,8 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
         .tempdir()
         .context("creating a temporary directory")?;
     let _apps = start_apps(node)?;
-    let mut idp = DevIdp::start(bin, "dev-idp", dir.path()).await?;
-    let mut untrusted = DevIdp::start(bin, "untrusted-dev-idp", dir.path()).await?;
+    let mut idp = DevIdp::start("dev-idp", dir.path()).await?;
+    let mut untrusted = DevIdp::start("untrusted-dev-idp", dir.path()).await?;
     let [admin_port] = free_ports()?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     let config_path = dir.path().join("nodeward.yaml");

@@ -1,4 +1,4 @@
-//! The fake Kubernetes API (`nodeward::testing::kubeapi`) driven by kube-rs
+//! The fake Kubernetes API (`nodeward_testkit::kubeapi`) driven by kube-rs
 //! itself — its client, `watcher`, `reflector` and events `Recorder` — over
 //! real HTTP on loopback, so the fake is held to what kube-rs expects of an
 //! apiserver.
@@ -14,7 +14,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder, RequestRecord, pod};
+use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder, RequestRecord, pod};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 

@@ -17,7 +17,7 @@ use nodeward::k8s::events::PodEvents;
 use nodeward::k8s::podns::PodNsResolver;
 use nodeward::k8s::watch::{self, PodSet, WatchTarget};
 use nodeward::k8s::{Controller, KubeMetrics, PodSink, PodWatch, PodWorkload};
-use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder};
+use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
 use tokio::sync::watch as channel;
 
 const NODE: &str = "node-1";

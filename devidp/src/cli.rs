@@ -1,4 +1,4 @@
-//! The `nodeward dev-idp` command line: running the server (loopback only
+//! The `nodeward-dev-idp` command line: running the server (loopback only
 //! unless overridden) and the `mint` client that asks a running dev IdP for a
 //! token.
 
@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 
 use super::{DevIdp, DevIdpError, MintRequest, serve};
 
-/// How long `dev-idp mint` waits for the server; it is local, so a long wait
+/// How long `nodeward-dev-idp mint` waits for the server; it is local, so a long wait
 /// means something is wrong.
 const MINT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `nodeward dev-idp`: a development OpenID provider. NOT for production: it
+/// `nodeward-dev-idp`: a development OpenID provider. NOT for production: it
 /// signs any token it is asked for.
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -74,7 +74,7 @@ pub struct MintArgs {
     pub claims_json: Option<Map<String, Value>>,
 }
 
-/// Entry point of `nodeward dev-idp`.
+/// Entry point of `nodeward-dev-idp`.
 pub async fn run_cli(args: DevIdpArgs) -> anyhow::Result<()> {
     match args.command {
         Some(DevIdpCommand::Mint(mint)) => {
@@ -114,7 +114,7 @@ async fn run_server(listen: SocketAddr, issuer: Option<String>, allow_non_loopba
     let issuer = issuer.unwrap_or_else(|| format!("http://{local}"));
     let idp = Arc::new(DevIdp::new(issuer)?);
     eprintln!(
-        "WARNING: nodeward dev-idp is a development and test OpenID provider; it signs any \
+        "WARNING: nodeward-dev-idp is a development and test OpenID provider; it signs any \
          token it is asked for. Never use it in production."
     );
     // Demos and tests parse this exact line to find the port and issuer.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::netns::{listener_in, socket_in};
+use nodeward::netns::{listener_in, socket_in};
 
 /// Panics with a clear message unless running as root: these tests must
 /// never pass silently where they could not run.
@@ -307,9 +307,9 @@ pub struct PinDir {
 impl PinDir {
     pub fn new() -> Self {
         let (_, tag) = unique();
-        let path = Path::new(crate::ebpf::BPFFS).join(format!("nodeward-test-{tag}"));
-        crate::ebpf::ensure_bpffs(&path).unwrap_or_else(|e| panic!("bpffs for {}: {e}", path.display()));
-        let _ = crate::ebpf::remove_pinned(&path);
+        let path = Path::new(nodeward::ebpf::BPFFS).join(format!("nodeward-test-{tag}"));
+        nodeward::ebpf::ensure_bpffs(&path).unwrap_or_else(|e| panic!("bpffs for {}: {e}", path.display()));
+        let _ = nodeward::ebpf::remove_pinned(&path);
         Self { path }
     }
 
@@ -333,7 +333,7 @@ impl Default for PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(e) = crate::ebpf::remove_pinned(&self.path) {
+        if let Err(e) = nodeward::ebpf::remove_pinned(&self.path) {
             eprintln!("removing {}: {e}", self.path.display());
         }
     }

@@ -439,7 +439,7 @@ pub(super) fn new_uid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::kubeapi::pod;
+    use crate::kubeapi::pod;
 
     fn names(list: &Value) -> Vec<String> {
         list["items"]

@@ -13,8 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{TestResult, verify_token};
-use crate::devidp::cli::{check_listen_addr, mint_remote, parse_claim};
-use crate::devidp::{DevIdp, DevIdpArgs, DevIdpCommand, DevIdpError, MintRequest, run_cli, serve};
+use crate::cli::{check_listen_addr, mint_remote, parse_claim};
+use crate::{DevIdp, DevIdpArgs, DevIdpCommand, DevIdpError, MintRequest, run_cli, serve};
 
 struct Running {
     idp: Arc<DevIdp>,
@@ -164,21 +164,15 @@ async fn injected_failure_is_served_and_counted() -> TestResult {
     server.stop().await
 }
 
+/// The shape `nodeward-dev-idp` parses (main.rs flattens the same args).
 #[derive(Parser, Debug)]
 struct Cli {
-    #[command(subcommand)]
-    command: TopCommand,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum TopCommand {
-    DevIdp(DevIdpArgs),
+    #[command(flatten)]
+    args: DevIdpArgs,
 }
 
 fn parse(args: &[&str]) -> Result<DevIdpArgs, clap::Error> {
-    let cli = Cli::try_parse_from(["nodeward", "dev-idp"].iter().chain(args))?;
-    let TopCommand::DevIdp(args) = cli.command;
-    Ok(args)
+    Ok(Cli::try_parse_from(["nodeward-dev-idp"].iter().chain(args))?.args)
 }
 
 #[test]

@@ -1,7 +1,10 @@
-//! Test helpers shared by unit tests, integration tests, benchmarks and the
-//! demo (feature `testing`): a dev IdP on loopback, an upstream that echoes
-//! what it received, and an in-process agent on ephemeral ports; `netns`
-//! has the fixtures of the root-only network-namespace tests.
+//! Test support shared by the integration tests, the benchmarks and the demo:
+//! a dev IdP on loopback, an upstream that echoes what it received, and an
+//! in-process agent on ephemeral ports; `netns` has the fixtures of the
+//! root-only network-namespace tests, `kubeapi` a fake Kubernetes API.
+//!
+//! Its own crate, a dev-dependency only, so none of it (nor the dev IdP it
+//! drives) is ever linked into the privileged agent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +19,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::app::Agent;
-use crate::config::Config;
-use crate::devidp::{DevIdp, MintRequest};
+use nodeward::app::Agent;
+use nodeward::config::Config;
+use nodeward_dev_idp::{DevIdp, MintRequest};
 
 /// A dev IdP serving on 127.0.0.1 with a random port.
 pub struct TestIdp {
@@ -48,7 +51,7 @@ impl TestIdp {
         let task = tokio::spawn({
             let idp = idp.clone();
             async move {
-                let _ = crate::devidp::serve(idp, listener, async move {
+                let _ = nodeward_dev_idp::serve(idp, listener, async move {
                     let _ = rx.await;
                 })
                 .await;
@@ -170,38 +173,9 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Er
 }
 
 /// The configuration example of the design contract, verbatim (comments
-/// included): it must work as written.
-pub const CONTRACT_EXAMPLE: &str = r#"
-admin: 127.0.0.1:15020          # /metrics /healthz /readyz
-state_dir: /var/lib/nodeward    # discovery + JWKS disk cache
-providers:
-  - name: corp
-    issuer: http://127.0.0.1:9000          # discovery at issuer + /.well-known/openid-configuration
-    audiences: [orders]
-policies:
-  - name: orders
-    selector: {app: orders}
-    ports: [8080]
-    rules:
-      - name: health
-        paths: ["/healthz"]
-        allow: anonymous
-      - name: admin
-        paths: ["/admin/**"]
-        methods: [POST, DELETE]
-        require:
-          providers: [corp]
-          claims:
-            groups: {any_of: [admins]}
-      - name: default
-        require: {providers: [corp]}
-    forward_claims: {x-user-email: email}
-workloads:
-  - name: orders
-    labels: {app: orders}
-    listen: 127.0.0.1:15006     # reverse-proxy mode; `netns: /var/run/netns/orders` for eBPF steering
-    upstream: 127.0.0.1:8080
-"#;
+/// included): it must work as written. The agent's config unit tests read
+/// the same file.
+pub const CONTRACT_EXAMPLE: &str = include_str!("contract-example.yaml");
 
 /// The contract's example configuration, pointed at `issuer` and `upstream`,
 /// plus an audit-mode route (`/audit/**` needs group `auditors`) and ports 0.

@@ -1,14 +1,14 @@
 //! The `nodeward` binary's commands as a user runs them: `check` prints the
 //! effective config or a precise error, `explain` prints the decision and
-//! why, `dev-idp` refuses to serve beyond loopback without the flag.
+//! why; the binary has no dev IdP.
 
 use std::process::{Command, Output};
 
-use nodeward::testing::{TestIdp, example_config};
+use nodeward_testkit::{TestIdp, example_config};
 use serde_json::json;
 
 fn nodeward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeward"))
+    Command::new(env!("CARGO_BIN_EXE_nodeward-under-test"))
         .args(args)
         .output()
         .expect("run nodeward")
@@ -18,7 +18,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-use nodeward::testing::CONTRACT_EXAMPLE;
+use nodeward_testkit::CONTRACT_EXAMPLE;
 
 #[test]
 fn check_accepts_the_contract_example_and_prints_the_effective_config() {
@@ -150,7 +150,7 @@ async fn explain_prints_the_decision_the_rule_and_why() {
 /// `--labels` does the same offline; a pod that is not protected says why.
 #[tokio::test]
 async fn explain_binds_a_pod_as_the_pod_watch_does() {
-    use nodeward::testing::kubeapi::{FakeKubeApi, PodBuilder};
+    use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
 
     let idp = TestIdp::start().await;
     let api = FakeKubeApi::start().await;
@@ -284,15 +284,14 @@ async fn explain_binds_a_pod_as_the_pod_watch_does() {
     assert!(text(&out.stdout).contains("policy:   orders"), "{}", text(&out.stdout));
 }
 
+/// The agent's binary carries no token minter: the dev IdP is its own binary.
 #[test]
-fn dev_idp_refuses_non_loopback_without_the_flag() {
-    let out = nodeward(&["dev-idp", "--listen", "0.0.0.0:0"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--allow-non-loopback"),
-        "{}",
-        text(&out.stderr)
-    );
+fn the_agent_binary_has_no_dev_idp() {
+    let help = nodeward(&["--help"]);
+    assert!(help.status.success());
+    assert!(!text(&help.stdout).contains("dev-idp"), "{}", text(&help.stdout));
+    let out = nodeward(&["dev-idp", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success(), "`nodeward dev-idp` must not exist");
 }
 
 fn free_port() -> u16 {
@@ -307,7 +306,7 @@ fn free_port() -> u16 {
 /// naming the caller, never the token; logs on stderr; SIGTERM exits cleanly.
 #[tokio::test]
 async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
-    use nodeward::testing::{EchoUpstream, client};
+    use nodeward_testkit::{EchoUpstream, client};
 
     let idp = TestIdp::start().await;
     let upstream = EchoUpstream::start().await;
@@ -321,7 +320,7 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
     let file = dir.path().join("nodeward.yaml");
     std::fs::write(&file, yaml).expect("write");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward-under-test"))
         .args(["run", "--config", file.to_str().expect("utf8")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

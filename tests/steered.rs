@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodeward::netns::listener_in;
-use nodeward::testing::netns::{NetnsGuard, PinDir, open_fds, require_root};
-use nodeward::testing::{EchoUpstream, TestAgent, TestIdp, client, metric};
+use nodeward_testkit::netns::{NetnsGuard, PinDir, open_fds, require_root};
+use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::{Value, json};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -220,7 +220,7 @@ async fn a_killed_agent_fails_closed_and_a_restarted_one_takes_over() {
     let file = dir.path().join("nodeward.yaml");
     std::fs::write(&file, yaml).expect("write config");
     let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward"))
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward-under-test"))
             .args(["run", "--config", file.to_str().expect("utf8")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1,4 +1,4 @@
-//! The development OpenID provider behind `nodeward dev-idp`: an in-memory key
+//! The development OpenID provider behind `nodeward-dev-idp`: an in-memory key
 //! ring (RS256, ES256, EdDSA), token minting with arbitrary claims and headers,
 //! key rotation, fault injection and fetch counters.
 //!
@@ -218,14 +218,12 @@ impl DevIdp {
     /// Signs arbitrary bytes with the current key for `alg` and returns the
     /// base64url signature: hostile-token tests hand-build headers and claims
     /// (duplicate members, odd encodings) that `mint` cannot express.
-    #[cfg(any(test, feature = "testing"))]
     pub fn sign_raw(&self, alg: &str, signing_input: &[u8]) -> Result<String, DevIdpError> {
         let key = self.current_key(Alg::parse(alg)?);
         Ok(b64(&key.sign(signing_input)?))
     }
 
     /// The kid of the current key for `alg`.
-    #[cfg(any(test, feature = "testing"))]
     pub fn current_kid(&self, alg: &str) -> Result<String, DevIdpError> {
         Ok(self.current_key(Alg::parse(alg)?).kid().to_owned())
     }
