@@ -534,7 +534,8 @@ async fn ten_thousand_idle_connections_do_not_stop_service_and_are_reaped() {
     }
     // Timeouts long enough that every connection is still open when the last
     // one is made, short enough to watch them all reaped.
-    let e = env_with_limits("{header_read_timeout: 5s, idle_timeout: 5s, upstream_timeout: 2s}").await;
+    // (10 s: opening 10,000 connections takes several seconds on a loaded machine.)
+    let e = env_with_limits("{header_read_timeout: 10s, idle_timeout: 10s, upstream_timeout: 2s}").await;
     e.still_serving().await;
     let rss_before = rss_kib();
     let fds_before = open_fds();
@@ -586,8 +587,8 @@ async fn ten_thousand_idle_connections_do_not_stop_service_and_are_reaped() {
         "RSS grew {growth_mib} MiB with {IDLE} idle connections"
     );
 
-    // header_read_timeout and idle_timeout (5s) close every one of them.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // header_read_timeout and idle_timeout (10s) close every one of them.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     stdin.write_all(b"check\n").await.expect("ask the holder");
     let open = lines.next_line().await.expect("holder output");
     assert_eq!(open.as_deref(), Some("open 0"), "idle connections still open after 6s");

@@ -120,7 +120,7 @@ async fn restart_with_provider_down_serves_from_the_disk_copy() {
     let _keys = idp.stop().await; // provider now down
 
     let agent = TestAgent::start_in(&yaml, state_dir).await;
-    assert!(agent.agent.shared().not_ready().is_empty(), "ready from the disk copy");
+    assert!(agent.agent.not_ready().is_empty(), "ready from the disk copy");
     let ready = client()
         .get(format!("{}/readyz", agent.admin_url()))
         .send()

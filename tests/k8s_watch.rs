@@ -754,9 +754,11 @@ async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
         state.path().display()
     );
     let config = Config::parse_with_env(&yaml, Path::new("t.yaml"), |_| None).expect("config");
-    let agent = nodeward::app::Agent::start(config).await.expect("agent");
+    let agent = nodeward::Agent::start(config, nodeward::Audit::tracing())
+        .await
+        .expect("agent");
     assert_eq!(
-        agent.shared().not_ready(),
+        agent.not_ready(),
         ["kubernetes: first pod list not applied yet"],
         "not ready before the first pod list"
     );
@@ -769,6 +771,7 @@ async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
         netns: netns.into(),
     };
     let failures = agent
+        .control()
         .apply_pods(
             vec![pod("shop/a", "/proc/1/ns/net"), pod("shop/gone", "/nonexistent/ns/net")],
             HashSet::new(),
@@ -783,9 +786,9 @@ async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
         "{failures:?}"
     );
     assert!(
-        agent.shared().not_ready().is_empty(),
+        agent.not_ready().is_empty(),
         "a pod's failure is the pod's, not the agent's: {:?}",
-        agent.shared().not_ready()
+        agent.not_ready()
     );
     assert!(
         agent.workload_addr("shop/a").is_some(),

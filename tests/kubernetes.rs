@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeward::app::Agent;
+use nodeward::Agent;
 use nodeward::k8s::PodWatch;
 use nodeward::netns::listener_in;
 use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
@@ -163,9 +163,15 @@ struct Running {
 impl Running {
     async fn start(yaml: &str, state_dir: &Path) -> Self {
         let config = TestAgent::config(yaml, state_dir);
-        let agent = Arc::new(Agent::start(config).await.expect("agent starts"));
-        let metrics = agent.shared().metrics.kubernetes.clone();
-        let watch = PodWatch::start(agent.clone(), metrics).await.expect("pod watch starts");
+        let agent = Arc::new(
+            Agent::start(config, nodeward::Audit::tracing())
+                .await
+                .expect("agent starts"),
+        );
+        let metrics = agent.metrics().kubernetes.clone();
+        let watch = PodWatch::start(agent.control().clone(), metrics)
+            .await
+            .expect("pod watch starts");
         Self {
             agent,
             watch: Some(watch),
@@ -173,7 +179,7 @@ impl Running {
     }
 
     fn metrics(&self) -> String {
-        String::from_utf8_lossy(&self.agent.shared().metrics.render()).into_owned()
+        String::from_utf8_lossy(&self.agent.metrics().render()).into_owned()
     }
 
     fn pod_state(&self, pod: &str, state: &str) -> bool {
@@ -217,10 +223,7 @@ async fn a_pod_is_enrolled_relabelled_deleted_and_a_missing_policy_denies_all() 
 
     api.apply_pod(pod("orders-0", uid, &ns).build());
     let run = Running::start(&yaml, dir.path()).await;
-    eventually("ready after the first pod list", || {
-        run.agent.shared().not_ready().is_empty()
-    })
-    .await;
+    eventually("ready after the first pod list", || run.agent.not_ready().is_empty()).await;
     eventually("orders-0 enrolled", || run.pod_state("orders-0", "enrolled")).await;
     assert_eq!(pins.links().len(), 1, "one pinned link: {:?}", pins.links());
     let m = run.metrics();
@@ -349,12 +352,11 @@ async fn a_restarted_agent_keeps_pods_closed_until_the_first_pod_list() {
     assert!(
         second
             .agent
-            .shared()
             .not_ready()
             .iter()
             .any(|r| r.contains("first pod list not applied yet")),
         "{:?}",
-        second.agent.shared().not_ready()
+        second.agent.not_ready()
     );
     assert_eq!(pins.links().len(), 2, "nothing is released before the first pod list");
     let url_a = format!("http://{}:8080/x", ns_a.pod_ip());
@@ -370,10 +372,7 @@ async fn a_restarted_agent_keeps_pods_closed_until_the_first_pod_list() {
     );
 
     api.set_failing(None);
-    eventually("ready after the first list", || {
-        second.agent.shared().not_ready().is_empty()
-    })
-    .await;
+    eventually("ready after the first list", || second.agent.not_ready().is_empty()).await;
     eventually("b released, a re-enrolled", || {
         pins.links().len() == 1 && second.pod_state("a", "enrolled")
     })

@@ -424,7 +424,7 @@ async fn discovery_down_at_start_with_disk_copy_is_ready_from_disk() {
     idp.set_discovery(Script::Status(503));
     idp.set_jwks(Script::Status(503));
     let agent = TestAgent::start_in(&yaml, state_dir).await;
-    assert!(agent.agent.shared().not_ready().is_empty(), "ready from the disk copy");
+    assert!(agent.agent.not_ready().is_empty(), "ready from the disk copy");
     assert_eq!(readyz(&agent).await.0, 200);
     assert_eq!(status(&agent.url("orders"), &idp.token()).await.0, 200);
     let (s, body) = refetch(&idp, &agent.url("orders"), 0).await;

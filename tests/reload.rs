@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nodeward::reload::{Reload, Reloader};
+use nodeward::{Reload, Reloader};
 use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, example_config, metric};
 use serde_json::json;
 
@@ -22,7 +22,7 @@ async fn broken_file_is_refused_and_the_old_config_keeps_serving() {
     let on_disk = |y: &str| format!("state_dir: {}\n{y}", agent.state_dir.path().display());
     std::fs::write(&file, on_disk(&yaml)).expect("write");
     let mut reloader = Reloader::new(&file, Some(std::fs::read(&file).expect("read")));
-    assert_eq!(reloader.check(&agent.agent).await, Reload::Unchanged);
+    assert_eq!(reloader.check(agent.agent.control(), false).await, Reload::Unchanged);
 
     let token = idp.token(json!({"aud": "orders"}));
     let get = |path: &'static str| {
@@ -48,7 +48,7 @@ async fn broken_file_is_refused_and_the_old_config_keeps_serving() {
         yaml.replace("paths: [\"/healthz\"]", "paths: [\"/a/[\"]"), // bad glob
     ] {
         std::fs::write(&file, on_disk(&broken)).expect("write");
-        match reloader.check(&agent.agent).await {
+        match reloader.check(agent.agent.control(), false).await {
             Reload::Rejected(why) => assert!(why.contains("nodeward.yaml"), "error names the file: {why}"),
             other => panic!("broken config applied: {other:?}"),
         }
@@ -68,7 +68,7 @@ async fn broken_file_is_refused_and_the_old_config_keeps_serving() {
     );
     assert_ne!(stricter, yaml);
     std::fs::write(&file, on_disk(&stricter)).expect("write");
-    assert_eq!(reloader.check(&agent.agent).await, Reload::Applied);
+    assert_eq!(reloader.check(agent.agent.control(), false).await, Reload::Applied);
     assert_eq!(get("/orders").await, 403);
     let m = agent.metrics().await;
     assert_eq!(metric(&m, "nodeward_config_reloads_total{result=\"ok\"}"), Some(1.0));

@@ -141,10 +141,7 @@ async fn untrusted_certificate_fails_closed() {
     let up = EchoUpstream::start().await;
     let agent = TestAgent::start(&config(server.idp.issuer(), None, up.addr)).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !agent.agent.shared().not_ready().is_empty(),
-        "not ready without trusted keys"
-    );
+    assert!(!agent.agent.not_ready().is_empty(), "not ready without trusted keys");
     let resp = client()
         .get(format!("{}/x", agent.url("orders")))
         .bearer_auth(token(&server.idp))
@@ -175,7 +172,7 @@ fn unreadable_or_empty_ca_file_is_a_clear_error() {
         let cfg = TestAgent::config(&yaml, dir.path());
         let err = tokio::runtime::Runtime::new()
             .expect("rt")
-            .block_on(nodeward::app::Agent::start(cfg))
+            .block_on(nodeward::Agent::start(cfg, nodeward::Audit::tracing()))
             .err()
             .expect("start must fail");
         assert!(err.to_string().contains("CA file"), "{err}");

@@ -35,11 +35,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use serde_json::{Map, Value, json};
 
+use nodeward::Policy;
 use nodeward::config::{Config, TokenCacheConfig};
-use nodeward::policy::Policy;
 use nodeward::provider::{KeySet, Provider, ProviderMetrics, Providers};
 use nodeward::token::{Jws, VerifiedToken};
-use nodeward::token_cache::TokenCache;
+use nodeward::{TokenCache, Verifier};
 use nodeward_dev_idp::{DevIdp, MintRequest};
 use nodeward_testkit::TestIdp;
 
@@ -380,19 +380,19 @@ fn cached(c: &mut Criterion, fx: &Fixture) {
     cache.insert(token, fx.verified("RS256"));
     let mut providers = Providers::default();
     providers.insert(fx.provider.clone());
-    let client = std::sync::Arc::new(nodeward::proxy::upstream::Client::new(
-        None,
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(1),
-    ));
-    let rt = nodeward::app::build_runtime(fx.config.clone(), providers, |_| Some(client.clone())).expect("runtime");
+    let verifier = Verifier {
+        providers: &providers,
+        cache: &cache,
+        max_token_bytes: MAX_TOKEN_BYTES,
+        counters: None,
+    };
 
     let mut g = c.benchmark_group("cache");
     g.bench_function("TokenCache::get (hit)", |b| {
         b.iter(|| cache.get(black_box(token)).expect("cache hit"));
     });
     g.bench_function("authz::verify (hit)", |b| {
-        b.iter(|| ready(nodeward::authz::verify(&rt, &cache, black_box(token), None)).expect("cache hit"));
+        b.iter(|| ready(verifier.verify(black_box(token))).expect("cache hit"));
     });
     g.finish();
 }

@@ -1,6 +1,7 @@
 //! The admin server: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers), `/readyz` (config loaded, every provider has keys, every
 //! workload listening). Plain HTTP/1.1, meant for the node's monitoring.
+//! What it shows comes through [`Status`], so it knows nothing of the agent.
 
 use std::sync::Arc;
 
@@ -10,11 +11,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::app::Shared;
+use crate::drain;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// What the admin server reports.
+pub trait Status: Send + Sync + 'static {
+    /// The Prometheus text exposition, refreshed now.
+    fn metrics(&self) -> Vec<u8>;
+    /// Why the agent is not ready; empty when it is.
+    fn not_ready(&self) -> Vec<String>;
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<dyn Status>, mut stop: drain::Watch) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
@@ -26,7 +34,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
                     continue;
                 }
             },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            () = stop.signaled() => return,
         };
         let shared = shared.clone();
         let conn = builder
@@ -34,7 +42,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
                 TokioIo::new(stream),
                 hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&shared, &req)) }
+                    async move { Ok::<_, std::convert::Infallible>(route(&*shared, &req)) }
                 }),
             )
             .into_owned();
@@ -44,12 +52,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(shared: &dyn Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => {
-            shared.observe();
-            reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render())
-        }
+        ("GET", "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics()),
         ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         ("GET", "/readyz") => {
             let not_ready = shared.not_ready();

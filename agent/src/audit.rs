@@ -6,7 +6,7 @@
 //! decision, reason, detail, rule, iss, sub, email, client, latency_us}`; an
 //! absent optional field is left out):
 //!
-//! - The binary installs a [`Sink`] on stdout ([`install`]): the worker
+//! - The binary makes an [`Audit`] writing to stdout ([`Audit::writer`]): the worker
 //!   formats the line itself into a reused per-thread buffer and appends it
 //!   to a shared batch; one writer thread swaps the batch out and writes it
 //!   with one `write(2)`. The writer is woken only when a batch crosses
@@ -16,12 +16,14 @@
 //!   buffered bytes the request waits for the writer (back-pressure from a
 //!   slow stdout). Lines are appended whole under one lock, so they never
 //!   interleave; the [`Guard`] flushes on shutdown.
-//! - Without a sink (the library in tests, `explain`), the same fields go
+//! - [`Audit::tracing`] (the library in tests, `explain`): the same fields go
 //!   through `tracing` under the target `audit`, so a subscriber sees them.
+//!
+//! The handle is owned (the proxy's context holds it), not a global.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -59,14 +61,14 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     pub fn of(r: &'a Record<'a>) -> Self {
         let d = r.decision;
-        let token = d.token.as_ref().map(|t| &t.verified);
+        let token = d.token.as_ref().map(|t| &t.entry.verified);
         Self {
             request_id: r.request_id.to_str().unwrap_or(""),
             workload: r.workload,
             method: r.method.as_str(),
             path: r.path,
-            decision: d.label(),
-            reason: d.reason,
+            decision: d.outcome.as_str(),
+            reason: d.reason.as_str(),
             detail: d.detail.as_deref(),
             rule: d.rule.as_deref(),
             iss: token.map(|t| t.iss.as_str()),
@@ -78,8 +80,6 @@ impl<'a> Fields<'a> {
     }
 }
 
-static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
-
 thread_local! {
     /// The line being formatted, reused across requests on this thread.
     static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -88,57 +88,54 @@ thread_local! {
 /// A per-thread line buffer above this is released after use (a very long path).
 const KEEP_LINE_BYTES: usize = 16 * 1024;
 
-pub fn log(r: &Record<'_>) {
-    let f = Fields::of(r);
-    match SINK.get() {
-        Some(sink) => LINE.with_borrow_mut(|line| {
-            line.clear();
-            format_line(line, &f, SystemTime::now());
-            sink.push(line);
-            if line.capacity() > KEEP_LINE_BYTES {
-                *line = Vec::new();
-            }
-        }),
-        None => tracing::info!(
-            target: "audit",
-            request_id = f.request_id,
-            workload = f.workload,
-            method = f.method,
-            path = f.path,
-            decision = f.decision,
-            reason = f.reason,
-            detail = f.detail,
-            rule = f.rule,
-            iss = f.iss,
-            sub = f.sub,
-            email = f.email,
-            client = %f.client,
-            latency_us = f.latency_us,
-        ),
-    }
+/// Where audit lines go: a batching writer, or `tracing`.
+#[derive(Clone, Default)]
+pub struct Audit {
+    sink: Option<Arc<Sink>>,
 }
 
-/// Sends every later audit line of this process to `out` through a batching
-/// writer thread. Keep the guard until exit: dropping it writes what is
-/// buffered and stops the thread. Only the first call installs a sink; a
-/// later one gets `None`.
-pub fn install(out: Box<dyn Write + Send>, limits: Limits) -> std::io::Result<Option<Guard>> {
-    let mut started = None;
-    SINK.get_or_init(|| {
+impl Audit {
+    /// Lines as `tracing` events under the target `audit`.
+    pub fn tracing() -> Self {
+        Self::default()
+    }
+
+    /// Lines to `out` through a batching writer thread. Keep the guard until
+    /// exit: dropping it writes what is buffered and stops the thread.
+    pub fn writer(out: Box<dyn Write + Send>, limits: Limits) -> std::io::Result<(Self, Guard)> {
         let sink = Arc::new(Sink::new(out, limits));
-        started = Some(sink.clone());
-        sink
-    });
-    match started {
-        Some(sink) => match Guard::start(sink.clone()) {
-            Ok(guard) => Ok(Some(guard)),
-            Err(e) => {
-                // No writer thread: lines go straight to the output instead of piling up.
-                sink.close();
-                Err(e)
-            }
-        },
-        None => Ok(None),
+        let guard = Guard::start(sink.clone())?;
+        Ok((Self { sink: Some(sink) }, guard))
+    }
+
+    pub fn log(&self, r: &Record<'_>) {
+        let f = Fields::of(r);
+        match &self.sink {
+            Some(sink) => LINE.with_borrow_mut(|line| {
+                line.clear();
+                format_line(line, &f, SystemTime::now());
+                sink.push(line);
+                if line.capacity() > KEEP_LINE_BYTES {
+                    *line = Vec::new();
+                }
+            }),
+            None => tracing::info!(
+                target: "audit",
+                request_id = f.request_id,
+                workload = f.workload,
+                method = f.method,
+                path = f.path,
+                decision = f.decision,
+                reason = f.reason,
+                detail = f.detail,
+                rule = f.rule,
+                iss = f.iss,
+                sub = f.sub,
+                email = f.email,
+                client = %f.client,
+                latency_us = f.latency_us,
+            ),
+        }
     }
 }
 

@@ -4,14 +4,21 @@
 //!
 //! This module does not touch the network or the clock: loading a file and
 //! reacting to changes live in `reload.rs`, turning a [`Config`] into running
-//! state lives in `app.rs`.
+//! state lives in `snapshot.rs` and `control/`.
 
+mod claim_path;
 mod model;
+mod policy;
+mod provider;
+mod select;
 mod validate;
 
-pub use validate::bound_policy;
-
+pub use claim_path::ClaimPath;
 pub use model::*;
+pub use policy::*;
+pub use provider::*;
+pub use select::{Unbound, select_policy};
+pub use validate::{RESERVED_HEADERS, bound_policy, url_allowed};
 
 use std::path::{Path, PathBuf};
 

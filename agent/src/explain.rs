@@ -1,6 +1,9 @@
 //! `nodeward explain`: the decision the proxy would make for one request,
-//! with the rule and the reason, computed by the same code the proxy runs.
-//! Keys come from the disk copy in `state_dir`, else one fetch.
+//! with the rule and the reason, computed by the same code the proxy runs
+//! (`proxy::admit`: header hygiene, the path normalisation, the decision,
+//! the request as the upstream would get it). The token is written into the
+//! request where the first configured source reads it. Keys come from the
+//! disk copy in `state_dir`, else one fetch.
 //!
 //! The subject is a workload of the file, a pod (read from the API server and
 //! bound to its policy exactly as the pod watch binds it), or a hypothetical
@@ -10,16 +13,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::app::{build_runtime, build_runtime_with_pods};
-use crate::authz::{self, Decision, Verdict};
-use crate::config::Config;
+use crate::authz::{Decision, Outcome, Verifier};
+use crate::config::{Config, Unbound, select_policy};
 use crate::k8s::binding::{self, Binding, PodPolicy};
 use crate::k8s::{PodWatch, PodWorkload};
 use crate::policy::Action;
 use crate::provider::{Provider, Providers};
+use crate::proxy;
+use crate::reason::Answer;
+use crate::snapshot::{Snapshot, WorkloadSpec};
 use crate::token_cache::TokenCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +53,14 @@ pub enum ExplainError {
     Label(String),
     #[error("bad method {0:?}")]
     Method(String),
-    #[error("the token is not a valid header value")]
-    Token,
+    #[error("bad request target {0:?}: {1}")]
+    Target(String, String),
+    #[error("bad header {0:?}: want 'Name: value'")]
+    Header(String),
+    #[error("the token cannot be placed in the request: {0}")]
+    Token(&'static str),
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Provider(#[from] crate::provider::ProviderError),
 }
@@ -89,6 +98,10 @@ pub struct Explanation {
     pub workload: String,
     pub policy: String,
     pub decision: Decision,
+    /// The normalised path the rules were matched against.
+    pub path: String,
+    /// What the upstream would get: the path and query, and the identity headers.
+    pub forwarded: Option<(String, Vec<(String, String)>)>,
     pub rules: Vec<String>,
 }
 
@@ -139,9 +152,10 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
             };
         }
     };
-    let policy = match binding::choose_policy(&labels, annotated.as_deref(), k8s, &config.policies) {
+    let policy = match select_policy(&config.policies, &labels, annotated.as_deref()) {
         Ok(p) => PodPolicy::Named(p.name.clone()),
-        Err(why) => PodPolicy::Missing(why),
+        Err(e @ Unbound::NotFound(_)) => PodPolicy::Missing(format!("{e} (annotation {})", k8s.policy_annotation)),
+        Err(e) => PodPolicy::Missing(e.to_string()),
     };
     Ok(Some(PodWorkload {
         name,
@@ -153,60 +167,95 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
     }))
 }
 
-pub async fn explain(
-    config: Config,
-    subject: &Subject,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> Result<Explanation, ExplainError> {
-    let method =
-        Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| ExplainError::Method(method.into()))?;
+/// One request to explain: its method, target (path and query) and extra headers.
+pub struct Probe<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: &'a [String],
+    pub token: Option<&'a str>,
+}
+
+pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Result<Explanation, ExplainError> {
+    // As the client sends it: `get` is not GET (the proxy refuses it, and so does explain).
+    let method = Method::from_bytes(probe.method.as_bytes()).map_err(|_| ExplainError::Method(probe.method.into()))?;
     let pod = pod_workload(&config, subject).await?;
     let cache = TokenCache::new(&config.token_cache);
     let mut providers = Providers::default();
     for p in &config.providers {
         let metrics = crate::provider::ProviderMetrics::unregistered(&p.name);
         let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, metrics)?);
-        if token.is_some() && !provider.is_ready() {
+        if probe.token.is_some() && !provider.is_ready() {
             let _ = provider.refresh().await;
         }
         providers.insert(provider);
     }
-    let host = std::sync::Arc::new(crate::proxy::upstream::Client::new(
-        None,
-        config.limits.upstream_connect_timeout,
-        config.limits.upstream_timeout,
-    ));
-    let (rt, workload) = match (&pod, subject) {
-        (Some(p), _) => (
-            build_runtime_with_pods(config, std::slice::from_ref(p), providers, |_| Some(host.clone()))?,
-            p.name.clone(),
-        ),
-        (None, Subject::Workload(w)) => (build_runtime(config, providers, |_| Some(host.clone()))?, w.clone()),
+    let workload = match (&pod, subject) {
+        (Some(p), _) => p.name.clone(),
+        (None, Subject::Workload(w)) => w.clone(),
         (None, _) => return Err(ExplainError::NoWorkload(String::new())),
     };
-    let wl = rt
+    let specs = WorkloadSpec::all(&config, pod.as_slice());
+    let snap = Snapshot::build(config, &specs, providers, |_| false)?;
+    let wl = snap
         .workloads
-        .get(&workload)
+        .get(workload.as_str())
         .ok_or_else(|| ExplainError::NoWorkload(workload.clone()))?;
-    let mut headers = HeaderMap::new();
-    if let Some(t) = token {
-        let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| ExplainError::Token)?;
-        headers.insert(rt.token_sources[0].header.clone(), v);
+
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .body(())
+        .map_err(|e| ExplainError::Method(e.to_string()))?;
+    for h in probe.headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| ExplainError::Header(h.clone()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ExplainError::Header(h.clone()))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| ExplainError::Header(h.clone()))?;
+        req.headers_mut().append(name, value);
     }
-    let decision = authz::decide(
-        &rt,
-        &cache,
+    let (path, query) = match probe.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (probe.target, None),
+    };
+    let query = match probe.token {
+        Some(t) => snap
+            .sources
+            .place(req.headers_mut(), query, t)
+            .map_err(ExplainError::Token)?,
+        None => query.map(String::from),
+    };
+    let target = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    *req.uri_mut() = target
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ExplainError::Target(target.clone(), e.to_string()))?;
+    let (mut parts, ()) = req.into_parts();
+    let before: Vec<HeaderName> = parts.headers.keys().cloned().collect();
+    let verifier = Verifier {
+        providers: &snap.providers,
+        cache: &cache,
+        max_token_bytes: snap.limits().max_token_bytes,
+        counters: None,
+    };
+    let admitted = proxy::admit(
+        &verifier,
+        &snap.sources,
         &wl.policy,
-        authz::Request {
-            method: &method,
-            path,
-            headers: &headers,
-        },
-        None,
+        &mut parts,
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        false,
     )
     .await;
+    let forwarded = admitted.decision.outcome.lets_through().then(|| {
+        let added = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !before.contains(k) && *k != proxy::headers::X_FORWARDED_FOR)
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let target = admitted.target.as_ref().map_or_else(String::new, |t| t.to_string());
+        (target, added)
+    });
     let rules = wl
         .policy
         .rules
@@ -229,14 +278,20 @@ pub async fn explain(
                     }
                 ),
             };
-            let hit = if r.matches(&method, path) { "matches" } else { "skipped" };
+            let hit = if r.matches(&method, &admitted.path) {
+                "matches"
+            } else {
+                "skipped"
+            };
             format!("{} [{}]: {what}", r.name, hit)
         })
         .collect();
     Ok(Explanation {
-        workload: workload.clone(),
+        workload,
         policy: wl.policy.name.to_string(),
-        decision,
+        path: admitted.path,
+        decision: admitted.decision,
+        forwarded,
         rules,
     })
 }
@@ -244,11 +299,13 @@ pub async fn explain(
 impl std::fmt::Display for Explanation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = &self.decision;
-        let status = match (d.verdict, d.audit_only) {
-            (Verdict::Allow, _) => "ALLOW (forwarded)",
-            (_, true) => "AUDIT-ONLY DENY (forwarded, logged as a denial)",
-            (Verdict::Unauthenticated, _) => "DENY 401",
-            (Verdict::Forbidden, _) => "DENY 403",
+        let status = match d.outcome {
+            Outcome::Allow => "ALLOW (forwarded)".to_string(),
+            Outcome::AuditDeny => "AUDIT-ONLY DENY (forwarded, logged as a denial)".to_string(),
+            Outcome::Deny => match d.reason.answer() {
+                Answer::NotImplemented => "DENY 501".to_string(),
+                a => format!("DENY {}", a.status().as_u16()),
+            },
         };
         writeln!(f, "decision: {status}")?;
         writeln!(f, "reason:   {}", d.reason)?;
@@ -257,9 +314,10 @@ impl std::fmt::Display for Explanation {
         }
         writeln!(f, "workload: {}", self.workload)?;
         writeln!(f, "policy:   {}", self.policy)?;
+        writeln!(f, "path:     {}", self.path)?;
         writeln!(f, "rule:     {}", d.rule.as_deref().unwrap_or("(none matched)"))?;
         if let Some(t) = &d.token {
-            let v = &t.verified;
+            let v = &t.entry.verified;
             writeln!(
                 f,
                 "caller:   iss={} sub={} email={}",
@@ -267,6 +325,12 @@ impl std::fmt::Display for Explanation {
                 v.sub.as_deref().unwrap_or("-"),
                 v.email().unwrap_or("-")
             )?;
+        }
+        if let Some((target, added)) = &self.forwarded {
+            writeln!(f, "upstream: {target}")?;
+            for (k, v) in added {
+                writeln!(f, "  {k}: {v}")?;
+            }
         }
         writeln!(f, "rules in order (first match wins):")?;
         for r in &self.rules {

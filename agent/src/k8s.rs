@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod podns;
 pub mod watch;
 
+pub use binding::PodPolicy;
 pub use metrics::KubeMetrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,7 +33,7 @@ use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, KubernetesConfig};
-use binding::{Binding, PodPolicy};
+use binding::Binding;
 use events::{PodEvents, Reason};
 use podns::PodNsResolver;
 use watch::{PodSet, WatchTarget};

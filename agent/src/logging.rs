@@ -2,31 +2,16 @@
 //! decision, for log shippers; everything else goes to stderr, human-readable
 //! by default or JSON with `--log-json`. `RUST_LOG` filters the latter.
 //!
-//! Audit lines bypass tracing: [`crate::audit`] formats them on the worker
-//! and a batching writer thread puts them on stdout, so a request never waits
-//! on a stdout syscall nor wakes a thread. The writer is not lossy: when its
-//! buffer is full, requests wait rather than lose audit lines. Should a
-//! `target: "audit"` event still reach tracing (no sink installed), it is
-//! written to stdout as JSON as before, synchronously.
+//! The agent's audit lines bypass tracing: `audit::Audit::writer` formats
+//! them on the worker and a batching writer thread puts them on stdout, so a
+//! request never waits on a stdout syscall nor wakes a thread. Should a
+//! `target: "audit"` event still reach tracing (`audit::Audit::tracing`), it
+//! is written to stdout as JSON, synchronously.
 
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
-use crate::audit;
-
-/// Keep it alive until exit: dropping it flushes the audit lines still buffered.
-pub struct Guard {
-    _audit: Option<audit::Guard>,
-}
-
-pub fn init(json: bool) -> Guard {
-    let audit_guard = match audit::install(Box::new(std::io::stdout()), audit::Limits::default()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("nodeward: no audit writer thread ({e}); audit lines are written synchronously");
-            None
-        }
-    };
+pub fn init(json: bool) {
     let audit = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
@@ -51,5 +36,4 @@ pub fn init(json: bool) -> Guard {
             .with_filter(not_audit);
         let _ = registry.with(logs).try_init();
     }
-    Guard { _audit: audit_guard }
 }

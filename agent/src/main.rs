@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use nodeward::app::Agent;
 use nodeward::config::Config;
-use nodeward::explain::Subject;
 use nodeward::k8s::PodWatch;
-use nodeward::reload::Reloader;
+use nodeward::{Agent, Audit, AuditLimits, Probe, Reloader, Subject};
 
 #[derive(Parser, Debug)]
 #[command(name = "nodeward", version, about = "Node-level OpenID Connect identity agent")]
@@ -57,11 +55,16 @@ enum Command {
         /// With --labels: the value of the pod's policy annotation.
         #[arg(long, requires = "labels")]
         policy: Option<String>,
+        /// The method as the client sends it (`get` is refused, as the proxy refuses it).
         #[arg(long, default_value = "GET")]
         method: String,
+        /// The request target: path and query, as the client sends it.
         #[arg(long, default_value = "/")]
         path: String,
-        /// The bearer token (never logged).
+        /// A request header, 'Name: value'; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The token (never logged), placed where the first token source reads it.
         #[arg(long)]
         token: Option<String>,
     },
@@ -69,7 +72,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _audit_flush = nodeward::logging::init(cli.log_json);
+    nodeward::init_logging(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -110,6 +113,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             policy,
             method,
             path,
+            headers,
             token,
         } => {
             let c = Config::load(&config)?;
@@ -125,7 +129,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 (None, None, Some(l)) => Subject::labels(&l, policy)?,
                 (None, None, None) => anyhow::bail!("explain needs --workload, --pod or --labels"),
             };
-            let e = nodeward::explain::explain(c, &subject, &method, &path, token.as_deref()).await?;
+            let probe = Probe {
+                method: &method,
+                target: &path,
+                headers: &headers,
+                token: token.as_deref(),
+            };
+            let e = nodeward::explain(c, &subject, probe).await?;
             print!("{e}");
             Ok(ExitCode::SUCCESS)
         }
@@ -139,16 +149,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             // Signal handlers first: a SIGTERM while the agent starts (a
             // rolling update) must still drain, not kill the process.
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let agent = Arc::new(Agent::start(c).await?);
+            // Audit lines on stdout through a batching writer; the guard
+            // flushes what is buffered when `run` returns.
+            let (audit, _audit_flush) = Audit::writer(Box::new(std::io::stdout()), AuditLimits::default())
+                .context("cannot start the audit writer")?;
+            let agent = Arc::new(Agent::start(c, audit).await?);
             let pods = if kubernetes {
-                let metrics = agent.shared().metrics.kubernetes.clone();
-                Some(PodWatch::start(agent.clone(), metrics).await?)
+                let metrics = agent.metrics().kubernetes.clone();
+                Some(PodWatch::start(agent.control().clone(), metrics).await?)
             } else {
                 None
             };
             let reloader = Reloader::new(&config, Some(text));
             tokio::select! {
-                _ = reloader.run(&agent, reload_interval) => {}
+                _ = reloader.run(agent.control(), reload_interval) => {}
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }

@@ -2,19 +2,19 @@
 //! rules; the first rule whose paths and methods match the request decides.
 //! No matching rule denies.
 //!
-//! This module only decides. Reading the token is `token.rs`; turning a
-//! decision into a response is `proxy/`.
+//! This module only decides. Reading the token is `token.rs`, normalising
+//! the path `path.rs`; turning a decision into a response is `proxy/`.
 
 mod claims;
 
-pub use claims::{ClaimPath, Condition};
-
 use std::sync::Arc;
 
-use globset::{GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method};
 
-use crate::config::{Mode, PolicyConfig, RuleConfig};
+use crate::config::{ClaimCondition, ClaimPath, ForwardClaim, Mode, PolicyConfig, RuleAction, RuleConfig};
+use crate::path::PathOptions;
+use crate::reason::Reason;
 use crate::token::VerifiedToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,15 @@ pub struct Policy {
     pub mode: Mode,
     pub rules: Vec<Rule>,
     /// Header → claim, added to allowed requests with a verified token.
-    pub forward_claims: Vec<(HeaderName, ClaimPath)>,
-    /// Set for the stand-in of a policy that does not exist: every request
-    /// is refused with reason `no_policy`, whatever its mode.
+    pub forward_claims: Vec<(HeaderName, ForwardClaim)>,
+    /// Audiences this policy's workloads accept instead of the providers' (empty: theirs).
+    pub audiences: Vec<String>,
+    pub path: PathOptions,
+    /// Forward the client's verified token upstream.
+    pub forward_token: bool,
+    /// Set for the stand-in of a policy that does not exist (or is
+    /// ambiguous): every request is refused with reason `no_policy`,
+    /// whatever its mode.
     pub missing: Option<String>,
 }
 
@@ -58,7 +64,7 @@ pub enum Action {
     /// A valid token from one of `providers` (any when empty) meeting every condition.
     Require {
         providers: Vec<Arc<str>>,
-        claims: Vec<(ClaimPath, Condition)>,
+        claims: Vec<(ClaimPath, ClaimCondition)>,
     },
     Deny,
 }
@@ -66,7 +72,7 @@ pub enum Action {
 /// Why a token-bearing request is not authorised by its rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub detail: String,
 }
 
@@ -75,7 +81,7 @@ impl Policy {
         let rules = cfg
             .rules
             .iter()
-            .map(|r| Rule::compile(&cfg.name, cfg.mode, r))
+            .map(|r| Rule::compile(cfg, r))
             .collect::<Result<_, _>>()?;
         let forward_claims = cfg
             .forward_claims
@@ -86,7 +92,7 @@ impl Policy {
                         policy: cfg.name.clone(),
                         header: h.clone(),
                     })?;
-                Ok((header, ClaimPath::new(c)))
+                Ok((header, c.clone()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -94,6 +100,9 @@ impl Policy {
             mode: cfg.mode,
             rules,
             forward_claims,
+            audiences: cfg.audiences.clone(),
+            path: cfg.path,
+            forward_token: cfg.forward_token,
             missing: None,
         })
     }
@@ -106,79 +115,78 @@ impl Policy {
             mode: Mode::Enforce,
             rules: Vec::new(),
             forward_claims: Vec::new(),
+            audiences: Vec::new(),
+            path: PathOptions::default(),
+            forward_token: false,
             missing: Some(why.into()),
         }
     }
 
-    /// The first rule matching `method` and `path`, if any.
+    /// The first rule matching `method` and the normalised `path`
+    /// ([`crate::path::Normalized::matched`]), if any.
     pub fn matching_rule(&self, method: &Method, path: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(method, path))
     }
 }
 
 impl Rule {
-    fn compile(policy: &str, mode: Mode, cfg: &RuleConfig) -> Result<Self, PolicyError> {
-        // `*` and `**` alone mean every path (request paths start with '/').
-        let paths = if cfg.paths.is_empty() || cfg.paths.iter().any(|g| g == "*" || g == "**") {
-            None
-        } else {
-            let mut b = GlobSetBuilder::new();
-            for g in &cfg.paths {
-                let glob = globset::GlobBuilder::new(g)
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|source| PolicyError::Glob {
-                        policy: policy.into(),
-                        rule: cfg.name.clone(),
-                        glob: g.clone(),
-                        source,
-                    })?;
-                b.add(glob);
-                // `/admin/**` also covers `/admin` itself, as users expect.
-                if let Some(base) = g.strip_suffix("/**")
-                    && !base.is_empty()
-                    && let Ok(glob) = globset::GlobBuilder::new(base).literal_separator(true).build()
-                {
-                    b.add(glob);
-                }
-            }
-            Some(b.build().map_err(|source| PolicyError::Glob {
-                policy: policy.into(),
-                rule: cfg.name.clone(),
-                glob: cfg.paths.join(", "),
+    fn compile(policy: &PolicyConfig, cfg: &RuleConfig) -> Result<Self, PolicyError> {
+        let glob_error = |glob: &str| {
+            let rule = cfg.name.clone();
+            let glob = glob.to_string();
+            move |source| PolicyError::Glob {
+                policy: policy.name.clone(),
+                rule,
+                glob,
                 source,
-            })?)
-        };
-        let methods = if cfg.methods.is_empty() {
-            None
-        } else {
-            Some(
-                cfg.methods
-                    .iter()
-                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                    .collect(),
-            )
-        };
-        let action = if cfg.deny {
-            Action::Deny
-        } else if let Some(req) = &cfg.require {
-            Action::Require {
-                providers: req.providers.iter().map(|p| p.as_str().into()).collect(),
-                claims: req
-                    .claims
-                    .iter()
-                    .map(|(p, c)| (ClaimPath::new(p), Condition::from(c)))
-                    .collect(),
             }
-        } else {
-            Action::Anonymous
+        };
+        // `*` and `**` alone mean every path (request paths start with '/').
+        let patterns: Option<Vec<&str>> = cfg.paths.iter().map(|g| g.pattern()).collect();
+        let paths = match patterns {
+            Some(patterns) if !patterns.is_empty() => {
+                let mut b = GlobSetBuilder::new();
+                let build = |p: &str| {
+                    GlobBuilder::new(p)
+                        .literal_separator(true)
+                        .case_insensitive(policy.path.case_insensitive)
+                        .build()
+                };
+                for p in patterns {
+                    b.add(build(p).map_err(glob_error(p))?);
+                    // `/admin/**` also covers `/admin` itself, as users expect.
+                    if let Some(base) = p.strip_suffix("/**")
+                        && !base.is_empty()
+                    {
+                        b.add(build(base).map_err(glob_error(base))?);
+                    }
+                }
+                Some(b.build().map_err(glob_error(&cfg.paths.len().to_string()))?)
+            }
+            _ => None,
+        };
+        let methods = (!cfg.methods.is_empty()).then(|| {
+            let mut ms: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
+            // Frameworks answer HEAD with the GET handler: a GET rule covers HEAD.
+            if ms.contains(&Method::GET) && !ms.contains(&Method::HEAD) {
+                ms.push(Method::HEAD);
+            }
+            ms
+        });
+        let action = match &cfg.action {
+            RuleAction::Anonymous => Action::Anonymous,
+            RuleAction::Deny => Action::Deny,
+            RuleAction::Require(req) => Action::Require {
+                providers: req.providers.iter().map(|p| p.as_str().into()).collect(),
+                claims: req.claims.iter().map(|(p, c)| (p.clone(), c.clone())).collect(),
+            },
         };
         Ok(Self {
             name: cfg.name.as_str().into(),
             paths,
             methods,
             action,
-            mode: cfg.mode.unwrap_or(mode),
+            mode: cfg.mode.unwrap_or(policy.mode),
         })
     }
 
@@ -187,32 +195,28 @@ impl Rule {
             && self.paths.as_ref().is_none_or(|g| g.is_match(path))
     }
 
-    /// Whether this rule needs a token at all.
-    pub fn needs_token(&self) -> bool {
-        matches!(self.action, Action::Require { .. })
-    }
-
     /// Checks a verified token against the rule's requirements.
     pub fn authorize(&self, token: &VerifiedToken) -> Result<(), Refusal> {
         match &self.action {
             Action::Anonymous => Ok(()),
             Action::Deny => Err(Refusal {
-                reason: "rule_denies",
+                reason: Reason::RuleDenies,
                 detail: format!("rule {} denies every request it matches", self.name),
             }),
             Action::Require { providers, claims } => {
-                if !providers.is_empty() && !providers.contains(&token.provider) {
+                if !providers.is_empty() && !providers.contains(token.provider_name()) {
                     return Err(Refusal {
-                        reason: "provider_not_allowed",
+                        reason: Reason::ProviderNotAllowed,
                         detail: format!(
                             "tokens from provider {} are not accepted by rule {}",
-                            token.provider, self.name
+                            token.provider_name(),
+                            self.name
                         ),
                     });
                 }
                 for (path, cond) in claims {
                     cond.check(path, &token.claims).map_err(|detail| Refusal {
-                        reason: "claim_mismatch",
+                        reason: Reason::ClaimMismatch,
                         detail,
                     })?;
                 }

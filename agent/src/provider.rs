@@ -16,11 +16,11 @@ pub use metrics::{ProviderMetricFamilies, ProviderMetrics};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::Algorithm;
 
 use crate::config::ProviderConfig;
 
@@ -41,6 +41,12 @@ pub enum ProviderError {
         #[source]
         source: std::io::Error,
     },
+    #[error("provider {provider}: hs_secret_file {path}: {why}")]
+    BadSecret {
+        provider: String,
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl ProviderError {
@@ -48,7 +54,7 @@ impl ProviderError {
         match self {
             Self::Fetch { source, .. } => source.kind(),
             Self::Jwks { .. } => "bad_jwks",
-            Self::Secret { .. } => "config",
+            Self::Secret { .. } | Self::BadSecret { .. } => "config",
         }
     }
 }
@@ -57,10 +63,14 @@ impl ProviderError {
 pub struct Provider {
     pub name: Arc<str>,
     pub cfg: ProviderConfig,
-    pub algorithms: Vec<Algorithm>,
     keys: ArcSwap<KeySet>,
-    /// Configured shared secrets for HS* (never from the JWKS).
-    hs_keys: Vec<Arc<Key>>,
+    /// Configured shared secrets for HS* (never from the JWKS), re-read on reload.
+    hs_keys: ArcSwap<Vec<Arc<Key>>>,
+    /// Numbers fetches as they start; a fetch installs its keys only if no
+    /// later-started fetch installed first, so a slow old answer never
+    /// replaces a newer key set (and brings back a removed key).
+    fetch_seq: AtomicU64,
+    installed_seq: Mutex<u64>,
     fetcher: fetch::Fetcher,
     disk_file: PathBuf,
     jwks_uri: Mutex<Option<String>>,
@@ -90,34 +100,15 @@ impl Provider {
             provider: cfg.name.clone(),
             source,
         })?;
-        let algorithms: Vec<Algorithm> = cfg.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
-        let mut hs_keys = Vec::new();
-        if let Some(path) = &cfg.hs_secret_file {
-            let secret = std::fs::read(path).map_err(|source| ProviderError::Secret {
-                provider: cfg.name.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            let secret = secret.trim_ascii();
-            for alg in algorithms
-                .iter()
-                .filter(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
-            {
-                let key = Key::from_secret(secret, *alg).map_err(|why| ProviderError::Jwks {
-                    provider: cfg.name.clone(),
-                    url: path.display().to_string(),
-                    why,
-                })?;
-                hs_keys.push(Arc::new(key));
-            }
-        }
+        let hs_keys = read_secret(&cfg)?;
         let provider = Self {
             disk_file: disk::path(state_dir, &cfg.name),
             jwks_uri: Mutex::new(cfg.jwks_uri.clone()),
             name,
-            algorithms,
             keys: ArcSwap::from_pointee(KeySet::default()),
-            hs_keys,
+            hs_keys: ArcSwap::from_pointee(hs_keys),
+            fetch_seq: AtomicU64::new(0),
+            installed_seq: Mutex::new(0),
             fetcher,
             on_demand: tokio::sync::Mutex::new(None),
             metrics,
@@ -137,13 +128,45 @@ impl Provider {
         }
     }
 
-    pub fn hs_keys(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<Key>> {
-        self.hs_keys.iter().filter(move |k| k.alg == alg)
+    /// The shared-secret keys (one per configured HS algorithm).
+    pub fn hs_keys(&self) -> Arc<Vec<Arc<Key>>> {
+        self.hs_keys.load_full()
+    }
+
+    /// Re-reads `hs_secret_file` (on reload: SIGHUP or a change of the file).
+    /// Returns whether the secret changed; tokens verified with the old one
+    /// stop counting as cache hits ([`Provider::still_trusts`]).
+    pub fn reload_secret(&self) -> Result<bool, ProviderError> {
+        if self.cfg.hs_secret_file.is_none() {
+            return Ok(false);
+        }
+        let fresh = read_secret(&self.cfg)?;
+        let current = self.hs_keys.load();
+        let same = fresh.len() == current.len() && fresh.iter().zip(current.iter()).all(|(a, b)| a.same_key(b));
+        if !same {
+            tracing::info!(provider = %self.name, "hs_secret_file changed: the new secret verifies from now on");
+            self.hs_keys.store(Arc::new(fresh));
+        }
+        Ok(!same)
+    }
+
+    /// Whether `key` would verify a token of this provider right now: it is
+    /// one of the current secrets, or in the current, not-too-stale key set.
+    /// A cached verification counts only while this holds.
+    pub fn still_trusts(&self, key: &Arc<Key>) -> bool {
+        if key.alg.is_hmac() {
+            return self.hs_keys.load().iter().any(|k| Arc::ptr_eq(k, key));
+        }
+        let keys = self.keys();
+        match &key.kid {
+            Some(kid) => keys.by_kid(kid).is_some_and(|k| Arc::ptr_eq(k, key)),
+            None => keys.for_alg(key.alg).any(|k| Arc::ptr_eq(k, key)),
+        }
     }
 
     /// Ready means this provider can verify tokens now.
     pub fn is_ready(&self) -> bool {
-        !self.keys().is_empty() || !self.hs_keys.is_empty()
+        !self.keys().is_empty() || !self.hs_keys.load().is_empty()
     }
 
     /// Seconds since the keys were fetched from the provider, if ever.
@@ -173,7 +196,7 @@ impl Provider {
             return;
         }
         let doc = snap.jwks.to_string();
-        match KeySet::parse(doc.as_bytes(), &self.algorithms, None, Some(snap.fetched_at())) {
+        match KeySet::parse(doc.as_bytes(), &self.cfg.algorithms, None, Some(snap.fetched_at())) {
             Ok(set) => {
                 tracing::info!(provider = %self.name, keys = set.len(), age_s = age(snap.fetched_at()).as_secs(), "loaded JWKS from disk");
                 self.install(set);
@@ -195,6 +218,23 @@ impl Provider {
         self.keys.store(Arc::new(set));
     }
 
+    /// Installs the key set of fetch number `seq` unless a fetch that started
+    /// later already installed its own. Returns whether it was installed.
+    fn install_fetched(&self, seq: u64, set: KeySet) -> bool {
+        let Ok(mut last) = self.installed_seq.lock() else {
+            return false;
+        };
+        if seq < *last {
+            tracing::debug!(provider = %self.name, seq, newer = *last, "an older JWKS fetch finished last; not installed");
+            return false;
+        }
+        *last = seq;
+        // Against what is installed now, not what the fetch started from.
+        set.revoke_missing_from(&self.keys.load());
+        self.install(set);
+        true
+    }
+
     /// Fetches discovery (when no jwks_uri is configured) and the JWKS, and
     /// installs the new keys. Returns the provider's suggested freshness.
     pub async fn refresh(&self) -> Result<Option<Duration>, ProviderError> {
@@ -214,6 +254,7 @@ impl Provider {
             provider: self.cfg.name.clone(),
             source,
         };
+        let seq = self.fetch_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let configured = self.cfg.jwks_uri.clone();
         let (jwks_uri, discovery_age) = match configured {
             Some(u) => (u, None),
@@ -222,7 +263,7 @@ impl Provider {
         let doc = self.fetcher.get(&jwks_uri).await.map_err(wrap)?;
         let now = SystemTime::now();
         let previous = self.keys.load_full();
-        let set = KeySet::parse(&doc.body, &self.algorithms, Some(&previous), Some(now)).map_err(|why| {
+        let set = KeySet::parse(&doc.body, &self.cfg.algorithms, Some(&previous), Some(now)).map_err(|why| {
             ProviderError::Jwks {
                 provider: self.cfg.name.clone(),
                 url: jwks_uri.clone(),
@@ -238,8 +279,16 @@ impl Provider {
             });
         }
         let changed = previous.len() != set.len() || set.kids().zip(previous.kids()).any(|(a, b)| a != b);
+        let kids: Vec<String> = set.kids().map(String::from).collect();
+        let max_age = match (doc.max_age, discovery_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !self.install_fetched(seq, set) {
+            return Ok(max_age);
+        }
         if changed {
-            tracing::info!(provider = %self.name, keys = set.len(), kids = ?set.kids().collect::<Vec<_>>(), "JWKS installed");
+            tracing::info!(provider = %self.name, keys = kids.len(), ?kids, "JWKS installed");
         }
         if let Ok(jwks) = serde_json::from_slice::<serde_json::Value>(&doc.body) {
             let snap = disk::Snapshot {
@@ -255,12 +304,7 @@ impl Provider {
         if let Ok(mut u) = self.jwks_uri.lock() {
             *u = Some(jwks_uri);
         }
-        set.revoke_missing_from(&previous);
-        self.install(set);
-        Ok(match (doc.max_age, discovery_age) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok(max_age)
     }
 
     /// For a token whose `kid` is unknown (or when no keys are held): refetch
@@ -316,6 +360,32 @@ impl Provider {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The shared-secret keys of `cfg`: one per configured HS algorithm.
+fn read_secret(cfg: &ProviderConfig) -> Result<Vec<Arc<Key>>, ProviderError> {
+    let Some(path) = &cfg.hs_secret_file else {
+        return Ok(Vec::new());
+    };
+    let secret = std::fs::read(path).map_err(|source| ProviderError::Secret {
+        provider: cfg.name.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    let secret = secret.trim_ascii();
+    cfg.algorithms
+        .iter()
+        .filter(|a| a.is_hmac())
+        .map(|alg| {
+            Key::from_secret(secret, *alg)
+                .map(Arc::new)
+                .map_err(|why| ProviderError::BadSecret {
+                    provider: cfg.name.clone(),
+                    path: path.clone(),
+                    why,
+                })
+        })
+        .collect()
 }
 
 fn age(t: SystemTime) -> Duration {

@@ -1,27 +1,38 @@
 //! The data path: one listener per workload, HTTP/1.1 and h2c from the same
-//! socket, the request pipeline (header hygiene → decision → audit/metrics →
-//! forward or refuse), connection limits and graceful drain.
+//! socket, the request pipeline (`inbound.rs`: header hygiene → normalise →
+//! decide → audit/metrics → refuse, or add verified identity and forward),
+//! connection limits and graceful drain.
 //!
-//! The decision itself is `authz.rs`; the live configuration is `state.rs`.
+//! [`Context`] is what every request shares. The decision itself is
+//! `authz.rs`; the configuration a request sees is one `snapshot::Snapshot`.
 
-mod body;
 mod conn;
+mod error;
 pub mod headers;
+mod inbound;
+pub mod metrics;
 mod respond;
-mod service;
 pub mod upstream;
+
+pub use inbound::admit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::app::Shared;
+use self::headers::RequestIds;
+use self::metrics::{ProxyMetrics, WorkloadMetrics};
+use crate::audit::Audit;
+use crate::authz::CacheCounters;
+use crate::drain;
+use crate::snapshot::Snapshot;
+use crate::token_cache::TokenCache;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -32,11 +43,43 @@ pub fn full(b: Bytes) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// Accepts connections for `workload` until `stop` turns true, then stops
-/// accepting and drains in-flight requests for up to the drain timeout.
-pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// What every connection and request shares.
+pub struct Context {
+    /// The configuration now; a request loads it once.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub cache: TokenCache,
+    pub metrics: ProxyMetrics,
+    cache_counters: CacheCounters,
+    pub request_ids: RequestIds,
+    pub audit: Audit,
+}
+
+impl Context {
+    pub fn new(snapshot: Snapshot, cache: TokenCache, metrics: ProxyMetrics, audit: Audit) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            cache,
+            cache_counters: metrics.cache_counters(),
+            metrics,
+            request_ids: RequestIds::default(),
+            audit,
+        }
+    }
+}
+
+/// One workload's listener: where its allowed requests go and its metrics.
+pub struct Endpoint {
+    pub workload: Arc<str>,
+    pub client: Arc<upstream::Client>,
+    pub metrics: WorkloadMetrics,
+}
+
+/// Accepts connections for `endpoint` until `drain` is signalled, then
+/// stops accepting and drains in-flight requests for up to the drain timeout.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint, mut drain: drain::Watch) {
+    let endpoint = Arc::new(endpoint);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let limits = shared.state.load().config.limits.clone();
+    let limits = ctx.snapshot.load().config.limits.clone();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -53,21 +96,20 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
         .max_local_error_reset_streams(Some(64))
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
-    let connections = shared.metrics.connections.with_label_values(&[&*workload]);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(workload = %workload, error = %e, "accept failed");
+                    tracing::warn!(workload = %endpoint.workload, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            () = drain.signaled() => break,
         };
-        connections.inc();
+        endpoint.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else { continue };
         // A dual-stack listener (steered pods with IPv6) reports IPv4 peers as
@@ -75,13 +117,7 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let (peer, local) = (canonical(peer), canonical(local));
         let activity = conn::Activity::new();
-        let svc = service::Service {
-            shared: shared.clone(),
-            workload: workload.clone(),
-            client: peer,
-            local,
-            activity: activity.clone(),
-        };
+        let svc = inbound::Service::new(ctx.clone(), endpoint.clone(), peer, local, activity.clone());
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let conn = graceful.watch(conn);
         let idle = limits.idle_timeout;
@@ -92,9 +128,9 @@ pub async fn serve(listener: TcpListener, workload: Arc<str>, shared: Arc<Shared
         });
     }
     drop(listener);
-    let drain = shared.state.load().config.limits.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(workload = %workload, "drain timeout: closing remaining connections");
+    let drain_timeout = ctx.snapshot.load().config.limits.drain_timeout;
+    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(workload = %endpoint.workload, "drain timeout: closing remaining connections");
     }
 }
 

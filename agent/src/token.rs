@@ -5,18 +5,21 @@
 
 mod claims;
 mod jose;
+mod source;
 #[cfg(test)]
 mod tests;
 
 pub use claims::NumericDate;
+pub use source::{Found, Malformed, Source, Sources};
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use crate::config::Algorithm;
 use crate::provider::{Key, KeySet, Provider, Providers};
+use crate::reason::Reason;
 
 /// Why a token was refused. `reason()` is the stable machine-readable code
 /// (metrics label, JSON body); `Display` is the human-readable detail.
@@ -36,6 +39,8 @@ pub enum TokenError {
     AlgorithmNotAllowed(String),
     #[error("critical header parameters not understood: {0}")]
     UnknownCrit(String),
+    #[error("token type (typ) {0} is not accepted")]
+    TypeNotAllowed(String),
     #[error("issuer {0:?} is not a configured provider")]
     UnknownIssuer(String),
     #[error("provider {0} has no usable keys (JWKS unavailable)")]
@@ -61,36 +66,43 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::TooLarge { .. } => "token_too_large",
-            Self::Malformed(_) | Self::BadHeader(_) | Self::BadClaims(_) => "malformed_token",
-            Self::Encrypted => "unsupported_token",
-            Self::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
-            Self::UnknownCrit(_) => "unknown_crit",
-            Self::UnknownIssuer(_) => "unknown_issuer",
-            Self::NoKeys(_) => "no_keys",
-            Self::UnknownKid(_) => "unknown_kid",
-            Self::AlgorithmMismatch { .. } => "algorithm_mismatch",
-            Self::BadSignature => "bad_signature",
-            Self::Expired(_) => "token_expired",
-            Self::NotYetValid(_) => "token_not_yet_valid",
-            Self::IssuedInFuture(_) => "token_issued_in_future",
-            Self::WrongAudience { .. } => "wrong_audience",
+            Self::TooLarge { .. } => Reason::TokenTooLarge,
+            Self::Malformed(_) | Self::BadHeader(_) | Self::BadClaims(_) => Reason::MalformedToken,
+            Self::Encrypted => Reason::UnsupportedToken,
+            Self::AlgorithmNotAllowed(_) => Reason::AlgorithmNotAllowed,
+            Self::UnknownCrit(_) => Reason::UnknownCrit,
+            Self::TypeNotAllowed(_) => Reason::TokenTypeNotAllowed,
+            Self::UnknownIssuer(_) => Reason::UnknownIssuer,
+            Self::NoKeys(_) => Reason::NoKeys,
+            Self::UnknownKid(_) => Reason::UnknownKid,
+            Self::AlgorithmMismatch { .. } => Reason::AlgorithmMismatch,
+            Self::BadSignature => Reason::BadSignature,
+            Self::Expired(_) => Reason::TokenExpired,
+            Self::NotYetValid(_) => Reason::TokenNotYetValid,
+            Self::IssuedInFuture(_) => Reason::TokenIssuedInFuture,
+            Self::WrongAudience { .. } => Reason::WrongAudience,
         }
     }
 }
 
-/// A token whose signature and registered claims were checked.
+/// A token whose signature and registered claims were checked. Its
+/// audience is checked per request ([`VerifiedToken::check_audience`]): a
+/// workload's policy may accept other audiences than the provider's.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    pub provider: Arc<str>,
+    /// The provider that verified it: a cache hit counts only while this is
+    /// still the provider for the issuer and still holds [`Self::key`].
+    pub provider: Arc<Provider>,
     pub iss: String,
     pub sub: Option<String>,
     /// Expiry, whole seconds since the epoch (rounded down).
     pub exp: u64,
+    /// The audience, from the provider's first `audience_claims` claim present.
+    pub audiences: Vec<String>,
     pub claims: Map<String, Value>,
-    /// The key that verified it; a revoked key invalidates cached entries.
+    /// The key that verified it.
     pub key: Arc<Key>,
 }
 
@@ -98,12 +110,34 @@ impl VerifiedToken {
     pub fn email(&self) -> Option<&str> {
         self.claims.get("email").and_then(Value::as_str)
     }
+
+    /// The name of the provider that verified it.
+    pub fn provider_name(&self) -> &Arc<str> {
+        &self.provider.name
+    }
+
+    /// `Ok` when the audience holds one of `expected` (exactly).
+    pub fn check_audience(&self, expected: &[String]) -> Result<(), TokenError> {
+        if self.audiences.iter().any(|a| expected.contains(a)) {
+            return Ok(());
+        }
+        let found = if self.audiences.is_empty() {
+            "(none)".to_string()
+        } else {
+            claims::short(&serde_json::to_string(&self.audiences).unwrap_or_default())
+        };
+        Err(TokenError::WrongAudience {
+            found,
+            expected: format!("{expected:?}"),
+        })
+    }
 }
 
 /// A compact JWS split and decoded, not yet verified.
 pub struct Jws<'t> {
     pub alg: String,
     pub kid: Option<String>,
+    pub typ: Option<String>,
     pub claims: Map<String, Value>,
     signing_input: &'t str,
     signature: &'t str,
@@ -146,6 +180,11 @@ impl<'t> Jws<'t> {
             Some(Value::String(k)) => Some(k.clone()),
             Some(_) => return Err(TokenError::BadHeader("kid is not a string".into())),
         };
+        let typ = match header.get("typ") {
+            None => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => return Err(TokenError::BadHeader("typ is not a string".into())),
+        };
         if let Some(crit) = header.get("crit") {
             // RFC 7515 §4.1.11: a list of names, non-empty, each understood.
             let list = crit
@@ -168,6 +207,7 @@ impl<'t> Jws<'t> {
         Ok(Self {
             alg,
             kid,
+            typ,
             claims,
             signing_input: &token[..h.len() + 1 + c.len()],
             signature: s,
@@ -184,20 +224,28 @@ impl<'t> Jws<'t> {
 
     /// Verifies the signature with `provider`'s keys and checks the claims.
     /// `Err(UnknownKid)` tells the caller a JWKS refetch may help.
-    pub fn verify(self, provider: &Provider, keys: &KeySet, now: SystemTime) -> Result<VerifiedToken, TokenError> {
-        let alg: Algorithm = self
-            .alg
-            .parse()
-            .ok()
-            .filter(|a| provider.algorithms.contains(a))
+    pub fn verify(self, provider: &Arc<Provider>, keys: &KeySet, now: SystemTime) -> Result<VerifiedToken, TokenError> {
+        let alg = Algorithm::parse(&self.alg)
+            .filter(|a| provider.cfg.algorithms.contains(a))
             .ok_or_else(|| TokenError::AlgorithmNotAllowed(truncate(&self.alg, ECHO_MAX)))?;
+        if let Some(allowed) = &provider.cfg.typ
+            && !self.typ.as_deref().is_some_and(|t| type_matches(t, allowed))
+        {
+            let shown = self
+                .typ
+                .as_deref()
+                .map_or("(none)".to_string(), |t| format!("{:?}", truncate(t, ECHO_MAX)));
+            return Err(TokenError::TypeNotAllowed(shown));
+        }
         let signature =
             jose::b64(self.signature).ok_or(TokenError::Malformed("signature is not canonical base64url"))?;
         let signature = signature.as_slice();
         let message = self.signing_input.as_bytes();
-        let key = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        let key = if alg.is_hmac() {
             provider
-                .hs_keys(alg)
+                .hs_keys()
+                .iter()
+                .filter(|k| k.alg == alg)
                 .find(|k| k.verify(message, signature))
                 .cloned()
                 .ok_or(TokenError::BadSignature)?
@@ -210,7 +258,7 @@ impl<'t> Jws<'t> {
             if key.alg != alg {
                 return Err(TokenError::AlgorithmMismatch {
                     kid: kid.clone(),
-                    key_alg: format!("{:?}", key.alg),
+                    key_alg: key.alg.to_string(),
                     token_alg: self.alg.clone(),
                 });
             }
@@ -227,10 +275,11 @@ impl<'t> Jws<'t> {
         };
         let checked = claims::check(&self.claims, provider, now)?;
         Ok(VerifiedToken {
-            provider: provider.name.clone(),
+            provider: provider.clone(),
             iss: provider.cfg.issuer.clone(),
             sub: checked.sub,
             exp: checked.exp,
+            audiences: checked.audiences,
             claims: self.claims,
             key,
         })
@@ -248,18 +297,24 @@ pub async fn validate(token: &str, providers: &Providers, max_len: usize) -> Res
         .clone();
     let keys = provider.keys();
     let missing = keys.is_empty() || jws.kid.as_deref().is_some_and(|k| keys.by_kid(k).is_none());
-    let is_hs = jws.alg.starts_with("HS");
-    if missing
-        && !is_hs
-        && jws
-            .alg
-            .parse::<Algorithm>()
-            .is_ok_and(|a| provider.algorithms.contains(&a))
-        && provider.refetch_on_demand().await
-    {
+    let refetchable = Algorithm::parse(&jws.alg).is_some_and(|a| !a.is_hmac() && provider.cfg.algorithms.contains(&a));
+    if missing && refetchable && provider.refetch_on_demand().await {
         return jws.verify(&provider, &provider.keys(), SystemTime::now());
     }
     jws.verify(&provider, &keys, SystemTime::now())
+}
+
+/// RFC 8725 §3.11 / RFC 9068 §2.1: `at+jwt` and `application/at+jwt` are one type.
+fn type_matches(typ: &str, allowed: &[String]) -> bool {
+    let strip = |t: &str| {
+        let t = t.trim();
+        t.get(..12)
+            .filter(|p| p.eq_ignore_ascii_case("application/"))
+            .map_or(t, |_| &t[12..])
+            .to_ascii_lowercase()
+    };
+    let typ = strip(typ);
+    allowed.iter().any(|a| strip(a) == typ)
 }
 
 /// Most characters of an attacker-chosen value (kid, alg, iss, crit names,

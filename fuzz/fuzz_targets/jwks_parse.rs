@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use jsonwebtoken::Algorithm;
+use nodeward::config::Algorithm;
 use libfuzzer_sys::fuzz_target;
 use nodeward::provider::KeySet;
 

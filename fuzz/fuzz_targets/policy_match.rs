@@ -6,12 +6,10 @@
 use std::sync::{Arc, LazyLock};
 
 use http::{HeaderMap, Method};
-use jsonwebtoken::Algorithm;
 use libfuzzer_sys::fuzz_target;
-use nodeward::config::Config;
+use nodeward::config::{Algorithm, Config};
 use nodeward::policy::Policy;
-use nodeward::provider::Key;
-use nodeward::proxy::headers;
+use nodeward::provider::{Key, Provider, ProviderMetrics};
 use nodeward::token::VerifiedToken;
 
 const CONFIG: &str = r#"
@@ -50,6 +48,18 @@ static POLICY: LazyLock<Policy> = LazyLock::new(|| {
     Policy::compile(&cfg.policies[0]).expect("fixed policy")
 });
 static KEY: LazyLock<Arc<Key>> = LazyLock::new(|| Arc::new(Key::from_secret(&[7; 32], Algorithm::HS256).expect("key")));
+/// The two providers of the fixed config (no network: nothing is fetched).
+static PROVIDERS: LazyLock<Vec<Arc<Provider>>> = LazyLock::new(|| {
+    let cfg = Config::parse(CONFIG, std::path::Path::new("fuzz.yaml")).expect("fixed config");
+    let dir = std::env::temp_dir().join("nodeward-fuzz-policy");
+    cfg.providers
+        .into_iter()
+        .map(|p| {
+            let name = p.name.clone();
+            Arc::new(Provider::new(p, &dir, ProviderMetrics::unregistered(&name)).expect("provider"))
+        })
+        .collect()
+});
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.splitn(3, |&b| b == b'\n');
@@ -71,24 +81,25 @@ fuzz_target!(|data: &[u8]| {
     let Some(rule) = policy.matching_rule(&method, path) else {
         return;
     };
-    let provider: Arc<str> = if claims.contains_key("partner") {
-        "partner".into()
-    } else {
-        "corp".into()
-    };
+    let provider = PROVIDERS[usize::from(claims.contains_key("partner"))].clone();
     let token = VerifiedToken {
+        iss: provider.cfg.issuer.clone(),
         provider,
-        iss: "https://idp.fuzz.test".into(),
         sub: claims.get("sub").and_then(|s| s.as_str()).map(String::from),
         exp: 1_800_000_000,
+        audiences: vec!["orders".into()],
         claims,
         key: KEY.clone(),
     };
-    let _ = rule.needs_token();
     if let Err(refusal) = rule.authorize(&token) {
-        assert!(!refusal.reason.is_empty());
+        assert!(!refusal.reason.allows());
     }
     let mut h = HeaderMap::new();
-    headers::strip_identity(&mut h, policy);
-    headers::add_identity(&mut h, policy, &token);
+    nodeward::strip_identity(&mut h, policy);
+    // Every identity header built is a valid value, or the request is refused.
+    if let Ok(identity) = nodeward::identity_headers(policy, &token) {
+        for (name, value) in identity {
+            h.insert(name, value);
+        }
+    }
 });

@@ -8,7 +8,9 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use nodeward::config::{ProviderConfig, RefreshConfig, TokenSource};
+use std::sync::Arc;
+
+use nodeward::config::{Algorithm, ProviderConfig, RefreshConfig, TokenSource};
 use nodeward::provider::{KeySet, Provider, ProviderMetrics};
 use nodeward::token::Jws;
 
@@ -21,7 +23,7 @@ const JWKS: &str = r#"{"keys":[
 ]}"#;
 
 struct Fixture {
-    provider: Provider,
+    provider: Arc<Provider>,
     keys: KeySet,
 }
 
@@ -34,19 +36,26 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         name: "corp".into(),
         issuer: "https://idp.fuzz.test".into(),
         audiences: vec!["orders".into()],
+        audience_claims: vec!["aud".into()],
         jwks_uri: None,
         ca_file: None,
-        algorithms: ["RS256", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
-            .map(String::from)
-            .to_vec(),
+        algorithms: vec![
+            Algorithm::RS256,
+            Algorithm::PS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::HS256,
+        ],
         hs_secret_file: Some(secret),
         allow_insecure_http: false,
         refresh: RefreshConfig::default(),
         clock_skew: Duration::from_secs(60),
-        token_from: TokenSource::default(),
+        typ: None,
+        token_from: vec![TokenSource::default()],
     };
-    let provider = Provider::new(cfg, &dir, ProviderMetrics::unregistered("corp")).expect("provider");
-    let keys = KeySet::parse(JWKS.as_bytes(), &provider.algorithms, None, Some(SystemTime::now())).expect("jwks");
+    let provider = Arc::new(Provider::new(cfg, &dir, ProviderMetrics::unregistered("corp")).expect("provider"));
+    let keys = KeySet::parse(JWKS.as_bytes(), &provider.cfg.algorithms, None, Some(SystemTime::now())).expect("jwks");
     assert_eq!(keys.len(), 3, "{:?}", keys.skipped);
     Fixture { provider, keys }
 });

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use nodeward::app::Agent;
 use nodeward::config::Config;
+use nodeward::{Agent, Audit};
 use nodeward_dev_idp::{DevIdp, MintRequest};
 
 /// A dev IdP serving on 127.0.0.1 with a random port.
@@ -235,7 +235,7 @@ impl TestAgent {
     /// Starts with a given state directory (to test the disk copy across restarts).
     pub async fn start_in(yaml: &str, state_dir: tempfile::TempDir) -> Self {
         let config = Self::config(yaml, state_dir.path());
-        let agent = Agent::start(config).await.expect("agent starts");
+        let agent = Agent::start(config, Audit::tracing()).await.expect("agent starts");
         Self { agent, state_dir }
     }
 
@@ -260,12 +260,12 @@ impl TestAgent {
     /// Waits (bounded) until /readyz says ready.
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
-            if self.agent.shared().not_ready().is_empty() {
+            if self.agent.not_ready().is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("agent not ready after 5s: {:?}", self.agent.shared().not_ready());
+        panic!("agent not ready after 5s: {:?}", self.agent.not_ready());
     }
 
     /// The Prometheus text from /metrics.

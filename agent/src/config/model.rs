@@ -1,6 +1,8 @@
-//! The typed configuration model. Every field has a default except the ones
-//! a user must decide (issuer, audiences, names); unknown keys are errors so
-//! a typo never silently disables a check.
+//! The typed configuration model's top level: admin address, limits, the
+//! token cache, workloads, Kubernetes and eBPF settings (providers are in
+//! `provider.rs`, policies in `policy.rs`). Every field has a default except
+//! the ones a user must decide (issuer, audiences, names); unknown keys are
+//! errors so a typo never silently disables a check.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::{PolicyConfig, ProviderConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +36,11 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     #[serde(default)]
     pub ebpf: EbpfConfig,
+    /// Peers whose `X-Forwarded-For`, `X-Real-IP` and `Forwarded` headers
+    /// are believed (a load balancer in front of the node). From anyone
+    /// else those headers are replaced with what nodeward saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// eBPF steering (workloads with `netns`).
@@ -130,202 +139,6 @@ impl Default for TokenCacheConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub name: String,
-    /// Compared byte for byte with the token's `iss` and the discovery document's `issuer`.
-    pub issuer: String,
-    /// The token's `aud` must contain at least one of these.
-    pub audiences: Vec<String>,
-    /// Skips discovery when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_uri: Option<String>,
-    /// PEM bundle trusted for this provider's HTTPS endpoints instead of the system roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Signature algorithms accepted; a key is also pinned to its own `alg`.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// Shared secret file for HS256/384/512; HS* tokens are refused without it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hs_secret_file: Option<PathBuf>,
-    /// Plain http is allowed for loopback issuers only, unless this is set.
-    #[serde(default)]
-    pub allow_insecure_http: bool,
-    #[serde(default)]
-    pub refresh: RefreshConfig,
-    /// Tolerance for `exp`, `nbf` and `iat`.
-    #[serde(default = "default_skew", with = "humantime_serde")]
-    pub clock_skew: Duration,
-    /// Where the token is read from.
-    #[serde(default)]
-    pub token_from: TokenSource,
-}
-
-pub fn default_algorithms() -> Vec<String> {
-    [
-        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn default_skew() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// How the JWKS is kept fresh.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RefreshConfig {
-    /// Lower bound on the refresh interval, whatever Cache-Control says.
-    #[serde(with = "humantime_serde")]
-    pub min_interval: Duration,
-    /// Upper bound on the refresh interval, and the interval when the provider sends no max-age.
-    #[serde(with = "humantime_serde")]
-    pub max_interval: Duration,
-    /// Keys older than this (refreshes failing) are dropped: requests fail closed.
-    #[serde(with = "humantime_serde")]
-    pub max_staleness: Duration,
-    /// At most one refetch per this interval for a token whose `kid` is unknown.
-    #[serde(with = "humantime_serde")]
-    pub unknown_kid_cooldown: Duration,
-    /// Time limit on each discovery or JWKS fetch.
-    #[serde(with = "humantime_serde")]
-    pub fetch_timeout: Duration,
-    /// Size limit on each discovery or JWKS response body.
-    pub max_response_bytes: usize,
-}
-
-impl Default for RefreshConfig {
-    fn default() -> Self {
-        Self {
-            min_interval: Duration::from_secs(60),
-            max_interval: Duration::from_secs(3600),
-            max_staleness: Duration::from_secs(24 * 3600),
-            unknown_kid_cooldown: Duration::from_secs(10),
-            fetch_timeout: Duration::from_secs(5),
-            max_response_bytes: 512 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenSource {
-    /// Header holding the token.
-    #[serde(default = "default_token_header")]
-    pub header: String,
-    /// Case-insensitive scheme before the token; empty for a bare token.
-    #[serde(default = "default_token_prefix")]
-    pub prefix: String,
-}
-
-impl Default for TokenSource {
-    fn default() -> Self {
-        Self {
-            header: default_token_header(),
-            prefix: default_token_prefix(),
-        }
-    }
-}
-
-fn default_token_header() -> String {
-    "authorization".into()
-}
-
-fn default_token_prefix() -> String {
-    "Bearer".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Denials are enforced.
-    #[default]
-    Enforce,
-    /// Denials are logged and counted but the request goes through.
-    Audit,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    pub name: String,
-    /// Workloads whose labels include all of these get this policy.
-    #[serde(default, deserialize_with = "unique_keys")]
-    pub selector: BTreeMap<String, String>,
-    /// Ports this policy protects (eBPF steering); reverse-proxy workloads use their `listen`.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    /// Pods: besides `ports`, also protect every TCP `containerPort` the pod declares.
-    #[serde(default)]
-    pub container_ports: bool,
-    #[serde(default)]
-    pub mode: Mode,
-    /// First matching rule decides; no match denies.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-    /// Header name → claim path, added to allowed requests.
-    #[serde(default, deserialize_with = "unique_keys")]
-    pub forward_claims: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    /// Path globs (`*` within a segment, `**` across); empty means every path.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<String>,
-    /// HTTP methods; empty means every method.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// `anonymous`: no token needed (a token, if sent, is still validated for forwarding).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow: Option<Allow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub require: Option<Requirement>,
-    /// Deny every request this rule matches.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub deny: bool,
-    /// Overrides the policy's mode for this rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Mode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Allow {
-    Anonymous,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Requirement {
-    /// Providers whose tokens are accepted; empty means any configured provider.
-    #[serde(default)]
-    pub providers: Vec<String>,
-    /// Claim path (dots for nesting) → condition; all must hold.
-    #[serde(default, deserialize_with = "unique_keys")]
-    pub claims: BTreeMap<String, ClaimCondition>,
-}
-
-/// Exactly one of the fields is set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimCondition {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub equals: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub any_of: Option<Vec<serde_json::Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub all_of: Option<Vec<serde_json::Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WorkloadConfig {
     pub name: String,
     #[serde(default, deserialize_with = "unique_keys")]
@@ -396,20 +209,21 @@ impl KubernetesConfig {
 
 /// A map that refuses repeated keys: YAML parsers keep the last of two equal
 /// keys, which would silently weaken a rule (`groups` listed twice).
-fn unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+pub(super) fn unique_keys<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
 where
     D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + std::fmt::Display,
     V: Deserialize<'de>,
 {
-    struct Unique<V>(std::marker::PhantomData<V>);
-    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
-        type Value = BTreeMap<String, V>;
+    struct Unique<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de> + Ord + std::fmt::Display, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<K, V> {
+        type Value = BTreeMap<K, V>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a map")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
-            while let Some(key) = map.next_key::<String>()? {
+            while let Some(key) = map.next_key::<K>()? {
                 if out.contains_key(&key) {
                     return Err(serde::de::Error::custom(format_args!("duplicate key `{key}`")));
                 }

@@ -116,16 +116,18 @@ fn contract_example_parses_with_defaults_filled() {
     let p = &c.providers[0];
     assert_eq!((p.name.as_str(), p.issuer.as_str()), ("corp", "http://127.0.0.1:9000"));
     assert_eq!(p.audiences, ["orders"]);
+    let algs: Vec<&str> = p.algorithms.iter().map(|a| a.as_str()).collect();
     assert_eq!(
-        p.algorithms,
+        algs,
         [
-            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
         ]
     );
-    assert!(p.algorithms.iter().all(|a| !a.starts_with("HS") && a != "none"));
+    assert!(p.algorithms.iter().all(|a| !a.is_hmac()));
     assert_eq!(p.clock_skew, Duration::from_secs(60));
-    assert_eq!(p.token_from.header, "authorization");
-    assert_eq!(p.token_from.prefix, "Bearer");
+    assert_eq!(p.audience_claims, ["aud"]);
+    assert_eq!(p.typ, None);
+    assert_eq!(p.token_from, [TokenSource::default()]);
     assert!(!p.allow_insecure_http && p.jwks_uri.is_none() && p.hs_secret_file.is_none());
     assert_eq!(p.refresh, RefreshConfig::default());
 
@@ -134,16 +136,24 @@ fn contract_example_parses_with_defaults_filled() {
     assert_eq!(pol.ports, [8080]);
     let names: Vec<&str> = pol.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["health", "admin", "default"]);
-    assert_eq!(pol.rules[0].allow, Some(Allow::Anonymous));
-    assert_eq!(pol.rules[1].methods, ["POST", "DELETE"]);
-    let req = pol.rules[1].require.as_ref().expect("admin requires a token");
+    assert_eq!(pol.rules[0].action, RuleAction::Anonymous);
+    let methods: Vec<&str> = pol.rules[1].methods.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(methods, ["POST", "DELETE"]);
+    let RuleAction::Require(req) = &pol.rules[1].action else {
+        panic!("admin requires a token")
+    };
     assert_eq!(req.providers, ["corp"]);
+    let groups = ClaimPath::parse("groups").expect("path");
     assert_eq!(
-        req.claims["groups"].any_of,
-        Some(vec![serde_json::Value::from("admins")])
+        req.claims[&groups],
+        ClaimCondition::AnyOf(vec![serde_json::Value::from("admins")])
     );
-    assert!(pol.rules[2].paths.is_empty() && pol.rules[2].mode.is_none() && !pol.rules[2].deny);
-    assert_eq!(pol.forward_claims["x-user-email"], "email");
+    assert!(pol.rules[2].paths.is_empty() && pol.rules[2].mode.is_none());
+    assert!(matches!(pol.rules[2].action, RuleAction::Require(_)));
+    assert_eq!(pol.forward_claims["x-user-email"].claim.as_str(), "email");
+    assert_eq!(pol.forward_claims["x-user-email"].encoding, Encoding::Plain);
+    assert_eq!(pol.path, crate::path::PathOptions::default());
+    assert!(pol.audiences.is_empty() && !pol.forward_token);
 
     let w = &c.workloads[0];
     assert_eq!(w.listen, Some("127.0.0.1:15006".parse().expect("addr")));
@@ -250,10 +260,10 @@ fn validation_errors_name_key_and_reason() {
         ("providers[0].refresh", Some("{fetch_timeout: 0s}"), "providers[0].refresh", "fetch_timeout"),
         ("providers[0].token_from", Some("{header: 'bad header'}"), "providers[0].token_from.header", "not a valid header name"),
         ("policies[1]", Some("{name: orders, selector: {app: x}}"), "policies[1].name", "duplicate policy name \"orders\""),
-        ("policies[0].rules[1].allow", Some("anonymous"), "policies[0].rules[1].require", "exactly one of `allow: anonymous`, `require`, `deny: true`"),
-        ("policies[0].rules[0].deny", Some("true"), "policies[0].rules[0].require", "exactly one of"),
-        ("policies[0].rules[2].require", None, "policies[0].rules[2].require", "exactly one of"),
-        ("policies[0].rules[2].name", Some("''"), "policies[0].rules[2].name", "must not be empty"),
+        ("policies[0].rules[1].allow", Some("anonymous"), "policies[0].rules[1]", "rule \"admin\": set exactly one of `allow: anonymous`, `require`, `deny: true`"),
+        ("policies[0].rules[0].deny", Some("true"), "policies[0].rules[0]", "exactly one of"),
+        ("policies[0].rules[2].require", None, "policies[0].rules[2]", "exactly one of"),
+        ("policies[0].rules[2].name", Some("''"), "policies[0].rules[2]", "`name` must not be empty"),
         ("policies[0].rules[1].paths", Some("['/admin/[x']"), "policies[0].rules[1].paths[0]", "bad glob"),
         ("policies[0].rules[1].paths", Some("['/ok', 'admin/**']"), "policies[0].rules[1].paths[1]", "must start with '/'"),
         ("policies[0].rules[1].methods", Some("[POST, delete]"), "policies[0].rules[1].methods[1]", "\"delete\" is not an upper-case HTTP method"),
@@ -336,7 +346,7 @@ fn accepted_variants() {
     );
     assert_eq!(
         parse(&hs).expect("HS256 with a secret").providers[0].algorithms,
-        ["RS256", "HS256"]
+        [Algorithm::RS256, Algorithm::HS256]
     );
 }
 
@@ -373,7 +383,7 @@ fn to_yaml_round_trips() {
         "policies[0].rules[1].require.claims",
         Some(
             "{groups: {any_of: [admins, 7, true]}, level: {equals: 3.5}, email_verified: {equals: true}, \
-         'https://example.com/groups': {all_of: ['a', 'b']}, tenant: {present: false}, \
+         '[\"https://example.com/groups\"]': {all_of: ['a', 'b']}, tenant: {present: false}, \
          n: {equals: '123'}, t: {equals: 'true'}, z: {equals: 'null'}, e: {equals: ''}, \
          h: {equals: '# not a comment'}, c: {equals: 'a: b'}, f: {equals: '1e3'}, obj: {equals: {k: [1, 2]}}}",
         ),

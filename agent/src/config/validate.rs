@@ -1,16 +1,16 @@
-//! Checks that serde cannot express: cross references, URL schemes, globs,
-//! exactly-one-of fields. Each failure names the key it is about.
+//! Checks that serde cannot express: cross references, URL schemes, unique
+//! names, bounds that involve two fields. Each failure names the key it is
+//! about. The shapes of values (algorithms, globs, methods, claim paths,
+//! conditions, rule actions) were checked when they were read.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::{Config, ConfigError, KubernetesConfig, PolicyConfig, ProviderConfig, RuleConfig, WorkloadConfig};
-
-/// Algorithms the validator implements. `none` is deliberately absent.
-pub const KNOWN_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512",
-];
+use super::{
+    Config, ConfigError, KubernetesConfig, PolicyConfig, ProviderConfig, RuleAction, RuleConfig, TokenSource, Unbound,
+    WorkloadConfig, select_policy,
+};
 
 /// Headers a claim may not be forwarded as: the agent's own identity headers,
 /// and headers that frame or route the request (a claim must never decide
@@ -34,180 +34,233 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "proxy-authorization",
 ];
 
-pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
-    let err = |key: String, reason: String| ConfigError::invalid(file, key, reason);
+/// An invalid key: where and why.
+type Invalid = (String, String);
 
+pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
+    providers(c)
+        .and_then(|()| policies(c))
+        .and_then(|()| workloads(c))
+        .and_then(|()| validate_kubernetes(&c.kubernetes).map_err(|(k, r)| (format!("kubernetes.{k}"), r)))
+        .map_err(|(key, reason)| ConfigError::invalid(file, key, reason))
+}
+
+fn providers(c: &Config) -> Result<(), Invalid> {
     let mut names = HashSet::new();
     let mut issuers = HashSet::new();
     for (i, p) in c.providers.iter().enumerate() {
         let key = |k: &str| format!("providers[{i}].{k}");
         if p.name.is_empty() {
-            return Err(err(key("name"), "must not be empty".into()));
+            return Err((key("name"), "must not be empty".into()));
         }
         if !names.insert(p.name.as_str()) {
-            return Err(err(key("name"), format!("duplicate provider name {:?}", p.name)));
+            return Err((key("name"), format!("duplicate provider name {:?}", p.name)));
         }
         if !issuers.insert(p.issuer.as_str()) {
-            return Err(err(key("issuer"), format!("two providers share issuer {:?}", p.issuer)));
+            return Err((key("issuer"), format!("two providers share issuer {:?}", p.issuer)));
         }
-        check_url(p, &p.issuer).map_err(|r| err(key("issuer"), r))?;
+        check_url(p, &p.issuer).map_err(|r| (key("issuer"), r))?;
         if let Some(uri) = &p.jwks_uri {
-            check_url(p, uri).map_err(|r| err(key("jwks_uri"), r))?;
+            check_url(p, uri).map_err(|r| (key("jwks_uri"), r))?;
         }
         if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-            return Err(err(
+            return Err((
                 key("audiences"),
                 "list at least one non-empty audience: tokens for other services must not pass".into(),
             ));
         }
+        if p.audience_claims.is_empty() || p.audience_claims.iter().any(String::is_empty) {
+            return Err((
+                key("audience_claims"),
+                "list at least one claim name: the audience is always checked".into(),
+            ));
+        }
         if p.algorithms.is_empty() {
-            return Err(err(key("algorithms"), "must list at least one algorithm".into()));
+            return Err((key("algorithms"), "must list at least one algorithm".into()));
         }
-        for (j, a) in p.algorithms.iter().enumerate() {
-            if !KNOWN_ALGORITHMS.contains(&a.as_str()) {
-                return Err(err(
-                    format!("providers[{i}].algorithms[{j}]"),
-                    format!(
-                        "unknown or forbidden algorithm {a:?}; known: {}",
-                        KNOWN_ALGORITHMS.join(", ")
-                    ),
-                ));
-            }
-            if a.starts_with("HS") && p.hs_secret_file.is_none() {
-                return Err(err(
-                    format!("providers[{i}].algorithms[{j}]"),
-                    format!("{a} needs `hs_secret_file` (a shared secret), never a public key"),
-                ));
-            }
-        }
-        let r = &p.refresh;
-        if r.min_interval.is_zero() || r.min_interval > r.max_interval {
-            return Err(err(
-                key("refresh.min_interval"),
-                "must be above zero and not above refresh.max_interval".into(),
+        if let Some((j, a)) = p.algorithms.iter().enumerate().find(|(_, a)| a.is_hmac())
+            && p.hs_secret_file.is_none()
+        {
+            return Err((
+                format!("providers[{i}].algorithms[{j}]"),
+                format!("{a} needs `hs_secret_file` (a shared secret), never a public key"),
             ));
         }
-        if r.max_staleness < r.max_interval {
-            return Err(err(
-                key("refresh.max_staleness"),
-                "must be at least refresh.max_interval, or keys expire before the next refresh".into(),
-            ));
+        if p.typ
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.iter().any(String::is_empty))
+        {
+            return Err((key("typ"), "list at least one type, or leave `typ` out".into()));
         }
-        if r.fetch_timeout.is_zero() || r.max_response_bytes == 0 {
-            return Err(err(
-                key("refresh"),
-                "fetch_timeout and max_response_bytes must be above zero".into(),
-            ));
+        refresh(p).map_err(|(k, r)| (key(k), r))?;
+        if p.token_from.is_empty() {
+            return Err((key("token_from"), "list at least one token source".into()));
         }
-        if http::HeaderName::from_bytes(p.token_from.header.as_bytes()).is_err() {
-            return Err(err(key("token_from.header"), "not a valid header name".into()));
+        for (j, s) in p.token_from.iter().enumerate() {
+            let at = if p.token_from.len() == 1 {
+                key("token_from")
+            } else {
+                format!("providers[{i}].token_from[{j}]")
+            };
+            token_source(s).map_err(|(k, r)| (format!("{at}.{k}"), r))?;
         }
     }
+    Ok(())
+}
 
-    let mut policy_names = HashSet::new();
+fn refresh(p: &ProviderConfig) -> Result<(), (&'static str, String)> {
+    let r = &p.refresh;
+    if r.min_interval.is_zero() || r.min_interval > r.max_interval {
+        return Err((
+            "refresh.min_interval",
+            "must be above zero and not above refresh.max_interval".into(),
+        ));
+    }
+    if r.max_staleness < r.max_interval {
+        return Err((
+            "refresh.max_staleness",
+            "must be at least refresh.max_interval, or keys expire before the next refresh".into(),
+        ));
+    }
+    if r.fetch_timeout.is_zero() || r.max_response_bytes == 0 {
+        return Err((
+            "refresh",
+            "fetch_timeout and max_response_bytes must be above zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn token_source(s: &TokenSource) -> Result<(), (&'static str, String)> {
+    match s {
+        TokenSource::Header { header, .. } => {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(("header", "not a valid header name".into()));
+            }
+        }
+        TokenSource::Cookie { cookie } => {
+            // RFC 6265 cookie-name is a token.
+            if cookie.is_empty() || http::HeaderName::from_bytes(cookie.as_bytes()).is_err() {
+                return Err(("cookie", "not a valid cookie name".into()));
+            }
+        }
+        TokenSource::Query { query } => {
+            if query.is_empty() || query.contains(['&', '=', '#', ' ']) {
+                return Err(("query", "not a valid query parameter name".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn policies(c: &Config) -> Result<(), Invalid> {
+    let mut names = HashSet::new();
     for (i, p) in c.policies.iter().enumerate() {
-        if p.name.is_empty() || !policy_names.insert(p.name.as_str()) {
-            return Err(err(
+        if p.name.is_empty() || !names.insert(p.name.as_str()) {
+            return Err((
                 format!("policies[{i}].name"),
                 format!("empty or duplicate policy name {:?}", p.name),
             ));
         }
-        for (j, r) in p.rules.iter().enumerate() {
-            validate_rule(c, r, &format!("policies[{i}].rules[{j}]")).map_err(|(k, r)| err(k, r))?;
+        if p.audiences.iter().any(String::is_empty) {
+            return Err((format!("policies[{i}].audiences"), "audiences must not be empty".into()));
         }
-        for (header, claim) in &p.forward_claims {
-            let key = format!("policies[{i}].forward_claims.{header}");
-            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                return Err(err(key, "not a valid header name".into()));
-            }
-            if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
-                return Err(err(
-                    key,
-                    "reserved header: the agent sets it, or it frames/routes the request".into(),
-                ));
-            }
-            if claim.is_empty() || claim.split('.').any(str::is_empty) {
-                return Err(err(key, format!("bad claim path {claim:?}")));
-            }
+        for (j, r) in p.rules.iter().enumerate() {
+            rule(c, r).map_err(|(k, reason)| (format!("policies[{i}].rules[{j}].{k}"), reason))?;
+        }
+        forward_claims(p).map_err(|(k, reason)| (format!("policies[{i}].forward_claims.{k}"), reason))?;
+    }
+    Ok(())
+}
+
+fn forward_claims(p: &PolicyConfig) -> Result<(), Invalid> {
+    for header in p.forward_claims.keys() {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err((header.clone(), "not a valid header name".into()));
+        }
+        if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            return Err((
+                header.clone(),
+                "reserved header: the agent sets it, or it frames/routes the request".into(),
+            ));
         }
     }
+    Ok(())
+}
 
-    let mut workload_names = HashSet::new();
+fn rule(c: &Config, r: &RuleConfig) -> Result<(), Invalid> {
+    let RuleAction::Require(req) = &r.action else {
+        return Ok(());
+    };
+    if c.providers.is_empty() {
+        return Err((
+            "require".into(),
+            "a rule requires a token but no `providers` are configured".into(),
+        ));
+    }
+    for (k, p) in req.providers.iter().enumerate() {
+        if !c.providers.iter().any(|q| &q.name == p) {
+            return Err((format!("require.providers[{k}]"), format!("no provider named {p:?}")));
+        }
+    }
+    Ok(())
+}
+
+fn workloads(c: &Config) -> Result<(), Invalid> {
+    let mut names = HashSet::new();
     let mut listens = HashSet::new();
     for (i, w) in c.workloads.iter().enumerate() {
         let key = |k: &str| format!("workloads[{i}].{k}");
-        if w.name.is_empty() || !workload_names.insert(w.name.as_str()) {
-            return Err(err(
-                key("name"),
-                format!("empty or duplicate workload name {:?}", w.name),
-            ));
+        if w.name.is_empty() || !names.insert(w.name.as_str()) {
+            return Err((key("name"), format!("empty or duplicate workload name {:?}", w.name)));
         }
         if !w.ips.is_empty() && w.netns.is_none() {
-            return Err(err(key("ips"), "`ips` only applies to `netns` workloads".into()));
+            return Err((key("ips"), "`ips` only applies to `netns` workloads".into()));
         }
+        let policy = match select_policy(&c.policies, &w.labels, w.policy.as_deref()) {
+            Ok(p) => p,
+            Err(e @ Unbound::NotFound(_)) => return Err((key("policy"), e.to_string())),
+            Err(Unbound::NoneSelects) => {
+                return Err((
+                    key("labels"),
+                    format!("no policy selects workload {:?}; it would deny everything", w.name),
+                ));
+            }
+            Err(Unbound::Ambiguous(many)) => {
+                return Err((
+                    key("labels"),
+                    format!("several policies select workload {:?}: {}", w.name, many.join(", ")),
+                ));
+            }
+        };
         match (w.listen, w.upstream, &w.netns) {
             (Some(listen), Some(_), None) => {
                 if !listens.insert(listen) {
-                    return Err(err(key("listen"), format!("{listen} is used by another workload")));
+                    return Err((key("listen"), format!("{listen} is used by another workload")));
                 }
             }
             (None, None, Some(_)) => {
-                let ports = bound_policy(c, w).map(|p| p.ports.len());
-                if ports == Some(0) {
-                    return Err(err(
+                if policy.ports.is_empty() {
+                    return Err((
                         key("netns"),
                         "the policy selecting this workload lists no `ports` to protect".into(),
                     ));
                 }
             }
             _ => {
-                return Err(err(
+                return Err((
                     key("listen"),
                     "set either `listen` and `upstream` (reverse proxy) or `netns` (eBPF steering)".into(),
                 ));
             }
         }
-        if let Some(name) = &w.policy {
-            if !c.policies.iter().any(|p| &p.name == name) {
-                return Err(err(key("policy"), format!("no policy named {name:?}")));
-            }
-            continue;
-        }
-        let matching: Vec<&str> = c
-            .policies
-            .iter()
-            .filter(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-            .map(|p| p.name.as_str())
-            .collect();
-        match matching.as_slice() {
-            [_] => {}
-            [] => {
-                return Err(err(
-                    key("labels"),
-                    format!("no policy selects workload {:?}; it would deny everything", w.name),
-                ));
-            }
-            many => {
-                return Err(err(
-                    key("labels"),
-                    format!("several policies select workload {:?}: {}", w.name, many.join(", ")),
-                ));
-            }
-        }
     }
-
-    validate_kubernetes(&c.kubernetes).map_err(|(k, r)| err(format!("kubernetes.{k}"), r))
+    Ok(())
 }
 
-/// The policy a static workload is bound to: the one it names, else the first its labels select.
+/// The policy a static workload is bound to (validation made sure there is exactly one).
 pub fn bound_policy<'c>(c: &'c Config, w: &WorkloadConfig) -> Option<&'c PolicyConfig> {
-    match &w.policy {
-        Some(name) => c.policies.iter().find(|p| &p.name == name),
-        None => c
-            .policies
-            .iter()
-            .find(|p| p.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))),
-    }
+    select_policy(&c.policies, &w.labels, w.policy.as_deref()).ok()
 }
 
 fn validate_kubernetes(k: &KubernetesConfig) -> Result<(), (&'static str, String)> {
@@ -297,72 +350,19 @@ fn label_value(v: &str) -> Result<(), String> {
     }
 }
 
-fn validate_rule(c: &Config, r: &RuleConfig, at: &str) -> Result<(), (String, String)> {
-    let e = |k: &str, reason: String| Err((format!("{at}.{k}"), reason));
-    if r.name.is_empty() {
-        return e("name", "must not be empty".into());
-    }
-    let set = usize::from(r.allow.is_some()) + usize::from(r.require.is_some()) + usize::from(r.deny);
-    if set != 1 {
-        return e(
-            "require",
-            "set exactly one of `allow: anonymous`, `require`, `deny: true`".into(),
-        );
-    }
-    for (k, g) in r.paths.iter().enumerate() {
-        if !g.starts_with('/') && g != "*" && g != "**" {
-            return e(&format!("paths[{k}]"), format!("path glob {g:?} must start with '/'"));
-        }
-        if let Err(why) = globset::GlobBuilder::new(g).literal_separator(true).build() {
-            return e(&format!("paths[{k}]"), format!("bad glob: {why}"));
-        }
-    }
-    for (k, m) in r.methods.iter().enumerate() {
-        if http::Method::from_bytes(m.as_bytes()).is_err() || m.bytes().any(|b| b.is_ascii_lowercase()) {
-            return e(
-                &format!("methods[{k}]"),
-                format!("{m:?} is not an upper-case HTTP method"),
-            );
-        }
-    }
-    if let Some(req) = &r.require {
-        for (k, p) in req.providers.iter().enumerate() {
-            if !c.providers.iter().any(|q| &q.name == p) {
-                return e(&format!("require.providers[{k}]"), format!("no provider named {p:?}"));
-            }
-        }
-        if c.providers.is_empty() {
-            return e(
-                "require",
-                "a rule requires a token but no `providers` are configured".into(),
-            );
-        }
-        for (path, cond) in &req.claims {
-            let key = format!("require.claims.{path}");
-            if path.split('.').any(str::is_empty) {
-                return e(&key, format!("bad claim path {path:?}"));
-            }
-            let n = usize::from(cond.equals.is_some())
-                + usize::from(cond.any_of.is_some())
-                + usize::from(cond.all_of.is_some())
-                + usize::from(cond.present.is_some());
-            if n != 1 {
-                return e(&key, "set exactly one of equals, any_of, all_of, present".into());
-            }
-            if cond.any_of.as_ref().is_some_and(Vec::is_empty) || cond.all_of.as_ref().is_some_and(Vec::is_empty) {
-                return e(&key, "any_of / all_of must list at least one value".into());
-            }
-        }
-    }
-    Ok(())
-}
-
 /// https anywhere; plain http only for loopback hosts or with the explicit opt-in.
 fn check_url(p: &ProviderConfig, raw: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    url_allowed(&url, p.allow_insecure_http)
+}
+
+/// The scheme rule for every URL a provider is reached at: configured,
+/// discovered (`jwks_uri`) or redirected to. https always; plain http only
+/// for loopback hosts, or with `allow_insecure_http`.
+pub fn url_allowed(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
-        "http" if p.allow_insecure_http => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
         "http" => {
             let loopback = match url.host() {
                 Some(url::Host::Domain(d)) => d == "localhost",

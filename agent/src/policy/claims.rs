@@ -1,67 +1,11 @@
-//! Claim conditions: equals, any_of, all_of, present, over string or array
-//! claims found by a dotted path. Space-separated `scope`/`scp` strings count
-//! as lists (RFC 8693 §4.2). Every failure explains itself in one line.
+//! Checking claim conditions (equals, any_of, all_of, present) over string
+//! or array claims found by a claim path (`config::ClaimPath`).
+//! Space-separated `scope`/`scp` strings count as lists (RFC 8693 §4.2).
+//! Every failure explains itself in one line.
 
 use serde_json::{Map, Value};
 
-use crate::config::ClaimCondition;
-
-/// A claim's location: `email`, `realm_access.roles`. A top-level claim whose
-/// name contains dots (`https://example.com/groups`) is found as written first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimPath {
-    raw: String,
-    segments: Vec<String>,
-}
-
-impl ClaimPath {
-    pub fn new(raw: &str) -> Self {
-        Self {
-            raw: raw.to_string(),
-            segments: raw.split('.').map(String::from).collect(),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-
-    pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
-        if let Some(v) = claims.get(&self.raw) {
-            return Some(v);
-        }
-        let (first, rest) = self.segments.split_first()?;
-        rest.iter()
-            .try_fold(claims.get(first)?, |v, seg| v.as_object()?.get(seg))
-    }
-
-    fn is_scope(&self) -> bool {
-        matches!(self.segments.last().map(String::as_str), Some("scope" | "scp"))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Condition {
-    Equals(Value),
-    AnyOf(Vec<Value>),
-    AllOf(Vec<Value>),
-    Present(bool),
-}
-
-impl From<&ClaimCondition> for Condition {
-    fn from(c: &ClaimCondition) -> Self {
-        // Validation guarantees exactly one field is set.
-        if let Some(v) = &c.equals {
-            Self::Equals(v.clone())
-        } else if let Some(v) = &c.any_of {
-            Self::AnyOf(v.clone())
-        } else if let Some(v) = &c.all_of {
-            Self::AllOf(v.clone())
-        } else {
-            Self::Present(c.present.unwrap_or(true))
-        }
-    }
-}
+use crate::config::{ClaimCondition, ClaimPath};
 
 /// The claim's values as a list: arrays as they are, a scope string split on
 /// spaces, any other scalar as a one-element list.
@@ -89,7 +33,7 @@ impl<'a> Values<'a> {
     }
 }
 
-impl Condition {
+impl ClaimCondition {
     /// `Ok` when the claims satisfy the condition, else the reason in words.
     pub fn check(&self, path: &ClaimPath, claims: &Map<String, Value>) -> Result<(), String> {
         let name = path.as_str();

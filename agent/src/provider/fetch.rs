@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::config::ProviderConfig;
+use crate::config::{ProviderConfig, url_allowed};
+
+/// Most redirects followed per fetch.
+const MAX_REDIRECTS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -58,6 +61,7 @@ pub struct Fetcher {
     client: reqwest::Client,
     timeout: Duration,
     max_bytes: usize,
+    allow_insecure_http: bool,
 }
 
 impl Fetcher {
@@ -65,7 +69,7 @@ impl Fetcher {
         let mut b = reqwest::Client::builder()
             .connect_timeout(cfg.refresh.fetch_timeout)
             .timeout(cfg.refresh.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy(cfg.allow_insecure_http))
             .user_agent(concat!("nodeward/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
         if let Some(path) = &cfg.ca_file {
@@ -91,6 +95,7 @@ impl Fetcher {
             client: b.build().map_err(FetchError::Client)?,
             timeout: cfg.refresh.fetch_timeout,
             max_bytes: cfg.refresh.max_response_bytes,
+            allow_insecure_http: cfg.allow_insecure_http,
         })
     }
 
@@ -177,8 +182,29 @@ impl Fetcher {
             .get("jwks_uri")
             .and_then(|i| i.as_str())
             .ok_or_else(|| bad("no jwks_uri".into()))?;
+        // A discovered URI is held to the rule a configured one is: a
+        // document served over https must not send the keys over plain http.
+        let parsed = url::Url::parse(jwks_uri).map_err(|e| bad(format!("jwks_uri {jwks_uri:?}: {e}")))?;
+        url_allowed(&parsed, self.allow_insecure_http).map_err(|why| bad(format!("jwks_uri {jwks_uri:?}: {why}")))?;
         Ok((jwks_uri.to_string(), doc.max_age))
     }
+}
+
+/// Redirects are followed (a few) only to URLs the scheme rule admits, so a
+/// provider redirected to plain http is a failed fetch, not an unprotected one.
+fn redirect_policy(allow_insecure_http: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        match url_allowed(attempt.url(), allow_insecure_http) {
+            Ok(()) => attempt.follow(),
+            Err(why) => {
+                let to = attempt.url().to_string();
+                attempt.error(format!("redirect to {to} refused: {why}"))
+            }
+        }
+    })
 }
 
 /// `max-age` from a Cache-Control value; `no-cache`/`no-store` mean zero (the

@@ -12,8 +12,10 @@ use std::time::SystemTime;
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
+use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 use serde_json::Value;
+
+use crate::config::Algorithm;
 
 /// Most keys taken from one JWKS; more is a misbehaving provider.
 pub const MAX_KEYS: usize = 64;
@@ -55,6 +57,11 @@ impl Key {
         }
     }
 
+    /// The same key material, algorithm and kid (a refresh or reload that changed nothing).
+    pub fn same_key(&self, other: &Key) -> bool {
+        self.alg == other.alg && self.kid == other.kid && self.fingerprint == other.fingerprint
+    }
+
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Relaxed)
     }
@@ -65,16 +72,22 @@ impl Key {
             Algorithm::HS256 => hmac::HMAC_SHA256,
             Algorithm::HS384 => hmac::HMAC_SHA384,
             Algorithm::HS512 => hmac::HMAC_SHA512,
-            other => return Err(format!("{other:?} is not an HMAC algorithm")),
+            other => return Err(format!("{other} is not an HMAC algorithm")),
         };
         if secret.is_empty() {
             return Err("the shared secret is empty".into());
         }
+        // A digest, not the secret: enough to tell a rotated secret from the same one.
+        let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(Self {
             kid: None,
             alg,
             verifier: Verifier::Hmac(Box::new(hmac::Key::new(digest, secret))),
-            fingerprint: String::new(),
+            fingerprint,
             revoked: AtomicBool::new(false),
         })
     }
@@ -96,7 +109,7 @@ fn rsa_params(alg: Algorithm) -> Option<&'static RsaParameters> {
 /// Builds the aws-lc-rs key for `alg` from the JWK's decoded public parameters,
 /// failing early, at JWKS load, for a key that cannot verify `alg`.
 fn build_verifier(alg: Algorithm, key: &DecodingKey) -> Result<Verifier, String> {
-    let unusable = |why: &dyn std::fmt::Display| format!("key unusable for {alg:?}: {why}");
+    let unusable = |why: &dyn std::fmt::Display| format!("key unusable for {alg}: {why}");
     let parsed = match (alg, key.kind()) {
         (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
             let params = rsa_params(alg).ok_or_else(|| unusable(&"not an RSA algorithm"))?;
@@ -107,6 +120,16 @@ fn build_verifier(alg: Algorithm, key: &DecodingKey) -> Result<Verifier, String>
             if !(2048..=8192).contains(&bits) {
                 return Err(unusable(&format!("a {bits}-bit RSA modulus is outside 2048–8192 bits")));
             }
+            // e = 1 makes every "signature" its own message; an even e is no
+            // RSA key at all. Real keys use 65537 (or 3).
+            let e_value = e
+                .iter()
+                .skip_while(|&&b| b == 0)
+                .try_fold(0u64, |acc, &b| acc.checked_mul(256).map(|a| a | u64::from(b)));
+            match e_value {
+                Some(v) if v >= 3 && v % 2 == 1 => {}
+                _ => return Err(unusable(&"the RSA public exponent must be odd and at least 3")),
+            }
             RsaPublicKeyComponents { n: &n[..], e: &e[..] }
                 .to_parsed_public_key(params)
                 .map_err(|e| unusable(&e))?
@@ -116,6 +139,9 @@ fn build_verifier(alg: Algorithm, key: &DecodingKey) -> Result<Verifier, String>
         }
         (Algorithm::ES384, DecodingKeyKind::SecretOrDer(point)) => {
             ParsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, point).map_err(|e| unusable(&e))?
+        }
+        (Algorithm::ES512, DecodingKeyKind::SecretOrDer(point)) => {
+            ParsedPublicKey::new(&sig::ECDSA_P521_SHA512_FIXED, point).map_err(|e| unusable(&e))?
         }
         (Algorithm::EdDSA, DecodingKeyKind::SecretOrDer(raw)) => {
             ParsedPublicKey::new(&sig::ED25519, raw).map_err(|e| unusable(&e))?
@@ -257,6 +283,7 @@ fn parse_key(raw: &Value, allowed: &[Algorithm]) -> Result<(Option<String>, Algo
         ("RSA", _) => Algorithm::RS256,
         ("EC", Some("P-256")) => Algorithm::ES256,
         ("EC", Some("P-384")) => Algorithm::ES384,
+        ("EC", Some("P-521")) => Algorithm::ES512,
         ("OKP", Some("Ed25519")) => Algorithm::EdDSA,
         ("oct", _) => return Err("symmetric keys are never taken from a JWKS".into()),
         (kty, crv) => return Err(format!("unsupported key type {kty} / curve {crv:?}")),
@@ -264,7 +291,7 @@ fn parse_key(raw: &Value, allowed: &[Algorithm]) -> Result<(Option<String>, Algo
     let alg = match obj.get("alg") {
         None => implied,
         Some(Value::String(a)) => {
-            let alg: Algorithm = a.parse().map_err(|_| format!("unknown alg {a:?}"))?;
+            let alg = Algorithm::parse(a).ok_or_else(|| format!("unknown alg {a:?}"))?;
             let fits = matches!(
                 (kty, alg),
                 ("RSA", Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
@@ -278,7 +305,7 @@ fn parse_key(raw: &Value, allowed: &[Algorithm]) -> Result<(Option<String>, Algo
         Some(other) => return Err(format!("alg {other} is not a string")),
     };
     if !allowed.contains(&alg) {
-        return Err(format!("alg {alg:?} is not in the provider's allowlist"));
+        return Err(format!("alg {alg} is not in the provider's allowlist"));
     }
     let kid = match obj.get("kid") {
         None => None,

@@ -105,8 +105,17 @@ impl Drop for Busy {
     }
 }
 
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    Http(Box<dyn std::error::Error + Send + Sync>),
+    #[error("closed: over {CANCEL_BUDGET} requests cancelled by the client within {CANCEL_WINDOW_MS} ms")]
+    CancelBudget,
+}
+
 /// Drives `conn` to completion, dropping it once it has been idle too long.
-pub async fn run_with_idle_timeout<F, T>(conn: F, activity: Activity, idle: Duration) -> Result<(), String>
+pub async fn run_with_idle_timeout<F, T>(conn: F, activity: Activity, idle: Duration) -> Result<(), ConnError>
 where
     F: Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>>,
 {
@@ -114,10 +123,8 @@ where
     let tick = (idle / 4).max(Duration::from_millis(100));
     loop {
         tokio::select! {
-            done = &mut conn => return done.map(|_| ()).map_err(|e| e.to_string()),
-            _ = activity.0.abuse.notified() => {
-                return Err(format!("closed: over {CANCEL_BUDGET} requests cancelled by the client within {CANCEL_WINDOW_MS} ms"));
-            }
+            done = &mut conn => return done.map(|_| ()).map_err(ConnError::Http),
+            _ = activity.0.abuse.notified() => return Err(ConnError::CancelBudget),
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for().is_some_and(|d| d >= idle) {
                     return Ok(());

@@ -1,19 +1,70 @@
-//! Header hygiene: identity headers a client could forge are removed before
-//! anything else looks at the request; verified identity is added after the
-//! decision; hop-by-hop headers never cross the proxy; request ids.
+//! Header hygiene, in the order the pipeline applies it:
+//!
+//! 1. hop-by-hop headers, and the ones a client lists in `Connection`, go
+//!    first, before anything reads the request, so a `Connection` header can
+//!    never remove what nodeward adds later (or decide what it checks);
+//! 2. identity headers a client could forge go next;
+//! 3. after the decision, the verified identity is added, each claim in an
+//!    encoding that cannot be misread, and the forwarding headers say who
+//!    nodeward saw (a client's own are believed only from trusted proxies).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use crate::config::{Encoding, ForwardClaim};
 use crate::policy::Policy;
 use crate::token::VerifiedToken;
 
 pub const SUB: HeaderName = HeaderName::from_static("x-nodeward-sub");
 pub const ISS: HeaderName = HeaderName::from_static("x-nodeward-iss");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const IDENTITY_PREFIX: &str = "x-nodeward-";
+
+/// Connection-specific headers (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// A `Connection` header naming a header that routes or frames the request:
+/// removing it would change what the upstream does with the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Connection lists {0}, which frames or routes the request")]
+pub struct ListedFraming(pub String);
+
+/// Removes hop-by-hop headers and those `Connection` names. All of them go
+/// in any case; `Err` says the client listed a header that routes or frames
+/// the request (a request is refused for it, a response just cleaned).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), ListedFraming> {
+    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut framing = None;
+    for v in headers.get_all(http::header::CONNECTION) {
+        for name in v.to_str().unwrap_or_default().split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if matches!(name.as_str(), "host" | "content-length") {
+                framing.get_or_insert(name.clone());
+            }
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                listed.push(n);
+            }
+        }
+    }
+    for name in listed.into_iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    framing.map_or(Ok(()), |name| Err(ListedFraming(name)))
+}
 
 /// Removes every header the agent vouches for: all `x-nodeward-*` and the
 /// policy's claim headers. `HeaderMap` names are already lower-case, so every
@@ -45,63 +96,132 @@ pub fn strip_identity(headers: &mut HeaderMap, policy: &Policy) {
     }
 }
 
-/// Adds the verified identity for the upstream.
-pub fn add_identity(headers: &mut HeaderMap, policy: &Policy, token: &VerifiedToken) {
-    if let Some(sub) = token.sub.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-        headers.insert(SUB, sub);
+/// A claim that cannot be carried in its header without changing its meaning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("claim {claim} cannot be forwarded in {header} as plain text ({why}); use `encoding: json`")]
+pub struct Unforwardable {
+    pub claim: String,
+    pub header: String,
+    pub why: &'static str,
+}
+
+/// The verified identity headers for the upstream, or why one cannot be
+/// built faithfully (the request is then refused, not forwarded without it).
+pub fn identity(policy: &Policy, token: &VerifiedToken) -> Result<Vec<(HeaderName, HeaderValue)>, Unforwardable> {
+    let mut out = Vec::with_capacity(2 + policy.forward_claims.len());
+    if let Some(sub) = &token.sub {
+        let v = plain_string(sub).map_err(|why| Unforwardable {
+            claim: "sub".into(),
+            header: SUB.to_string(),
+            why,
+        })?;
+        out.push((SUB, v));
     }
+    // The configured issuer: a URL, always a valid header value.
     if let Ok(iss) = HeaderValue::from_str(&token.iss) {
-        headers.insert(ISS, iss);
+        out.push((ISS, iss));
     }
-    for (name, path) in &policy.forward_claims {
-        let Some(value) = path.lookup(&token.claims) else {
+    for (name, fc) in &policy.forward_claims {
+        let Some(value) = fc.claim.lookup(&token.claims).filter(|v| !v.is_null()) else {
             continue;
         };
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Array(items) => items
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(","),
-            Value::Null => continue,
-            other => other.to_string(),
-        };
-        // A claim with control characters is not forwarded rather than mangled.
-        match HeaderValue::from_str(&text) {
-            Ok(v) => {
-                headers.insert(name.clone(), v);
+        let v = encode(fc, value).map_err(|why| Unforwardable {
+            claim: fc.claim.to_string(),
+            header: name.to_string(),
+            why,
+        })?;
+        out.push((name.clone(), v));
+    }
+    Ok(out)
+}
+
+fn encode(fc: &ForwardClaim, value: &Value) -> Result<HeaderValue, &'static str> {
+    match fc.encoding {
+        Encoding::Json => HeaderValue::from_str(&ascii_json(value)).map_err(|_| "not a header value"),
+        Encoding::Plain => match value {
+            Value::String(s) => plain_string(s),
+            Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    let Value::String(s) = item else {
+                        return Err("an array element is not a string");
+                    };
+                    if s.contains(',') {
+                        return Err("an array element contains a comma");
+                    }
+                    plain_string(s)?;
+                    parts.push(s.as_str());
+                }
+                HeaderValue::from_str(&parts.join(",")).map_err(|_| "not a header value")
             }
-            Err(_) => tracing::debug!(header = %name, "claim value is not a valid header value; not forwarded"),
-        }
+            Value::Number(_) | Value::Bool(_) => {
+                HeaderValue::from_str(&value.to_string()).map_err(|_| "not a header value")
+            }
+            Value::Object(_) => Err("an object"),
+            Value::Null => Err("null"),
+        },
     }
 }
 
-/// Connection-specific headers (RFC 9110 §7.6.1) plus the ones listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+/// A string exactly as it is: visible ASCII and inner spaces only, so no
+/// parser trims, folds or re-decodes it into something else.
+fn plain_string(s: &str) -> Result<HeaderValue, &'static str> {
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.starts_with([' ', '\t']) || s.ends_with([' ', '\t']) {
+        return Err("leading or trailing whitespace");
+    }
+    if !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err("a control or non-ASCII character");
+    }
+    HeaderValue::from_str(s).map_err(|_| "not a header value")
+}
+
+/// JSON with every non-ASCII character escaped (`\uXXXX`), so it is a valid
+/// header value whatever the claim holds.
+pub fn ascii_json(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Headers through which a client claims to speak for someone else.
+const FORWARDING: [HeaderName; 3] = [
+    X_FORWARDED_FOR,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("forwarded"),
+];
+
+/// What the upstream learns about the client: from a trusted proxy, its
+/// forwarding headers plus the proxy's address; from anyone else, only the
+/// address nodeward saw (`x-forwarded-*`, `x-real-ip` and `forwarded` of the
+/// client are removed, so a forged chain never reaches the app).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+    let peer_value = HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    if trusted {
+        headers.append(X_FORWARDED_FOR, peer_value);
+        return;
+    }
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-") || FORWARDING.contains(k))
+        .cloned()
         .collect();
-    for name in listed {
+    for name in forged {
         headers.remove(name);
     }
-    for name in [
-        http::header::CONNECTION,
-        http::header::TRANSFER_ENCODING,
-        http::header::TE,
-        http::header::TRAILER,
-        http::header::UPGRADE,
-        http::header::PROXY_AUTHORIZATION,
-        http::header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
+    headers.insert(X_FORWARDED_FOR, peer_value);
 }
 
 /// Request ids: a client's own id is kept when it is short and plain, else a
@@ -138,6 +258,6 @@ impl RequestIds {
             return v.clone();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:012x}", self.prefix)).expect("hex is a valid header value")
+        HeaderValue::from_str(&format!("{:08x}-{n:012x}", self.prefix)).unwrap_or(HeaderValue::from_static("-"))
     }
 }

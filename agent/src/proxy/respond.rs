@@ -1,13 +1,14 @@
 //! Responses the agent writes itself: 401/403 with RFC 6750 challenges and a
 //! small JSON body that explains the refusal (never the token), and the
-//! 502/504/413/503 answers for upstream and limit failures.
+//! body of the 502/504/413/503 answers (`error.rs` decides those).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use super::ProxyBody;
-use crate::authz::{Decision, Verdict};
+use crate::authz::Decision;
+use crate::reason::Answer;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -21,42 +22,40 @@ struct Body<'a> {
     sub: Option<&'a str>,
 }
 
-/// The 401 or 403 for a refused request.
+/// The refusal of a denied request: 401/403 with the RFC 6750 challenge,
+/// 400/501 for requests that cannot be matched as sent.
 pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
     let detail = d.detail.as_deref().unwrap_or("denied");
-    let (status, error, challenge) = match d.verdict {
-        Verdict::Unauthenticated if d.token_missing => (
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Bearer realm=\"nodeward\"".to_string(),
-        ),
-        Verdict::Unauthenticated => (
-            StatusCode::UNAUTHORIZED,
+    let answer = d.reason.answer();
+    let (error, challenge) = match answer {
+        Answer::NoToken => ("unauthorized", Some("Bearer realm=\"nodeward\"".to_string())),
+        Answer::InvalidToken => (
             "invalid_token",
-            format!(
+            Some(format!(
                 "Bearer realm=\"nodeward\", error=\"invalid_token\", error_description=\"{}\"",
                 quote_safe(detail)
-            ),
+            )),
         ),
-        Verdict::Forbidden | Verdict::Allow => (
-            StatusCode::FORBIDDEN,
+        Answer::Forbidden => (
             "insufficient_scope",
-            format!(
+            Some(format!(
                 "Bearer realm=\"nodeward\", error=\"insufficient_scope\", error_description=\"{}\"",
                 quote_safe(detail)
-            ),
+            )),
         ),
+        Answer::BadRequest => ("bad_request", None),
+        Answer::NotImplemented => ("not_implemented", None),
     };
     let body = Body {
         error,
-        reason: d.reason,
+        reason: d.reason.as_str(),
         detail,
         rule: d.rule.as_deref(),
         request_id: request_id.to_str().unwrap_or(""),
-        sub: d.token.as_ref().and_then(|t| t.verified.sub.as_deref()),
+        sub: d.sub(),
     };
-    let mut resp = json(status, &body, request_id);
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
+    let mut resp = json(answer.status(), &body, request_id);
+    if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp

@@ -13,18 +13,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::Authority;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::body::{Fault, FaultCell};
-use super::{ProxyBody, headers, respond};
-use crate::metrics::Metrics;
+use super::error::ProxyError;
+use super::{ProxyBody, headers};
 use crate::netns::Netns;
-use crate::state::Workload;
 
 /// Opens upstream TCP connections, in the agent's own network namespace or
 /// inside a workload's.
@@ -96,95 +93,42 @@ impl Client {
         self.netns.clone()
     }
 
-    /// Sends the request to `target`. The body streams through; only the
-    /// wait for the response head is bounded (504 past it).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the per-request facts the forwarding needs; a struct would only rename them"
-    )]
-    pub async fn forward(
-        &self,
-        wl: &Workload,
-        target: Authority,
-        client: SocketAddr,
-        mut req: Request<ProxyBody>,
-        fault: &FaultCell,
-        request_id: &HeaderValue,
-        metrics: &Metrics,
-    ) -> Response<ProxyBody> {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(target)
-            .path_and_query(path)
-            .build();
-        let Ok(uri) = uri else {
-            return respond::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "request target cannot be forwarded",
-                request_id,
-            );
-        };
-        // HTTP/2 carries the host in :authority; the upstream speaks HTTP/1.1.
-        if !req.headers().contains_key(header::HOST)
-            && let Some(host) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        let h = req.headers_mut();
-        headers::strip_hop_by_hop(h);
-        h.append(
-            header::HeaderName::from_static("x-forwarded-for"),
-            HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown")),
-        );
-        h.insert(headers::REQUEST_ID, request_id.clone());
-
+    /// Sends `req` (its URI already the upstream's) and returns the
+    /// response head; the bodies stream through. Only the wait for the head
+    /// is bounded (504 past it). A failure of the client's own body (too
+    /// large, broken off) is the client's error, not the upstream's.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.inner.request(req)).await {
-            Err(_) => {
-                metrics.upstream_errors.with_label_values(&[&*wl.name, "timeout"]).inc();
-                respond::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    &format!("upstream did not answer within {:?}", self.timeout),
-                    request_id,
-                )
-            }
-            // The client's own body failed: its error, not the upstream's.
-            Ok(Err(_)) if fault.get() == Fault::TooLarge => respond::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body is over the size limit",
-                request_id,
-            ),
-            Ok(Err(_)) if fault.get() == Fault::Broken => respond::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request_body",
-                "the request body's framing is invalid or it ended early",
-                request_id,
-            ),
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "protocol" };
-                metrics.upstream_errors.with_label_values(&[&*wl.name, kind]).inc();
-                tracing::debug!(workload = %wl.name, error = %e, "upstream request failed");
-                respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    "upstream connection failed",
-                    request_id,
-                )
-            }
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                parts.headers.insert(headers::REQUEST_ID, request_id.clone());
-                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+                // An upstream's `Connection` header cannot frame anything here: just clean.
+                let _ = headers::strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
             }
+            Ok(Err(e)) => Err(classify(e)),
         }
+    }
+}
+
+/// Whose fault a failed exchange was: the client's body (too large: 413;
+/// broken: 400), or the upstream's (connect, protocol).
+fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return ProxyError::ClientBody;
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        ProxyError::UpstreamConnect(e)
+    } else {
+        ProxyError::UpstreamProtocol(e)
     }
 }

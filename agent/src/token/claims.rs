@@ -1,6 +1,7 @@
-//! Registered-claim checks: `exp` (required), `nbf`, `iat` with a skew,
-//! `aud` against the provider's audiences. The issuer was matched exactly when
-//! the provider was chosen by `iss`.
+//! Registered-claim checks: `exp` (required), `nbf`, `iat` with a skew, and
+//! the audience read from the provider's `audience_claims` (checked against
+//! the workload's audiences per request, `VerifiedToken::check_audience`).
+//! The issuer was matched exactly when the provider was chosen by `iss`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,7 @@ fn kind(v: &Value) -> &'static str {
 pub(super) struct Checked {
     pub sub: Option<String>,
     pub exp: u64,
+    pub audiences: Vec<String>,
 }
 
 pub(super) fn check(claims: &Map<String, Value>, provider: &Provider, now: SystemTime) -> Result<Checked, TokenError> {
@@ -66,32 +68,31 @@ pub(super) fn check(claims: &Map<String, Value>, provider: &Provider, now: Syste
         return Err(TokenError::IssuedInFuture((iat.0 - now).ceil() as u64));
     }
 
-    let expected = &provider.cfg.audiences;
-    let ok = match claims.get("aud") {
-        Some(Value::String(a)) => expected.iter().any(|e| e == a),
-        Some(Value::Array(list)) => {
-            if list.iter().any(|a| !a.is_string()) {
-                return Err(TokenError::BadClaims("aud array holds a non-string".into()));
+    // The first audience claim present is the audience (Cognito: `client_id`).
+    let mut audiences = Vec::new();
+    if let Some((name, value)) = provider
+        .cfg
+        .audience_claims
+        .iter()
+        .find_map(|n| claims.get(n).map(|v| (n, v)))
+    {
+        match value {
+            Value::String(a) => audiences.push(a.clone()),
+            Value::Array(list) => {
+                for a in list {
+                    let a = a
+                        .as_str()
+                        .ok_or_else(|| TokenError::BadClaims(format!("{name} array holds a non-string")))?;
+                    audiences.push(a.to_string());
+                }
             }
-            list.iter()
-                .any(|a| a.as_str().is_some_and(|a| expected.iter().any(|e| e == a)))
+            other => {
+                return Err(TokenError::BadClaims(format!(
+                    "{name} must be a string or array, not {}",
+                    kind(other)
+                )));
+            }
         }
-        Some(other) => {
-            return Err(TokenError::BadClaims(format!(
-                "aud must be a string or array, not {}",
-                kind(other)
-            )));
-        }
-        None => false,
-    };
-    if !ok {
-        let found = claims
-            .get("aud")
-            .map_or_else(|| "(none)".to_string(), |a| short(&a.to_string()));
-        return Err(TokenError::WrongAudience {
-            found,
-            expected: format!("{expected:?}"),
-        });
     }
 
     let sub = match claims.get("sub") {
@@ -110,10 +111,10 @@ pub(super) fn check(claims: &Map<String, Value>, provider: &Provider, now: Syste
     } else {
         exp.0 as u64
     };
-    Ok(Checked { sub, exp })
+    Ok(Checked { sub, exp, audiences })
 }
 
-fn short(s: &str) -> String {
+pub(super) fn short(s: &str) -> String {
     if s.len() <= 120 {
         return s.to_string();
     }

@@ -164,8 +164,4 @@ impl Enroller {
             .filter_map(|(name, &id)| s.counters(id).ok().map(|c| (name.clone(), c)))
             .collect()
     }
-
-    pub fn enrolled(&self) -> usize {
-        self.enrolled.len()
-    }
 }

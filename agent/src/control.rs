@@ -1,0 +1,18 @@
+//! The control plane: turning a configuration (at start and on every
+//! reload) and the pod watch's pod set into running state — provider refresh
+//! tasks, one listener per workload (bound on the host in reverse-proxy mode,
+//! created inside the pod's namespace and fed by eBPF in steering mode), the
+//! snapshot requests see — without disturbing requests in flight.
+//!
+//! - `supervisor.rs`: [`Control`], applying one configuration in steps;
+//! - `enrol.rs`: eBPF enrolment bookkeeping between `ebpf` and the listeners;
+//! - `metrics.rs`: workloads by state, reloads, enrolment latency, eBPF counters.
+//!
+//! It serves nothing itself: listeners run `proxy::serve`.
+
+mod enrol;
+mod metrics;
+mod supervisor;
+
+pub use metrics::ControlMetrics;
+pub use supervisor::{Control, ControlError};

@@ -1,0 +1,71 @@
+//! Metrics owned by the control plane: workloads by state, configuration
+//! reloads, enrolment latency, and the eBPF program's per-workload counters
+//! (read from its maps at scrape time).
+
+use std::collections::HashMap;
+
+use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::ebpf::Counters;
+
+#[derive(Clone)]
+pub struct ControlMetrics {
+    pub workloads: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub ebpf_connections: IntCounterVec,
+    pub enrolment_seconds: prometheus::Histogram,
+}
+
+impl ControlMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        let workloads = IntGaugeVec::new(Opts::new("nodeward_workloads", "Workloads by state"), &["state"])?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "nodeward_config_reloads_total",
+                "Configuration reloads by result (ok, rejected)",
+            ),
+            &["result"],
+        )?;
+        let ebpf_connections = IntCounterVec::new(
+            Opts::new(
+                "nodeward_ebpf_connections_total",
+                "Connections to protected destinations seen by the SK_LOOKUP program, by workload and verdict (steered, passed, dropped_fail_closed)",
+            ),
+            &["workload", "verdict"],
+        )?;
+        let enrolment_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "nodeward_enrolment_duration_seconds",
+                "Time to enrol a steered workload (listener, protect, attach)",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
+        )?;
+        r.register(Box::new(workloads.clone()))?;
+        r.register(Box::new(config_reloads.clone()))?;
+        r.register(Box::new(ebpf_connections.clone()))?;
+        r.register(Box::new(enrolment_seconds.clone()))?;
+        Ok(Self {
+            workloads,
+            config_reloads,
+            ebpf_connections,
+            enrolment_seconds,
+        })
+    }
+
+    /// Turns the program's absolute counters into counter increments since
+    /// the last scrape (`seen` remembers them per workload).
+    pub fn observe_ebpf(&self, now: Vec<(String, Counters)>, seen: &mut HashMap<String, Counters>) {
+        for (name, now) in now {
+            let before = seen.get(&name).copied().unwrap_or_default();
+            let m = &self.ebpf_connections;
+            let delta = |a: u64, b: u64| a.saturating_sub(b);
+            m.with_label_values(&[&name, "steered"])
+                .inc_by(delta(now.steered, before.steered));
+            m.with_label_values(&[&name, "passed"])
+                .inc_by(delta(now.passed, before.passed));
+            m.with_label_values(&[&name, "dropped_fail_closed"])
+                .inc_by(delta(now.dropped_fail_closed, before.dropped_fail_closed));
+            seen.insert(name, now);
+        }
+    }
+}

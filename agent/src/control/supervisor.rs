@@ -1,0 +1,630 @@
+//! [`Control`]: applies a configuration, or a new pod set, in steps that
+//! never disturb what did not change. What can fail for the whole
+//! configuration (binding reverse-proxy listeners, building providers and
+//! policies) happens before the switch, so such a failure leaves the running
+//! configuration untouched; a steered workload that cannot be enrolled
+//! (namespace gone, no capability) fails alone, loudly, and is tried again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::enrol::{EnrolError, Enroller};
+use super::metrics::ControlMetrics;
+use crate::config::{Config, ProviderConfig};
+use crate::drain;
+use crate::ebpf::Counters;
+use crate::k8s::{PodSink, PodWorkload};
+use crate::metrics::Metrics;
+use crate::netns::{Netns, NetnsError};
+use crate::provider::{Provider, ProviderError, ProviderMetricFamilies, Providers};
+use crate::proxy::{self, Context, Endpoint, upstream};
+use crate::readiness::{Blocker, Readiness};
+use crate::snapshot::{Snapshot, SnapshotError, SpecKind, WorkloadSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot listen on {addr} for workload {workload}: {source}")]
+    Bind {
+        workload: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a steered workload is not enrolled.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Failure {
+    #[error("cannot open its network namespace: {0}")]
+    Netns(Arc<NetnsError>),
+    #[error(transparent)]
+    Enrol(Arc<EnrolError>),
+    #[error("cannot serve its listener: {0}")]
+    Listener(Arc<std::io::Error>),
+}
+
+/// A steered workload that failed to enrol is tried again, unchanged, on the
+/// next apply at least this long after the failure (the pod watch re-applies
+/// while pods are failing; a reload does for the file's workloads).
+const ENROL_RETRY: Duration = Duration::from_secs(10);
+
+/// What a listener was made from; a change means a new listener.
+#[derive(Debug, Clone, PartialEq)]
+enum ListenKey {
+    Addr(SocketAddr),
+    Netns {
+        path: PathBuf,
+        ips: Vec<IpAddr>,
+        ports: Vec<u16>,
+    },
+}
+
+impl ListenKey {
+    fn of(spec: &WorkloadSpec) -> Self {
+        match &spec.kind {
+            SpecKind::Listen { listen, .. } => Self::Addr(*listen),
+            SpecKind::Netns { path, ips, ports } => Self::Netns {
+                path: path.clone(),
+                ips: ips.clone(),
+                ports: ports.clone(),
+            },
+        }
+    }
+
+    fn steered(&self) -> bool {
+        matches!(self, Self::Netns { .. })
+    }
+}
+
+struct ProviderTask {
+    cfg: ProviderConfig,
+    provider: Arc<Provider>,
+    task: JoinHandle<()>,
+}
+
+struct Listener {
+    key: ListenKey,
+    bound: SocketAddr,
+    drain: drain::Trigger,
+    task: JoinHandle<()>,
+}
+
+struct Failed {
+    key: ListenKey,
+    why: Failure,
+    at: Instant,
+    /// A static workload's failure keeps the agent not ready (a pod's is the pod's problem).
+    _blocks: Option<Blocker>,
+}
+
+#[derive(Default)]
+struct State {
+    providers: HashMap<String, ProviderTask>,
+    listeners: HashMap<String, Listener>,
+    /// Upstream clients of steered workloads, made inside their namespaces.
+    netns_clients: HashMap<String, (ListenKey, Arc<upstream::Client>)>,
+    failed: HashMap<String, Failed>,
+    /// The pod workloads the Kubernetes watch wants enrolled.
+    pods: Vec<PodWorkload>,
+}
+
+pub struct Control {
+    ctx: Arc<Context>,
+    metrics: ControlMetrics,
+    provider_metrics: ProviderMetricFamilies,
+    readiness: Readiness,
+    state: tokio::sync::Mutex<State>,
+    /// eBPF enrolment; a std mutex: its operations are short syscalls.
+    enroller: Mutex<Enroller>,
+    /// Last program counters seen per workload, to turn them into counter increments.
+    seen: Mutex<HashMap<String, Counters>>,
+    bound: Mutex<HashMap<String, SocketAddr>>,
+    host_client: Arc<upstream::Client>,
+    /// Bumped after every applied configuration, so the pod watch re-binds pods.
+    config_gen: watch::Sender<u64>,
+    unapplied: Mutex<Option<Blocker>>,
+    unsynced: Mutex<Option<Blocker>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn client_for(config: &Config, netns: Option<Arc<Netns>>) -> Arc<upstream::Client> {
+    let l = &config.limits;
+    Arc::new(upstream::Client::new(
+        netns,
+        l.upstream_connect_timeout,
+        l.upstream_timeout,
+    ))
+}
+
+impl Control {
+    pub fn new(ctx: Arc<Context>, metrics: &Metrics, readiness: Readiness, config: &Config) -> Self {
+        let unsynced = config
+            .kubernetes
+            .enabled
+            .then(|| readiness.block("kubernetes: first pod list not applied yet"));
+        Self {
+            host_client: client_for(config, None),
+            metrics: metrics.control.clone(),
+            provider_metrics: metrics.providers.clone(),
+            state: tokio::sync::Mutex::new(State::default()),
+            enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
+            seen: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::new()),
+            config_gen: watch::channel(0).0,
+            unapplied: Mutex::new(Some(readiness.block("configuration not applied yet"))),
+            unsynced: Mutex::new(unsynced),
+            readiness,
+            ctx,
+        }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// After a restart: un-enrol what a previous agent protected that this
+    /// configuration no longer has. What it still has stays protected (and
+    /// dropped, fail closed) until `apply` gives it a listener again.
+    ///
+    /// With the pod watch on, pinned pods cannot be told from gone ones until
+    /// the first full pod list: nothing is un-enrolled here, and
+    /// [`Control::apply_pods`] does it when that list arrives.
+    pub fn adopt_pinned_state(&self, config: &Config) {
+        if config.kubernetes.enabled {
+            tracing::info!("pinned eBPF state is reconciled when the first pod list arrives");
+            return;
+        }
+        let keep: HashSet<String> = config
+            .workloads
+            .iter()
+            .filter(|w| w.netns.is_some())
+            .map(|w| w.name.clone())
+            .collect();
+        self.forget_pinned(&keep);
+    }
+
+    /// Un-enrols pinned workloads (a previous agent's, or pods this one
+    /// could not enrol) that are not in `keep`.
+    fn forget_pinned(&self, keep: &HashSet<String>) {
+        let mut e = lock(&self.enroller);
+        if !e.has_pinned_state() {
+            return;
+        }
+        match e.reconcile(keep) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    "un-enrolled workloads that left the configuration while the agent was down"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "cannot adopt the pinned eBPF state"),
+        }
+    }
+
+    /// The address a workload's listener actually bound (port 0 resolved;
+    /// inside the pod's namespace for steered workloads).
+    pub fn workload_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.bound).get(name).copied()
+    }
+
+    /// The configuration requests see now.
+    pub fn config(&self) -> Arc<Config> {
+        self.ctx.snapshot.load().config.clone()
+    }
+
+    /// Counts a reload attempt by result.
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.metrics.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Refreshes the values that are read rather than counted (at scrape time).
+    pub fn observe(&self) {
+        let pm = &self.ctx.metrics;
+        pm.token_cache_entries.set(self.ctx.cache.entries() as i64);
+        for p in self.ctx.snapshot.load().providers.iter() {
+            p.metrics().observe(p.keys_age().map(|a| a.as_secs_f64()), p.is_ready());
+        }
+        let counters = lock(&self.enroller).counters();
+        self.metrics.observe_ebpf(counters, &mut lock(&self.seen));
+    }
+
+    /// Why the agent is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut out = self.readiness.waiting_for();
+        out.extend(
+            self.ctx
+                .snapshot
+                .load()
+                .providers
+                .iter()
+                .filter(|p| !p.is_ready())
+                .map(|p| format!("provider {} has no usable keys", p.name)),
+        );
+        out.sort();
+        out
+    }
+
+    /// Applies a validated configuration (at start and on every reload).
+    pub async fn apply(&self, config: Config) -> Result<(), ControlError> {
+        let mut st = self.state.lock().await;
+        let current = self.config();
+        if current.kubernetes != config.kubernetes && lock(&self.unapplied).is_none() {
+            tracing::warn!("changes to the `kubernetes` section take effect on restart");
+        }
+        self.apply_locked(&mut st, config).await?;
+        self.config_gen.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Makes `pods` the pod workloads (the Kubernetes watch's complete set)
+    /// and re-applies the running configuration with them. Pinned state of
+    /// workloads neither configured, in `present`, nor in `pods` is
+    /// un-enrolled: after a restart, pods deleted while the agent was down
+    /// are released only now that the full list is known. Returns, per pod
+    /// that is not enrolled, why.
+    pub async fn apply_pods(&self, pods: Vec<PodWorkload>, present: HashSet<String>) -> HashMap<String, String> {
+        let mut st = self.state.lock().await;
+        let config = (*self.config()).clone();
+        let mut out = HashMap::new();
+        for p in &pods {
+            if config.workloads.iter().any(|w| w.name == p.name) {
+                out.insert(
+                    p.name.clone(),
+                    "a static workload of the configuration file has the same name".to_string(),
+                );
+            }
+        }
+        let mut keep: HashSet<String> = config
+            .workloads
+            .iter()
+            .filter(|w| w.netns.is_some())
+            .map(|w| w.name.clone())
+            .collect();
+        keep.extend(present);
+        keep.extend(pods.iter().map(|p| p.name.clone()));
+        keep.extend(st.listeners.keys().cloned());
+        self.forget_pinned(&keep);
+        st.pods = pods;
+        match self.apply_locked(&mut st, config).await {
+            Ok(()) => {
+                for p in &st.pods {
+                    if let Some(f) = st.failed.get(&p.name) {
+                        out.entry(p.name.clone()).or_insert_with(|| f.why.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply the pod set");
+                for p in &st.pods {
+                    out.entry(p.name.clone()).or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        lock(&self.unsynced).take();
+        out
+    }
+
+    async fn apply_locked(&self, st: &mut State, config: Config) -> Result<(), ControlError> {
+        if self.config().admin != config.admin && lock(&self.unapplied).is_none() {
+            tracing::warn!("the admin address changes only on restart");
+        }
+        let specs = WorkloadSpec::all(&config, &st.pods);
+        let keys: HashMap<String, ListenKey> = specs.iter().map(|s| (s.name.clone(), ListenKey::of(s))).collect();
+
+        // 1-3: everything that can fail for the whole configuration, before the switch.
+        let new_listeners = bind_new_listeners(st, &keys).await?;
+        let (providers, started) = self.providers_for(st, &config)?;
+        let (netns_clients, open_failed) = open_namespaces(st, &keys, &config);
+
+        // 4. Switch. Requests already running keep the snapshot they loaded.
+        let steered_without_netns =
+            |s: &WorkloadSpec| ListenKey::of(s).steered() && !netns_clients.contains_key(&s.name);
+        let snapshot = Snapshot::build(config, &specs, providers, steered_without_netns)?;
+        let providers_changed = !started.is_empty() || st.providers.len() != snapshot.config.providers.len();
+        let config = snapshot.config.clone();
+        self.ctx.snapshot.store(Arc::new(snapshot));
+        if providers_changed {
+            // Stale entries could no longer answer (the cache checks the
+            // provider on every hit); clearing just frees their memory.
+            self.ctx.cache.clear();
+        }
+        self.restart_providers(st, started, &config);
+
+        // 5. Stop listeners that are gone or changed. A steered workload is
+        //    un-enrolled first, so its port goes back to the app, not to a void.
+        let stale: Vec<String> = st
+            .listeners
+            .iter()
+            .filter(|(n, l)| keys.get(*n) != Some(&l.key))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(l) = st.listeners.remove(&name) {
+                if l.key.steered() {
+                    self.unenrol(&name);
+                }
+                l.drain.signal();
+                lock(&self.bound).remove(&name);
+            }
+        }
+        st.failed.retain(|n, f| keys.get(n) == Some(&f.key));
+        st.netns_clients = netns_clients;
+
+        // 6. Start new host listeners.
+        for (name, (key, listener)) in new_listeners {
+            let client = self.host_client.clone();
+            self.start_listener(st, name, key, listener, client);
+        }
+
+        // 7. Enrol new or changed steered workloads.
+        for (name, key) in &keys {
+            self.enrol_if_needed(st, &config, name, key, open_failed.get(name));
+        }
+        self.report(st);
+        lock(&self.unapplied).take();
+        Ok(())
+    }
+
+    /// Providers of `config`: unchanged ones keep their keys and refresh task
+    /// (their shared secret is re-read); new or changed ones are built.
+    fn providers_for(&self, st: &State, config: &Config) -> Result<(Providers, Vec<Arc<Provider>>), ControlError> {
+        let mut providers = Providers::default();
+        let mut started = Vec::new();
+        for p in &config.providers {
+            match st.providers.get(&p.name) {
+                Some(t) if t.cfg == *p => {
+                    t.provider.reload_secret()?;
+                    providers.insert(t.provider.clone());
+                }
+                _ => {
+                    let metrics = self.provider_metrics.for_provider(&p.name);
+                    let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, metrics)?);
+                    providers.insert(provider.clone());
+                    started.push(provider);
+                }
+            }
+        }
+        Ok((providers, started))
+    }
+
+    fn enrol_if_needed(
+        &self,
+        st: &mut State,
+        config: &Config,
+        name: &str,
+        key: &ListenKey,
+        open_failed: Option<&Failure>,
+    ) {
+        let ListenKey::Netns { ips, ports, .. } = key else {
+            return;
+        };
+        let failed_recently = st
+            .failed
+            .get(name)
+            .is_some_and(|f| f.key == *key && f.at.elapsed() < ENROL_RETRY);
+        if st.listeners.contains_key(name) || failed_recently {
+            return;
+        }
+        let failed = |why: Failure| {
+            tracing::error!(workload = %name, error = %why, "workload not enrolled");
+            let blocks = config
+                .workloads
+                .iter()
+                .any(|w| w.name == name)
+                .then(|| self.readiness.block(format!("workload {name} failed to enrol")));
+            Failed {
+                key: key.clone(),
+                why,
+                at: Instant::now(),
+                _blocks: blocks,
+            }
+        };
+        if let Some(why) = open_failed {
+            st.failed.insert(name.to_string(), failed(why.clone()));
+            return;
+        }
+        let Some(client) = st.netns_clients.get(name).map(|(_, c)| c.clone()) else {
+            return;
+        };
+        let Some(ns) = client.netns() else { return };
+        let began = Instant::now();
+        let enrolled = lock(&self.enroller)
+            .enrol(name, &ns, ips, ports)
+            .map_err(|e| Failure::Enrol(Arc::new(e)))
+            .and_then(|l| tokio::net::TcpListener::from_std(l).map_err(|e| Failure::Listener(Arc::new(e))));
+        match enrolled {
+            Ok(listener) => {
+                self.metrics.enrolment_seconds.observe(began.elapsed().as_secs_f64());
+                st.failed.remove(name);
+                self.start_listener(st, name.to_string(), key.clone(), listener, client);
+            }
+            Err(why) => {
+                st.failed.insert(name.to_string(), failed(why));
+            }
+        }
+    }
+
+    fn report(&self, st: &State) {
+        let serving = st.listeners.values().filter(|l| !l.key.steered()).count();
+        let enrolled = st.listeners.len() - serving;
+        let w = &self.metrics.workloads;
+        w.with_label_values(&["serving"]).set(serving as i64);
+        w.with_label_values(&["enrolled"]).set(enrolled as i64);
+        w.with_label_values(&["failed"]).set(st.failed.len() as i64);
+    }
+
+    fn restart_providers(&self, st: &mut State, started: Vec<Arc<Provider>>, config: &Config) {
+        for p in started {
+            let task = tokio::spawn(p.clone().refresh_loop());
+            if let Some(old) = st.providers.insert(
+                p.cfg.name.clone(),
+                ProviderTask {
+                    cfg: p.cfg.clone(),
+                    provider: p,
+                    task,
+                },
+            ) {
+                old.task.abort();
+            }
+        }
+        let gone: Vec<String> = st
+            .providers
+            .keys()
+            .filter(|n| !config.providers.iter().any(|p| &p.name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(t) = st.providers.remove(&name) {
+                t.task.abort();
+                self.provider_metrics.forget(&name);
+            }
+        }
+    }
+
+    fn start_listener(
+        &self,
+        st: &mut State,
+        name: String,
+        key: ListenKey,
+        listener: tokio::net::TcpListener,
+        client: Arc<upstream::Client>,
+    ) {
+        let bound = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (trigger, watch) = drain::channel();
+        let endpoint = Endpoint {
+            workload: name.as_str().into(),
+            client,
+            metrics: self.ctx.metrics.workload(&name),
+        };
+        let task = tokio::spawn(proxy::serve(listener, self.ctx.clone(), endpoint, watch));
+        tracing::info!(workload = %name, listen = %bound, "workload serving");
+        lock(&self.bound).insert(name.clone(), bound);
+        st.listeners.insert(
+            name,
+            Listener {
+                key,
+                bound,
+                drain: trigger,
+                task,
+            },
+        );
+    }
+
+    fn unenrol(&self, name: &str) {
+        if let Err(e) = lock(&self.enroller).unenrol(name) {
+            tracing::error!(workload = %name, error = %e, "cannot un-enrol");
+        }
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded), stops refreshes.
+    /// Steered workloads stay enrolled: their pinned entries keep the ports
+    /// closed (fail closed) until an agent adopts them again.
+    pub async fn shutdown(&self) {
+        let mut st = self.state.lock().await;
+        let listeners: Vec<Listener> = st.listeners.drain().map(|(_, l)| l).collect();
+        for l in &listeners {
+            l.drain.signal();
+        }
+        for l in listeners {
+            let _ = l.task.await;
+            tracing::debug!(listen = %l.bound, "listener drained");
+        }
+        for (_, t) in st.providers.drain() {
+            t.task.abort();
+        }
+    }
+
+    /// Un-enrols every steered workload (an operator's uninstall, or a test's cleanup).
+    pub async fn unenrol_all(&self) {
+        let st = self.state.lock().await;
+        for (name, l) in &st.listeners {
+            if l.key.steered() {
+                self.unenrol(name);
+            }
+        }
+    }
+}
+
+/// Host listeners for new or moved reverse-proxy workloads.
+async fn bind_new_listeners(
+    st: &State,
+    keys: &HashMap<String, ListenKey>,
+) -> Result<HashMap<String, (ListenKey, tokio::net::TcpListener)>, ControlError> {
+    let mut out = HashMap::new();
+    for (name, key) in keys {
+        let ListenKey::Addr(listen) = key else { continue };
+        if st.listeners.get(name).is_some_and(|l| l.key == *key) {
+            continue;
+        }
+        let l = proxy::bind(*listen).await.map_err(|source| ControlError::Bind {
+            workload: name.clone(),
+            addr: *listen,
+            source,
+        })?;
+        out.insert(name.clone(), (key.clone(), l));
+    }
+    Ok(out)
+}
+
+type NetnsClients = HashMap<String, (ListenKey, Arc<upstream::Client>)>;
+
+/// One upstream client per steered workload, connecting from inside its
+/// namespace; kept when the workload did not change.
+fn open_namespaces(
+    st: &State,
+    keys: &HashMap<String, ListenKey>,
+    config: &Config,
+) -> (NetnsClients, HashMap<String, Failure>) {
+    let mut clients = HashMap::new();
+    let mut failed = HashMap::new();
+    for (name, key) in keys {
+        let ListenKey::Netns { path, .. } = key else { continue };
+        match st.netns_clients.get(name) {
+            Some((k, c)) if k == key => {
+                clients.insert(name.clone(), (key.clone(), c.clone()));
+            }
+            _ => match Netns::open(path) {
+                Ok(ns) => {
+                    clients.insert(name.clone(), (key.clone(), client_for(config, Some(Arc::new(ns)))));
+                }
+                Err(e) => {
+                    failed.insert(name.clone(), Failure::Netns(Arc::new(e)));
+                }
+            },
+        }
+    }
+    (clients, failed)
+}
+
+impl PodSink for Control {
+    fn config(&self) -> Arc<Config> {
+        Control::config(self)
+    }
+
+    fn config_changes(&self) -> watch::Receiver<u64> {
+        self.config_gen.subscribe()
+    }
+
+    fn apply_pods(
+        &self,
+        pods: Vec<PodWorkload>,
+        present: HashSet<String>,
+    ) -> impl std::future::Future<Output = HashMap<String, String>> + Send {
+        Control::apply_pods(self, pods, present)
+    }
+}

@@ -1,0 +1,306 @@
+//! The request pipeline for one workload, in phases:
+//!
+//! 1. [`admit`] (shared with `nodeward explain`): hop-by-hop headers, forged
+//!    identity, method and path checks, the normalisation, the decision, and
+//!    the request rewritten as the upstream will get it (token sources
+//!    stripped, forwarding headers, verified identity, the normalised path);
+//! 2. metrics and one audit line, whatever the outcome;
+//! 3. the refusal, or the forward (body size-limited and streamed).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::conn::Activity;
+use super::error::ProxyError;
+use super::{Context, Endpoint, ProxyBody, headers, respond};
+use crate::audit;
+use crate::authz::{self, Decision, Verifier};
+use crate::config::Mode;
+use crate::path;
+use crate::policy::Policy;
+use crate::reason::Reason;
+use crate::token::Sources;
+
+#[derive(Clone)]
+pub struct Service {
+    ctx: Arc<Context>,
+    endpoint: Arc<Endpoint>,
+    client: SocketAddr,
+    /// The accepted socket's local address: for steered connections, the
+    /// original destination (pod IP and port).
+    local: SocketAddr,
+    activity: Activity,
+}
+
+impl Service {
+    pub fn new(
+        ctx: Arc<Context>,
+        endpoint: Arc<Endpoint>,
+        client: SocketAddr,
+        local: SocketAddr,
+        activity: Activity,
+    ) -> Self {
+        Self {
+            ctx,
+            endpoint,
+            client,
+            local,
+            activity,
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let busy = this.activity.begin();
+            let pending = this.activity.pending();
+            let (resp, client_gave_up) = this.handle(req).await;
+            if !client_gave_up {
+                pending.done();
+            }
+            // The in-flight mark lasts until the response body is done.
+            Ok(resp.map(|b| super::guard_body(b, busy)))
+        })
+    }
+}
+
+/// A request after [`admit`]: the decision, the path it was matched with,
+/// and where to send it when allowed.
+pub struct Admitted {
+    pub decision: Decision,
+    /// The normalised path (for the audit line), or the path as sent when it
+    /// could not be normalised.
+    pub path: String,
+    /// The normalised path and the query (without token parameters), as the
+    /// upstream gets them.
+    pub target: Option<PathAndQuery>,
+}
+
+fn refused(reason: Reason, detail: String, path: &str) -> Admitted {
+    Admitted {
+        decision: Decision::deny(reason, detail, None, Mode::Enforce),
+        path: path.to_string(),
+        target: None,
+    }
+}
+
+/// Standard methods are upper case; `get` is not GET to a rule, and an
+/// upstream might think it is.
+fn check_method(m: &Method) -> Result<(), (Reason, String)> {
+    if *m == Method::CONNECT {
+        return Err((Reason::UnsupportedRequest, "CONNECT is not proxied".into()));
+    }
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let name = m.as_str();
+    if name.bytes().any(|b| b.is_ascii_lowercase()) && STANDARD.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        return Err((
+            Reason::InvalidMethod,
+            format!("method {name:?} must be written in upper case"),
+        ));
+    }
+    Ok(())
+}
+
+/// Everything between the request head and the forward-or-refuse choice,
+/// applied to `parts` in place: what is matched is what is forwarded.
+pub async fn admit(
+    v: &Verifier<'_>,
+    sources: &Sources,
+    policy: &Policy,
+    parts: &mut Parts,
+    peer: IpAddr,
+    trusted_peer: bool,
+) -> Admitted {
+    let raw_path = parts.uri.path().to_string();
+    if let Err(e) = headers::strip_hop_by_hop(&mut parts.headers) {
+        return refused(Reason::InvalidHeader, e.to_string(), &raw_path);
+    }
+    headers::strip_identity(&mut parts.headers, policy);
+    if let Err((reason, detail)) = check_method(&parts.method) {
+        return refused(reason, detail, &raw_path);
+    }
+    // `OPTIONS *` (HTTP/1.1) and `:path *` (h2) are about the server, not a resource.
+    if raw_path == "*" || parts.uri.path_and_query().is_some_and(|p| p.as_str() == "*") {
+        return refused(
+            Reason::UnsupportedRequest,
+            "asterisk-form requests (OPTIONS *) are not proxied".into(),
+            "*",
+        );
+    }
+    let normalized = match path::normalize(&raw_path, &policy.path) {
+        Ok(n) => n,
+        Err(e) => return refused(Reason::InvalidPath, e.to_string(), &raw_path),
+    };
+    let query = parts.uri.query().map(str::to_string);
+    let mut decision = authz::decide(
+        v,
+        sources,
+        policy,
+        authz::Request {
+            method: &parts.method,
+            path: &normalized.matched,
+            headers: &parts.headers,
+            query: query.as_deref(),
+        },
+    )
+    .await;
+    // The token goes no further (unless the policy forwards a verified one).
+    let keep = decision
+        .token
+        .as_ref()
+        .filter(|_| policy.forward_token)
+        .map(|t| t.source);
+    let query = sources.strip(&mut parts.headers, query.as_deref(), keep);
+    headers::set_forwarded(&mut parts.headers, peer, trusted_peer);
+    if decision.outcome.lets_through()
+        && let Some(t) = &decision.token
+    {
+        match headers::identity(policy, &t.entry.verified) {
+            Ok(identity) => {
+                for (name, value) in identity {
+                    parts.headers.insert(name, value);
+                }
+            }
+            Err(e) => {
+                decision = Decision {
+                    token: decision.token.take(),
+                    ..Decision::deny(
+                        Reason::ClaimNotForwardable,
+                        e.to_string(),
+                        decision.rule.clone(),
+                        Mode::Enforce,
+                    )
+                };
+            }
+        }
+    }
+    let target = match &query {
+        Some(q) => format!("{}?{q}", normalized.forward),
+        None => normalized.forward.clone(),
+    };
+    Admitted {
+        target: PathAndQuery::try_from(target).ok(),
+        path: normalized.matched,
+        decision,
+    }
+}
+
+impl Service {
+    /// The response, and whether the client abandoned the request midway.
+    async fn handle(&self, req: Request<Incoming>) -> (Response<ProxyBody>, bool) {
+        let start = Instant::now();
+        let ctx = &self.ctx;
+        let snap = ctx.snapshot.load_full();
+        let request_id = ctx.request_ids.for_request(req.headers());
+        let Some(wl) = snap.workloads.get(&*self.endpoint.workload) else {
+            // The workload left the configuration while this connection was open.
+            return (ProxyError::WorkloadRemoved.respond(&request_id), false);
+        };
+        let (mut parts, body) = req.into_parts();
+        let limits = snap.limits();
+        let verifier = Verifier {
+            providers: &snap.providers,
+            cache: &ctx.cache,
+            max_token_bytes: limits.max_token_bytes,
+            counters: Some(&ctx.cache_counters),
+        };
+        let peer = self.client.ip();
+        let trusted = snap.config.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let admitted = admit(&verifier, &snap.sources, &wl.policy, &mut parts, peer, trusted).await;
+        let decision = &admitted.decision;
+        let latency = start.elapsed();
+        let m = &self.endpoint.metrics;
+        m.request(decision.outcome, decision.reason).inc();
+        m.decision_seconds.observe(latency.as_secs_f64());
+        ctx.audit.log(&audit::Record {
+            request_id: &request_id,
+            workload: &wl.name,
+            method: &parts.method,
+            path: &admitted.path,
+            decision,
+            client: self.client,
+            latency,
+        });
+
+        if !decision.outcome.lets_through() {
+            return (respond::refusal(decision, &request_id), false);
+        }
+        let declared_too_large = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > limits.max_body_bytes);
+        if declared_too_large {
+            return (ProxyError::BodyTooLarge.respond(&request_id), false);
+        }
+        let target = wl.upstream.target(self.local);
+        let result = match upstream_request(parts, admitted.target, target, &request_id) {
+            Ok(parts) => {
+                let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+                let body = Limited::new(body, limit).boxed_unsync();
+                self.endpoint.client.send(Request::from_parts(parts, body)).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(mut resp) => {
+                resp.headers_mut().insert(headers::REQUEST_ID, request_id);
+                (resp, false)
+            }
+            Err(e) => {
+                if let Some(kind) = e.upstream_failure() {
+                    m.upstream_error(kind).inc();
+                    tracing::debug!(workload = %wl.name, error = %e, "upstream request failed");
+                }
+                (e.respond(&request_id), e.client_gave_up())
+            }
+        }
+    }
+}
+
+/// The request head as the upstream gets it: HTTP/1.1 to `target`, with
+/// the admitted path and the request id.
+fn upstream_request(
+    mut parts: Parts,
+    path: Option<PathAndQuery>,
+    target: SocketAddr,
+    request_id: &HeaderValue,
+) -> Result<Parts, ProxyError> {
+    let path = path.ok_or(ProxyError::BadTarget)?;
+    // HTTP/2 carries the host in :authority; the upstream speaks HTTP/1.1.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(target.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadTarget)?;
+    parts.version = Version::HTTP_11;
+    parts.headers.insert(headers::REQUEST_ID, request_id.clone());
+    Ok(parts)
+}

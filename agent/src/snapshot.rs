@@ -1,0 +1,200 @@
+//! One applied configuration, immutable: compiled policies, the workloads
+//! bound to them, the providers and where tokens are read from. Swapped
+//! atomically on reload; a request loads it once and sees one consistent
+//! configuration from head to decision. Data only: no sockets, no clients
+//! (the proxy owns its upstream pools, the supervisor its listeners).
+//!
+//! [`WorkloadSpec`] is one workload as the file or the pod watch describes
+//! it; [`Snapshot::build`] binds each to its policy.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, Limits, Unbound, WorkloadConfig, select_policy};
+use crate::k8s::{PodPolicy, PodWorkload};
+use crate::policy::{Policy, PolicyError};
+use crate::provider::Providers;
+use crate::token::Sources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("workload {0}: no policy selects it")]
+    NoPolicy(String),
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub providers: Providers,
+    /// Where tokens are read from: every provider's sources, in order.
+    pub sources: Sources,
+    pub workloads: HashMap<Arc<str>, Workload>,
+}
+
+/// A workload as the request path needs it.
+pub struct Workload {
+    pub name: Arc<str>,
+    pub policy: Arc<Policy>,
+    pub upstream: Upstream,
+}
+
+/// Where a workload's allowed requests go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Reverse-proxy mode: a configured address.
+    Fixed(SocketAddr),
+    /// eBPF mode: the connection's original destination (pod IP and port),
+    /// dialled from inside the pod's namespace. The program lets a connection
+    /// from the pod's own address through, so it reaches the application
+    /// whether that listens on the pod IP or on every address.
+    OriginalDestination,
+}
+
+impl Upstream {
+    /// The address to dial for a connection accepted on `local`.
+    pub fn target(self, local: SocketAddr) -> SocketAddr {
+        match self {
+            Self::Fixed(a) => a,
+            Self::OriginalDestination => local,
+        }
+    }
+}
+
+impl Snapshot {
+    /// An empty snapshot: the agent before its first configuration is applied.
+    pub fn empty(config: Config) -> Self {
+        Self {
+            sources: Sources::compile([]),
+            config: Arc::new(config),
+            providers: Providers::default(),
+            workloads: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Compiles the policies and binds each of `specs` to its policy. A pod
+    /// without its policy gets a deny-all stand-in: enrolled, fail closed.
+    /// `skip` leaves out workloads that cannot serve (a steered workload
+    /// whose namespace could not be opened).
+    pub fn build(
+        config: Config,
+        specs: &[WorkloadSpec],
+        providers: Providers,
+        skip: impl Fn(&WorkloadSpec) -> bool,
+    ) -> Result<Self, SnapshotError> {
+        let mut policies = HashMap::new();
+        for p in &config.policies {
+            policies.insert(p.name.as_str(), Arc::new(Policy::compile(p)?));
+        }
+        let mut workloads = HashMap::new();
+        for w in specs.iter().filter(|w| !skip(w)) {
+            let policy = match &w.policy {
+                Ok(name) => policies.get(name.as_str()).cloned(),
+                Err(why) if w.fail_closed => Some(Arc::new(Policy::deny_all(
+                    "(none)",
+                    format!("workload {} has no policy: {why}", w.name),
+                ))),
+                Err(_) => None,
+            }
+            .ok_or_else(|| SnapshotError::NoPolicy(w.name.clone()))?;
+            let upstream = match &w.kind {
+                SpecKind::Listen { upstream, .. } => Upstream::Fixed(*upstream),
+                SpecKind::Netns { .. } => Upstream::OriginalDestination,
+            };
+            let name: Arc<str> = w.name.as_str().into();
+            workloads.insert(name.clone(), Workload { name, policy, upstream });
+        }
+        Ok(Self {
+            sources: Sources::compile(config.providers.iter().flat_map(|p| &p.token_from)),
+            config: Arc::new(config),
+            providers,
+            workloads,
+        })
+    }
+}
+
+/// One workload as `apply` sees it: a static workload of the file, or a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub kind: SpecKind,
+    /// The bound policy's name, or why there is none.
+    pub policy: Result<String, String>,
+    /// A missing policy means deny-all (pods) rather than an error (the file's workloads).
+    pub fail_closed: bool,
+}
+
+/// How a workload's traffic reaches the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecKind {
+    /// Reverse proxy: the agent listens on `listen` and forwards to `upstream`.
+    Listen { listen: SocketAddr, upstream: SocketAddr },
+    /// eBPF steering into the namespace at `path`, on `ips` × `ports`.
+    Netns {
+        path: PathBuf,
+        ips: Vec<IpAddr>,
+        ports: Vec<u16>,
+    },
+}
+
+impl WorkloadSpec {
+    /// A workload of the file (validated: exactly one way in, a policy that exists).
+    pub fn from_static(w: &WorkloadConfig, config: &Config) -> Option<Self> {
+        let policy = select_policy(&config.policies, &w.labels, w.policy.as_deref());
+        let kind = match (w.listen, w.upstream, &w.netns) {
+            (Some(listen), Some(upstream), _) => SpecKind::Listen { listen, upstream },
+            (_, _, Some(path)) => SpecKind::Netns {
+                path: path.clone(),
+                ips: w.ips.clone(),
+                ports: policy.as_ref().map(|p| p.ports.clone()).unwrap_or_default(),
+            },
+            _ => return None,
+        };
+        Some(Self {
+            name: w.name.clone(),
+            kind,
+            policy: policy.map(|p| p.name.clone()).map_err(|e: Unbound| e.to_string()),
+            fail_closed: false,
+        })
+    }
+
+    pub fn from_pod(p: &PodWorkload, config: &Config) -> Self {
+        let policy = match &p.policy {
+            PodPolicy::Named(n) if config.policies.iter().any(|q| &q.name == n) => Ok(n.clone()),
+            PodPolicy::Named(n) => Err(format!("policy {n:?} does not exist")),
+            PodPolicy::Missing(why) => Err(why.clone()),
+        };
+        Self {
+            name: p.name.clone(),
+            kind: SpecKind::Netns {
+                path: p.netns.clone(),
+                ips: p.ips.clone(),
+                ports: p.ports.clone(),
+            },
+            policy,
+            fail_closed: true,
+        }
+    }
+
+    /// The effective workloads: the file's, then the pods whose names they do not take.
+    pub fn all(config: &Config, pods: &[PodWorkload]) -> Vec<Self> {
+        let mut out: Vec<Self> = config
+            .workloads
+            .iter()
+            .filter_map(|w| Self::from_static(w, config))
+            .collect();
+        for p in pods {
+            if config.workloads.iter().any(|w| w.name == p.name) {
+                continue;
+            }
+            out.push(Self::from_pod(p, config));
+        }
+        out
+    }
+}
