@@ -1,7 +1,8 @@
 //! Test helpers shared by unit tests, integration tests, benchmarks and the
 //! demo (feature `testing`): a dev IdP on loopback, an upstream that echoes
 //! what it received, and an in-process agent on ephemeral ports; `netns`
-//! has the fixtures of the root-only network-namespace tests.
+//! has the fixtures of the root-only network-namespace tests, `cgroup`
+//! those of the cgroup (egress) ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -327,5 +328,6 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
