@@ -18,7 +18,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeward::ebpf::egress::pinned_links;
 use nodeward::ebpf::{
     Destination, EbpfError, EgressCounters, EgressListeners, EgressPolicy, EgressSteering, FailMode,
     OriginalDestinations,
@@ -296,7 +295,7 @@ async fn steers_configured_egress_body() {
         &pods.a_cgroup.path,
         &port_policy(&[PORT], FailMode::Closed),
     );
-    let links = pinned_links(&pins.path);
+    let links = pins.egress_links();
     assert_eq!(links.len(), 1, "one link directory: {links:?}");
     assert_eq!(
         links[0].1,
@@ -364,7 +363,7 @@ async fn steers_configured_egress_body() {
 
     // Un-enrolled: the pod reaches B directly again.
     egress.unenrol("default/pod-a.v1", agent.id).expect("unenrol");
-    assert!(pinned_links(&pins.path).is_empty());
+    assert!(pins.egress_links().is_empty());
     assert!(kernel_links(&egress).is_empty(), "the links are detached at once");
     expect_direct(&mut app, pods.b(PORT), "b").await;
     egress.destroy().expect("destroy");
@@ -507,11 +506,7 @@ async fn fails_closed_without_the_agent_and_recovers_from_pins_body() {
 
     let agent = AgentSide::enrol(&mut egress, "pod-a", &pods.a.path, &pods.a_cgroup.path, &policy);
     assert_eq!(agent.id, id);
-    assert_eq!(
-        pinned_links(&pins.path).len(),
-        1,
-        "attach is idempotent after a restart"
-    );
+    assert_eq!(pins.egress_links().len(), 1, "attach is idempotent after a restart");
     expect_steered(&mut app, &agent, pods.b(PORT)).await;
     expect_steered(&mut app, &agent, pods.b6(PORT)).await;
     assert_eq!(pods.b_app.hits(), 0, "nothing ever reached B without the agent");
@@ -601,7 +596,7 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     let t = Instant::now();
     let mut enrolled: Vec<_> = (0..N).map(|i| enrol(&mut egress, i)).collect();
     let enrol_all = t.elapsed();
-    assert_eq!(pinned_links(&pins.path).len(), N);
+    assert_eq!(pins.egress_links().len(), N);
     assert_eq!(kernel_links(&egress).len(), 3 * N);
 
     // One namespace cannot be two workloads.
@@ -619,7 +614,7 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     for (i, id, ..) in gone {
         egress.unenrol(&name_of(i), id).expect("unenrol");
     }
-    assert_eq!(pinned_links(&pins.path).len(), N / 2);
+    assert_eq!(pins.egress_links().len(), N / 2);
     drop(egress);
     let mut egress = EgressSteering::load_or_adopt(&pins.path).expect("adopt");
     assert!(egress.adopted());
@@ -633,7 +628,7 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     }
     let churn = t.elapsed();
     assert_eq!(egress.workloads().len(), N);
-    assert_eq!(pinned_links(&pins.path).len(), N);
+    assert_eq!(pins.egress_links().len(), N);
     assert_eq!(kernel_links(&egress).len(), 3 * N, "re-enrolment made no extra links");
     let ids: std::collections::BTreeSet<u32> = enrolled.iter().map(|(_, id, ..)| *id).collect();
     assert_eq!(ids.len(), N, "ids are distinct");
@@ -649,7 +644,7 @@ async fn enrol_unenrol_churn_leaks_nothing_body() {
     }
     let unenrol_all = t.elapsed();
     drop(enrolled);
-    assert!(pinned_links(&pins.path).is_empty(), "{:?}", pinned_links(&pins.path));
+    assert!(pins.egress_links().is_empty(), "{:?}", pins.egress_links());
     assert!(egress.workloads().is_empty());
     assert!(
         kernel_links(&egress).is_empty(),

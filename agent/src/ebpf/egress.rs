@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use nodeward_common::egress::{Counter, DEST_FIXED_BITS, DestKey, FLAG_FAIL_OPEN};
@@ -416,26 +416,6 @@ pub(super) fn remove_pinned(dir: &Path) -> Result<(), EbpfError> {
     }
     detach_all(&dir.join("links"))?;
     std::fs::remove_dir_all(dir).map_err(pin_error(dir, "removing the egress pin directory"))
-}
-
-/// Files pinned under `<pin_dir>/egress/links/`, one directory per
-/// workload: `(workload file name, links in it)`.
-pub fn pinned_links(pin_dir: &Path) -> Vec<(String, Vec<String>)> {
-    let names = |dir: PathBuf| -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        out.sort();
-        out
-    };
-    let links = pin_dir.join(EGRESS_DIR).join("links");
-    names(links.clone())
-        .into_iter()
-        .map(|w| {
-            let inside = names(links.join(&w));
-            (w, inside)
-        })
-        .collect()
 }
 
 #[cfg(test)]

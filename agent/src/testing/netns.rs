@@ -414,6 +414,26 @@ impl PinDir {
             })
             .unwrap_or_default()
     }
+
+    /// The egress programs' link directories (`egress/links/<workload>/`),
+    /// each with the links pinned in it, sorted.
+    pub fn egress_links(&self) -> Vec<(String, Vec<String>)> {
+        let names = |dir: &Path| -> Vec<String> {
+            let mut out: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+                .unwrap_or_default();
+            out.sort();
+            out
+        };
+        let links = self.path.join(crate::ebpf::egress::EGRESS_DIR).join("links");
+        names(&links)
+            .into_iter()
+            .map(|w| {
+                let inside = names(&links.join(&w));
+                (w, inside)
+            })
+            .collect()
+    }
 }
 
 impl Default for PinDir {
