@@ -27,8 +27,9 @@ use crate::netns::{listener_in, socket_in};
 pub fn require_root(test: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "{test}: NOT RUN: this test needs root (network namespaces, veth, eBPF, bpffs); \
-         run it as root: `sudo -E cargo test -p nodeward-tests --test namespaced -- --test-threads=1`"
+        "{test}: NOT RUN: this test needs root (network namespaces, veth, cgroups, eBPF, bpffs); \
+         run it as root: `sudo -E cargo test -p nodeward-tests --test <namespaced|egress|kubernetes> -- \
+         --test-threads=1`, or `sudo -E cargo xtask test`"
     );
 }
 
