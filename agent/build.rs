@@ -1,8 +1,8 @@
-//! Builds the SK_LOOKUP program (`agent-ebpf`, bin `nodeward-sklookup`) for
-//! the BPF target with the nightly toolchain and bpf-linker (see
-//! scripts/bpf-toolchain.sh), leaving the object in OUT_DIR for
-//! `src/ebpf.rs` to embed. `AYA_BUILD_SKIP=1` skips it (the embedded object
-//! is then empty and loading fails loudly).
+//! Builds the BPF objects (`agent-ebpf`, bins `nodeward-sklookup` and
+//! `nodeward-egress`) for the BPF target with the nightly toolchain and
+//! bpf-linker (see scripts/bpf-toolchain.sh), leaving them in OUT_DIR for
+//! `src/ebpf.rs` and `src/ebpf/egress.rs` to embed. `AYA_BUILD_SKIP=1` skips
+//! it (the embedded objects are then empty and loading fails loudly).
 
 use std::path::Path;
 
@@ -20,7 +20,9 @@ fn main() -> anyhow::Result<()> {
         // Keep include_bytes! compiling; Steering::load_or_adopt reports the
         // empty object.
         let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
-        std::fs::write(Path::new(&out).join("nodeward-sklookup"), []).context("writing the empty object")?;
+        for object in ["nodeward-sklookup", "nodeward-egress"] {
+            std::fs::write(Path::new(&out).join(object), []).context("writing an empty object")?;
+        }
     }
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -19,7 +19,7 @@ use nodeward::ebpf::{Counters, EbpfError, Steering};
 use nodeward::netns::{Netns, listener_in};
 use nodeward_testkit::netns::{
     NetnsApp, NetnsGuard, PinDir, app_reply, canonical, connect, connect_from, get, leftover_namespaces, open_fds,
-    require_root, respond,
+    privileged, respond,
 };
 use tokio::net::TcpListener;
 
@@ -64,19 +64,6 @@ fn capture_logs() -> &'static CapturedLogs {
         log::set_max_level(log::LevelFilter::Debug);
     }
     &CAPTURED
-}
-
-/// Runs one test: fails loudly without root, one test at a time (they
-/// share kernel state), on its own runtime.
-fn privileged(test: &str, body: impl Future<Output = ()>) {
-    require_root(test);
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(body);
 }
 
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {

@@ -1,14 +1,17 @@
-//! Types shared by nodeward's SK_LOOKUP program (`agent-ebpf`) and its
+//! Types shared by nodeward's eBPF programs (`agent-ebpf`) and their
 //! user-space loader (`nodeward::ebpf`): the keys and values of the maps, the
-//! map names and sizes, and the counter layout. Every type is `#[repr(C)]`
-//! with explicit padding so both sides agree byte for byte; nothing here
-//! decides policy.
+//! map names and sizes, and the counter layout. The crate root holds the
+//! inbound SK_LOOKUP program's; [`egress`] the egress programs'. Every type
+//! is `#[repr(C)]` with explicit padding so both sides agree byte for byte;
+//! nothing here decides policy.
 //!
 //! Addresses are always 16 bytes in network order: an IPv4 address is stored
 //! IPv4-mapped (`::ffff:a.b.c.d`), so one key type serves both families. A
 //! v4-mapped key cannot collide with a real IPv6 destination because the
 //! kernel presents IPv4-mapped traffic to SK_LOOKUP as IPv4 (family AF_INET).
 #![cfg_attr(not(test), no_std)]
+
+pub mod egress;
 
 /// Name of the map of protected (local IP, local port) pairs:
 /// `HashMap<ProtectedKey, ProtectedValue>`.

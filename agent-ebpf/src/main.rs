@@ -24,6 +24,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod shared;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_SK_LOOKUP_F_REPLACE, sk_action},
     macros::{map, sk_lookup},
@@ -34,6 +36,7 @@ use aya_log_ebpf::debug;
 use nodeward_common::{
     COUNTER_KINDS, Counter, MAX_PROTECTED, MAX_WORKLOADS, ProtectedKey, ProtectedValue, WorkloadName, counter_index,
 };
+use shared::{bytes, is_loopback};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -209,28 +212,6 @@ impl Fields {
     }
 }
 
-/// 127.0.0.0/8 (as v4-mapped) or ::1.
-fn is_loopback(addr: [u32; 4]) -> bool {
-    match addr {
-        [0, 0, mapped, v4] if mapped == u32::to_be(0xffff) => v4.to_ne_bytes()[0] == 127,
-        [0, 0, 0, last] => last == u32::to_be(1),
-        _ => false,
-    }
-}
-
-/// The words' bytes in memory order, i.e. the address in network order.
-const fn bytes(w: [u32; 4]) -> [u8; 16] {
-    let [a, b, c, d] = [
-        w[0].to_ne_bytes(),
-        w[1].to_ne_bytes(),
-        w[2].to_ne_bytes(),
-        w[3].to_ne_bytes(),
-    ];
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
-    ]
-}
-
 fn protected(key: &ProtectedKey) -> Option<ProtectedValue> {
     let entry = NW_PROTECTED.get_ptr(key)?;
     #[expect(unsafe_code, reason = "reads a map value by pointer")]
@@ -252,27 +233,6 @@ fn count(workload_id: u32, counter: Counter) {
         }
     }
 }
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a verified program: the verifier rejects code that could
-    // get here (and a loop would not pass it), so tell the compiler so.
-    #[expect(unsafe_code, reason = "panic handler of a no_std program")]
-    // SAFETY: no panicking path survives optimisation in this program; if one
-    // did, the verifier would reject the program at load time.
-    unsafe {
-        core::hint::unreachable_unchecked()
-    }
-}
-
-/// The kernel refuses some helpers to programs without a GPL-compatible
-/// licence; this program uses none of them.
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-#[expect(unsafe_code, reason = "the kernel reads the licence from this section")]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";
 
 /// Host builds (clippy, `cargo build --workspace`) get a stub binary.
 #[cfg(not(target_arch = "bpf"))]

@@ -2,7 +2,9 @@
 //! from source by `build.rs` and embedded here), pins it and its maps under
 //! a directory on bpffs, attaches it to enrolled workloads' network
 //! namespaces, and keeps the maps saying which (pod IP, port) pairs go to
-//! which of the agent's listeners.
+//! which of the agent's listeners. Egress steering (the pods' outbound
+//! connections, by cgroup programs) is [`egress`]: a separate object with
+//! its own pins under `<pin_dir>/egress`.
 //!
 //! It owns the kernel side of steering only. Creating listeners inside a
 //! namespace is `netns`; accepting and proxying what they receive, and
@@ -30,6 +32,7 @@
 //! An agent upgrade keeps running the pinned program; a change of program or
 //! map layout needs [`remove_pinned`] (or [`Steering::destroy`]) first.
 
+pub mod egress;
 mod error;
 mod listener;
 mod logs;
@@ -48,6 +51,9 @@ use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use nodeward_common::{Counter, MAX_WORKLOADS, PROGRAM, ProtectedKey};
 
+pub use self::egress::{
+    Destination, EgressCounters, EgressListeners, EgressPolicy, EgressSteering, FailMode, OriginalDestinations,
+};
 pub use self::error::EbpfError;
 use self::error::privileged;
 pub use self::logs::BpfLogs;
@@ -399,9 +405,10 @@ impl Steering {
     }
 }
 
-/// Detaches every pinned link, then removes the pin directory and
-/// everything in it, which frees the program and maps once no process holds
-/// them. Refuses a directory that is not on bpffs; a missing one is fine.
+/// Detaches every pinned link (the inbound netns links and the egress
+/// cgroup links), then removes the pin directory and everything in it,
+/// which frees the programs and maps once no process holds them. Refuses a
+/// directory that is not on bpffs; a missing one is fine.
 pub fn remove_pinned(pin_dir: &Path) -> Result<(), EbpfError> {
     if !pin_dir.exists() {
         return Ok(());
@@ -422,6 +429,7 @@ pub fn remove_pinned(pin_dir: &Path) -> Result<(), EbpfError> {
             detach_and_unpin(&entry.path())?;
         }
     }
+    egress::remove_pinned(&pin_dir.join(egress::EGRESS_DIR))?;
     std::fs::remove_dir_all(pin_dir).map_err(pin_error(pin_dir, "removing the pin directory"))
 }
 

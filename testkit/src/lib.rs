@@ -1,7 +1,8 @@
 //! Test support shared by the integration tests, the benchmarks and the demo:
 //! a dev IdP on loopback, an upstream that echoes what it received, and an
 //! in-process agent on ephemeral ports; `netns` has the fixtures of the
-//! root-only network-namespace tests, `kubeapi` a fake Kubernetes API.
+//! root-only network-namespace tests, `cgroup` those of the cgroup
+//! (egress) ones, `kubeapi` a fake Kubernetes API.
 //!
 //! Its own crate, a dev-dependency only, so none of it (nor the dev IdP it
 //! drives) is ever linked into the privileged agent.
@@ -301,5 +302,6 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;

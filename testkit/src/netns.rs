@@ -1,7 +1,8 @@
 //! Fixtures for root-only tests in real network namespaces: a namespace
-//! with a veth to the host ([`NetnsGuard`]), a tiny app inside it
-//! ([`NetnsApp`]), a private pin directory on bpffs ([`PinDir`]), and
-//! clients that connect from the host or from inside a namespace.
+//! with a veth to the host ([`NetnsGuard`]), a veth between two of them
+//! ([`NetnsLink`]), a tiny app inside one ([`NetnsApp`]), a private pin
+//! directory on bpffs ([`PinDir`]), and clients that connect from the host
+//! or from inside a namespace.
 //!
 //! Every name (namespace, veth, pin directory) is unique per process and
 //! fixture, addresses are 10.x / fd77:6e77::/32 only inside namespaces the
@@ -26,14 +27,30 @@ use nodeward::netns::{listener_in, socket_in};
 pub fn require_root(test: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "{test}: NOT RUN: this test needs root (network namespaces, veth, eBPF, bpffs); \
-         run it as root: `sudo -E cargo test -p nodeward-tests --test namespaced -- --test-threads=1`"
+        "{test}: NOT RUN: this test needs root (network namespaces, veth, cgroups, eBPF, bpffs); \
+         run it as root: `sudo -E cargo test -p nodeward-tests --test <namespaced|egress|kubernetes> -- \
+         --test-threads=1`, or `sudo -E cargo xtask test`"
     );
+}
+
+/// Runs one root-only test: fails loudly without root (see
+/// [`require_root`]), one test at a time (they share kernel state: a lock
+/// serialises them whatever `--test-threads` says), on its own
+/// current-thread runtime.
+pub fn privileged(test: &str, body: impl Future<Output = ()>) {
+    require_root(test);
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body);
 }
 
 /// `<pid>x<n>`: unique per process and call, short enough for interface
 /// names (15 bytes with a 3-byte prefix).
-fn unique() -> (u32, String) {
+pub(crate) fn unique() -> (u32, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     (n, format!("{}x{n}", std::process::id() % 100_000))
@@ -195,6 +212,81 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// A veth pair between two namespaces a test made (pod A and pod B on one
+/// link, as two pods of a node reach each other), with a leased /30 and
+/// /64: `a_ip`/`a_ip6` inside `a`, `b_ip`/`b_ip6` inside `b`. Drop deletes
+/// the pair (deleting either namespace does too).
+#[derive(Debug)]
+pub struct NetnsLink {
+    pub a_if: String,
+    pub b_if: String,
+    pub a_ip: Ipv4Addr,
+    pub b_ip: Ipv4Addr,
+    pub a_ip6: Ipv6Addr,
+    pub b_ip6: Ipv6Addr,
+    a_ns: String,
+    _lease: SubnetLease,
+}
+
+impl NetnsLink {
+    pub fn new(a: &NetnsGuard, b: &NetnsGuard) -> Self {
+        let (_, tag) = unique();
+        let lease = SubnetLease::acquire();
+        let (a_ip, b_ip, a_ip6, b_ip6) = lease.addresses();
+        let link = Self {
+            a_if: format!("nwa{tag}"),
+            b_if: format!("nwb{tag}"),
+            a_ip,
+            b_ip,
+            a_ip6,
+            b_ip6,
+            a_ns: a.name.clone(),
+            _lease: lease,
+        };
+        let Self { a_if, b_if, .. } = &link;
+        let (a_ns, b_ns) = (&a.name, &b.name);
+        ip(
+            &[],
+            Some(&format!(
+                "link add {a_if} netns {a_ns} type veth peer name {b_if} netns {b_ns}\n"
+            )),
+        );
+        for (ns, ifname, v4, v6) in [(a_ns, a_if, a_ip, a_ip6), (b_ns, b_if, b_ip, b_ip6)] {
+            ip(
+                &["-n", ns],
+                Some(&format!(
+                    "addr add {v4}/30 dev {ifname}\n\
+                     addr add {v6}/64 dev {ifname} nodad\n\
+                     link set {ifname} up\n"
+                )),
+            );
+        }
+        link
+    }
+
+    pub fn a(&self) -> IpAddr {
+        IpAddr::V4(self.a_ip)
+    }
+
+    pub fn b(&self) -> IpAddr {
+        IpAddr::V4(self.b_ip)
+    }
+
+    pub fn b6(&self) -> IpAddr {
+        IpAddr::V6(self.b_ip6)
+    }
+}
+
+impl Drop for NetnsLink {
+    fn drop(&mut self) {
+        // Quiet: gone already when a namespace went first.
+        let _ = Command::new("ip")
+            .args(["-n", &self.a_ns, "link", "del", &self.a_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A /30 + /64 pair held for one fixture. Leases are files created with
 /// O_EXCL under `/run/nodeward-tests`, so concurrent test processes (a test
 /// run beside a benchmark) never pick the same subnet; a lease whose owner
@@ -322,6 +414,26 @@ impl PinDir {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The egress programs' link directories (`egress/links/<workload>/`),
+    /// each with the links pinned in it, sorted.
+    pub fn egress_links(&self) -> Vec<(String, Vec<String>)> {
+        let names = |dir: &Path| -> Vec<String> {
+            let mut out: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+                .unwrap_or_default();
+            out.sort();
+            out
+        };
+        let links = self.path.join(nodeward::ebpf::egress::EGRESS_DIR).join("links");
+        names(&links)
+            .into_iter()
+            .map(|w| {
+                let inside = names(&links.join(&w));
+                (w, inside)
+            })
+            .collect()
     }
 }
 

@@ -92,6 +92,27 @@ pub enum EbpfError {
     },
     #[error("counting CPUs ({what}): {source}")]
     Cpus { what: &'static str, source: io::Error },
+    #[error("the egress BPF object has no program {program} of the expected type")]
+    MissingEgressProgram { program: &'static str },
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("{path} is not a cgroup v2 directory (egress steering attaches to the pod's cgroup v2 directory)")]
+    NotCgroup2 { path: PathBuf },
+    #[error("the kernel gave no bpf_link for a cgroup attachment: egress steering needs Linux 5.7 or newer")]
+    LinkUnsupported,
+    #[error(
+        "egress listener on {addr}: it must listen on {want} inside the pod, or other pods could reach it and \
+         borrow this pod's identity"
+    )]
+    EgressListenerAddr { addr: SocketAddr, want: &'static str },
+    #[error("the IPv4 and IPv6 egress listeners are in different network namespaces")]
+    EgressListenersApart,
+    #[error("reading the listener's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14): {source}")]
+    NetnsCookie { source: io::Error },
+    #[error("this network namespace is already enrolled for egress as workload id {owner}")]
+    NetnsTaken { owner: u32 },
+    #[error("egress destination {destination}: {reason}")]
+    InvalidDestination { destination: String, reason: &'static str },
 }
 
 /// Turns a permission failure anywhere in `source`'s chain into the

@@ -124,12 +124,15 @@ fn is_bpffs(path: &Path) -> Result<bool, EbpfError> {
     Ok(fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
-/// What a pinned netns link is attached to, from the kernel's fdinfo.
+/// What a pinned link is attached to, from the kernel's fdinfo.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct LinkTarget {
-    /// Inode of the network namespace; 0 once that namespace is gone (the
-    /// kernel detaches the link then).
+    /// Inode of the network namespace of a netns link; 0 for other links
+    /// and once that namespace is gone (the kernel detaches the link then).
     pub netns_ino: u64,
+    /// Id of the cgroup of a cgroup link (its cgroup v2 directory's inode);
+    /// 0 for other links and once the cgroup is gone.
+    pub cgroup_id: u64,
     pub prog_id: u32,
 }
 
@@ -157,10 +160,11 @@ pub(super) fn pinned_link_target(path: &Path) -> Result<Option<LinkTarget>, Ebpf
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    // A link that is not a netns link (no netns_ino) or lost its namespace
-    // reads as netns 0: never reused.
+    // A link of another kind, or one that lost its namespace or cgroup,
+    // reads as 0: never reused.
     Ok(Some(LinkTarget {
         netns_ino: field("netns_ino:").unwrap_or(0),
+        cgroup_id: field("cgroup_id:").unwrap_or(0),
         prog_id: field("prog_id:").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
     }))
 }
