@@ -76,7 +76,13 @@ impl Agent {
             metrics.proxy.clone(),
             audit,
         ));
-        let control = Arc::new(Control::new(ctx, &metrics, Readiness::default(), &config));
+        let control = Arc::new(Control::new(
+            ctx,
+            metrics.control.clone(),
+            metrics.providers.clone(),
+            Readiness::default(),
+            &config,
+        ));
         let (admin_drain, watch) = drain::channel();
         let status = Arc::new(Status {
             control: control.clone(),

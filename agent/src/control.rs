@@ -5,13 +5,17 @@
 //! snapshot requests see — without disturbing requests in flight.
 //!
 //! - `supervisor.rs`: [`Control`], applying one configuration in steps;
+//! - `listeners.rs`: what a listener is made from, binding, per-namespace clients;
+//! - `providers.rs`: provider refresh tasks across reloads;
 //! - `enrol.rs`: eBPF enrolment bookkeeping between `ebpf` and the listeners;
 //! - `metrics.rs`: workloads by state, reloads, enrolment latency, eBPF counters.
 //!
 //! It serves nothing itself: listeners run `proxy::serve`.
 
 mod enrol;
+mod listeners;
 mod metrics;
+mod providers;
 mod supervisor;
 
 pub use metrics::ControlMetrics;

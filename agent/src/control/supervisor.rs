@@ -6,26 +6,25 @@
 //! (namespace gone, no capability) fails alone, loudly, and is tried again.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::enrol::{EnrolError, Enroller};
+use super::listeners::{self, ListenKey, Listener, NetnsClients, client_for};
 use super::metrics::ControlMetrics;
-use crate::config::{Config, ProviderConfig};
+use super::providers::{self, ProviderTask};
+use crate::config::Config;
 use crate::drain;
 use crate::ebpf::Counters;
 use crate::k8s::{PodSink, PodWorkload};
-use crate::metrics::Metrics;
-use crate::netns::{Netns, NetnsError};
-use crate::provider::{Provider, ProviderError, ProviderMetricFamilies, Providers};
+use crate::netns::NetnsError;
+use crate::provider::{ProviderError, ProviderMetricFamilies};
 use crate::proxy::{self, Context, Endpoint, upstream};
 use crate::readiness::{Blocker, Readiness};
-use crate::snapshot::{Snapshot, SnapshotError, SpecKind, WorkloadSpec};
+use crate::snapshot::{Snapshot, SnapshotError, WorkloadSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -44,7 +43,7 @@ pub enum ControlError {
 
 /// Why a steered workload is not enrolled.
 #[derive(Debug, Clone, thiserror::Error)]
-enum Failure {
+pub(super) enum Failure {
     #[error("cannot open its network namespace: {0}")]
     Netns(Arc<NetnsError>),
     #[error(transparent)]
@@ -57,47 +56,6 @@ enum Failure {
 /// next apply at least this long after the failure (the pod watch re-applies
 /// while pods are failing; a reload does for the file's workloads).
 const ENROL_RETRY: Duration = Duration::from_secs(10);
-
-/// What a listener was made from; a change means a new listener.
-#[derive(Debug, Clone, PartialEq)]
-enum ListenKey {
-    Addr(SocketAddr),
-    Netns {
-        path: PathBuf,
-        ips: Vec<IpAddr>,
-        ports: Vec<u16>,
-    },
-}
-
-impl ListenKey {
-    fn of(spec: &WorkloadSpec) -> Self {
-        match &spec.kind {
-            SpecKind::Listen { listen, .. } => Self::Addr(*listen),
-            SpecKind::Netns { path, ips, ports } => Self::Netns {
-                path: path.clone(),
-                ips: ips.clone(),
-                ports: ports.clone(),
-            },
-        }
-    }
-
-    fn steered(&self) -> bool {
-        matches!(self, Self::Netns { .. })
-    }
-}
-
-struct ProviderTask {
-    cfg: ProviderConfig,
-    provider: Arc<Provider>,
-    task: JoinHandle<()>,
-}
-
-struct Listener {
-    key: ListenKey,
-    bound: SocketAddr,
-    drain: drain::Trigger,
-    task: JoinHandle<()>,
-}
 
 struct Failed {
     key: ListenKey,
@@ -112,7 +70,7 @@ struct State {
     providers: HashMap<String, ProviderTask>,
     listeners: HashMap<String, Listener>,
     /// Upstream clients of steered workloads, made inside their namespaces.
-    netns_clients: HashMap<String, (ListenKey, Arc<upstream::Client>)>,
+    netns_clients: NetnsClients,
     failed: HashMap<String, Failed>,
     /// The pod workloads the Kubernetes watch wants enrolled.
     pods: Vec<PodWorkload>,
@@ -140,25 +98,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn client_for(config: &Config, netns: Option<Arc<Netns>>) -> Arc<upstream::Client> {
-    let l = &config.limits;
-    Arc::new(upstream::Client::new(
-        netns,
-        l.upstream_connect_timeout,
-        l.upstream_timeout,
-    ))
-}
-
 impl Control {
-    pub fn new(ctx: Arc<Context>, metrics: &Metrics, readiness: Readiness, config: &Config) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        metrics: ControlMetrics,
+        provider_metrics: ProviderMetricFamilies,
+        readiness: Readiness,
+        config: &Config,
+    ) -> Self {
         let unsynced = config
             .kubernetes
             .enabled
             .then(|| readiness.block("kubernetes: first pod list not applied yet"));
         Self {
             host_client: client_for(config, None),
-            metrics: metrics.control.clone(),
-            provider_metrics: metrics.providers.clone(),
+            metrics,
+            provider_metrics,
             state: tokio::sync::Mutex::new(State::default()),
             enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
             seen: Mutex::new(HashMap::new()),
@@ -327,9 +282,9 @@ impl Control {
         let keys: HashMap<String, ListenKey> = specs.iter().map(|s| (s.name.clone(), ListenKey::of(s))).collect();
 
         // 1-3: everything that can fail for the whole configuration, before the switch.
-        let new_listeners = bind_new_listeners(st, &keys).await?;
-        let (providers, started) = self.providers_for(st, &config)?;
-        let (netns_clients, open_failed) = open_namespaces(st, &keys, &config);
+        let new_listeners = listeners::bind_new_listeners(&st.listeners, &keys).await?;
+        let (providers, started) = providers::providers_for(&st.providers, &self.provider_metrics, &config)?;
+        let (netns_clients, open_failed) = listeners::open_namespaces(&st.netns_clients, &keys, &config);
 
         // 4. Switch. Requests already running keep the snapshot they loaded.
         let steered_without_netns =
@@ -343,7 +298,7 @@ impl Control {
             // provider on every hit); clearing just frees their memory.
             self.ctx.cache.clear();
         }
-        self.restart_providers(st, started, &config);
+        providers::restart(&mut st.providers, &self.provider_metrics, started, &config);
 
         // 5. Stop listeners that are gone or changed. A steered workload is
         //    un-enrolled first, so its port goes back to the app, not to a void.
@@ -378,28 +333,6 @@ impl Control {
         self.report(st);
         lock(&self.unapplied).take();
         Ok(())
-    }
-
-    /// Providers of `config`: unchanged ones keep their keys and refresh task
-    /// (their shared secret is re-read); new or changed ones are built.
-    fn providers_for(&self, st: &State, config: &Config) -> Result<(Providers, Vec<Arc<Provider>>), ControlError> {
-        let mut providers = Providers::default();
-        let mut started = Vec::new();
-        for p in &config.providers {
-            match st.providers.get(&p.name) {
-                Some(t) if t.cfg == *p => {
-                    t.provider.reload_secret()?;
-                    providers.insert(t.provider.clone());
-                }
-                _ => {
-                    let metrics = self.provider_metrics.for_provider(&p.name);
-                    let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, metrics)?);
-                    providers.insert(provider.clone());
-                    started.push(provider);
-                }
-            }
-        }
-        Ok((providers, started))
     }
 
     fn enrol_if_needed(
@@ -468,34 +401,6 @@ impl Control {
         w.with_label_values(&["failed"]).set(st.failed.len() as i64);
     }
 
-    fn restart_providers(&self, st: &mut State, started: Vec<Arc<Provider>>, config: &Config) {
-        for p in started {
-            let task = tokio::spawn(p.clone().refresh_loop());
-            if let Some(old) = st.providers.insert(
-                p.cfg.name.clone(),
-                ProviderTask {
-                    cfg: p.cfg.clone(),
-                    provider: p,
-                    task,
-                },
-            ) {
-                old.task.abort();
-            }
-        }
-        let gone: Vec<String> = st
-            .providers
-            .keys()
-            .filter(|n| !config.providers.iter().any(|p| &p.name == *n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(t) = st.providers.remove(&name) {
-                t.task.abort();
-                self.provider_metrics.forget(&name);
-            }
-        }
-    }
-
     fn start_listener(
         &self,
         st: &mut State,
@@ -544,9 +449,7 @@ impl Control {
             let _ = l.task.await;
             tracing::debug!(listen = %l.bound, "listener drained");
         }
-        for (_, t) in st.providers.drain() {
-            t.task.abort();
-        }
+        providers::stop_all(&mut st.providers);
     }
 
     /// Un-enrols every steered workload (an operator's uninstall, or a test's cleanup).
@@ -558,57 +461,6 @@ impl Control {
             }
         }
     }
-}
-
-/// Host listeners for new or moved reverse-proxy workloads.
-async fn bind_new_listeners(
-    st: &State,
-    keys: &HashMap<String, ListenKey>,
-) -> Result<HashMap<String, (ListenKey, tokio::net::TcpListener)>, ControlError> {
-    let mut out = HashMap::new();
-    for (name, key) in keys {
-        let ListenKey::Addr(listen) = key else { continue };
-        if st.listeners.get(name).is_some_and(|l| l.key == *key) {
-            continue;
-        }
-        let l = proxy::bind(*listen).await.map_err(|source| ControlError::Bind {
-            workload: name.clone(),
-            addr: *listen,
-            source,
-        })?;
-        out.insert(name.clone(), (key.clone(), l));
-    }
-    Ok(out)
-}
-
-type NetnsClients = HashMap<String, (ListenKey, Arc<upstream::Client>)>;
-
-/// One upstream client per steered workload, connecting from inside its
-/// namespace; kept when the workload did not change.
-fn open_namespaces(
-    st: &State,
-    keys: &HashMap<String, ListenKey>,
-    config: &Config,
-) -> (NetnsClients, HashMap<String, Failure>) {
-    let mut clients = HashMap::new();
-    let mut failed = HashMap::new();
-    for (name, key) in keys {
-        let ListenKey::Netns { path, .. } = key else { continue };
-        match st.netns_clients.get(name) {
-            Some((k, c)) if k == key => {
-                clients.insert(name.clone(), (key.clone(), c.clone()));
-            }
-            _ => match Netns::open(path) {
-                Ok(ns) => {
-                    clients.insert(name.clone(), (key.clone(), client_for(config, Some(Arc::new(ns)))));
-                }
-                Err(e) => {
-                    failed.insert(name.clone(), Failure::Netns(Arc::new(e)));
-                }
-            },
-        }
-    }
-    (clients, failed)
 }
 
 impl PodSink for Control {

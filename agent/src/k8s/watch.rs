@@ -1,13 +1,14 @@
 //! The pod watch: kube-rs's `watcher` on this node's opted-in pods (field
-//! selector `spec.nodeName`, the opt-in label selector), turned into
-//! complete snapshots of the desired pod set.
+//! selector `spec.nodeName`, the opt-in label selector) feeding a kube-rs
+//! `reflector` store, published as complete snapshots of the desired pod set.
 //!
 //! The watcher lists, then watches from the list's resourceVersion; when the
-//! watch expires (410 Gone) it re-lists. A re-list arrives as `Init`,
-//! `InitApply`…, `InitDone`: it is buffered and replaces the snapshot only
-//! when complete, so a re-list never empties the set early. API errors are
-//! counted and retried with the watcher's default backoff; meanwhile the
-//! last snapshot stands, so an API outage un-enrols no healthy pod.
+//! watch expires (410 Gone) it re-lists. The reflector buffers a re-list
+//! (`Init` … `InitDone`) and swaps it in only when complete, so a re-list
+//! never empties the set early; a snapshot is published only once the first
+//! list is complete. API errors are counted and retried with the watcher's
+//! default backoff; meanwhile the last snapshot stands, so an API outage
+//! un-enrols no healthy pod.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
@@ -23,7 +25,7 @@ use super::binding::workload_name;
 use super::metrics::KubeMetrics;
 
 /// This node's opted-in pods by workload name (`namespace/pod`).
-pub type PodSet = BTreeMap<String, Pod>;
+pub type PodSet = BTreeMap<String, Arc<Pod>>;
 
 /// What to watch.
 #[derive(Debug, Clone)]
@@ -64,9 +66,8 @@ pub async fn run(
     let config = watcher::Config::default()
         .fields(&target.field_selector())
         .labels(&target.label);
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut current = PodSet::new();
-    let mut listing: Option<PodSet> = None;
+    let (store, writer) = reflector::store();
+    let mut stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff()).boxed();
     let mut synced = false;
     let count = |t: &str| metrics.watch_events.with_label_values(&[t]).inc();
     tracing::info!(node = %target.node, label = %target.label, "watching this node's pods");
@@ -77,37 +78,20 @@ pub async fn run(
         };
         let Some(event) = next else { break };
         let changed = match event {
-            Ok(Event::Init) => {
-                listing = Some(PodSet::new());
-                false
-            }
-            Ok(Event::InitApply(pod)) => {
-                if target.selects(&pod) {
-                    listing.get_or_insert_with(PodSet::new).insert(workload_name(&pod), pod);
-                }
-                false
-            }
+            Ok(Event::Init | Event::InitApply(_)) => false,
             Ok(Event::InitDone) => {
                 count("restarted");
-                let full = listing.take().unwrap_or_default();
-                tracing::info!(pods = full.len(), resynced = synced, "pod list complete");
-                current = full;
+                tracing::info!(pods = store.len(), resynced = synced, "pod list complete");
                 synced = true;
                 true
             }
-            Ok(Event::Apply(pod)) => {
+            Ok(Event::Apply(_)) => {
                 count("applied");
-                let name = workload_name(&pod);
-                if target.selects(&pod) {
-                    current.insert(name, pod);
-                    true
-                } else {
-                    current.remove(&name).is_some()
-                }
+                true
             }
-            Ok(Event::Delete(pod)) => {
+            Ok(Event::Delete(_)) => {
                 count("deleted");
-                current.remove(&workload_name(&pod)).is_some()
+                true
             }
             Err(e) => {
                 metrics.api_errors.inc();
@@ -115,9 +99,20 @@ pub async fn run(
                 false
             }
         };
-        if changed && synced && tx.send(Some(Arc::new(current.clone()))).is_err() {
+        if changed && synced && tx.send(Some(Arc::new(snapshot(&store, &target)))).is_err() {
             break;
         }
     }
     tracing::info!("pod watch stopped");
+}
+
+/// The store's pods that are ours (checked again on our side: a watch
+/// selector is the API server's promise, not ours).
+fn snapshot(store: &Store<Pod>, target: &WatchTarget) -> PodSet {
+    store
+        .state()
+        .into_iter()
+        .filter(|p| target.selects(p))
+        .map(|p| (workload_name(&p), p))
+        .collect()
 }
