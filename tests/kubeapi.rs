@@ -764,7 +764,11 @@ async fn wrong_token_is_401_and_unknown_paths_404() {
 
     let err = within(
         "request",
-        good.request_text(http::Request::get("/api/v1/nodes").body(Vec::new()).expect("request")),
+        good.request_text(
+            http::Request::get("/api/v1/persistentvolumes")
+                .body(Vec::new())
+                .expect("request"),
+        ),
     )
     .await
     .expect_err("not served");
