@@ -12,6 +12,8 @@
 //! - `kubeapi/access.rs`: SubjectAccessReview over RBAC.
 //! - `kubeapi/custom.rs`: CRDs and custom resources.
 
+#[path = "kubeapi/access.rs"]
+mod access;
 #[path = "kubeapi/identity.rs"]
 mod identity;
 #[path = "kubeapi/pods.rs"]
