@@ -48,8 +48,9 @@
 //!   `kubernetes.io` with namespace, serviceaccount, pod, node, secret,
 //!   `warnafter`), minted directly
 //!   ([`FakeKubeApi::service_account_token`]) or by **TokenRequest**
-//!   (`POST …/serviceaccounts/{name}/token`) with the apiserver's defaults,
-//!   limits, clamping, extension and bound-object checks.
+//!   (`POST …/serviceaccounts/{name}/token`, `tokenrequest.rs`) with the
+//!   apiserver's defaults, limits, clamping, extension and bound-object
+//!   checks.
 //! - **TokenReview** (`tokenreview.rs`): signature, issuer, audiences,
 //!   times, and that the service account and bound pod/secret/node still
 //!   exist with their uid; the user, groups and extra the apiserver gives.
@@ -110,6 +111,7 @@ mod serviceaccount;
 mod signing;
 mod status;
 mod store;
+mod tokenrequest;
 mod tokenreview;
 mod watch;
 

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::FakeKubeApi;
 use super::collection::object_key;
-use super::rest;
+use super::rest::{self, At, Mode, Target, meta_str};
+use super::status::ApiError;
+use super::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -96,6 +98,46 @@ impl FakeKubeApi {
         match store.delete(rest::At::new(&rtype, &version, ns), name, b"") {
             Ok(_) => true,
             Err(e) => panic!("deleting {kind} {}: {}", object_key(ns, name), e.message),
+        }
+    }
+}
+
+impl Store {
+    /// Creates, or replaces whatever is stored under that name: what the
+    /// test helpers use (`kubectl apply` without the field management).
+    pub fn upsert(&mut self, mut object: Value) -> Result<Value, ApiError> {
+        let api_version = object["apiVersion"].as_str().unwrap_or("").to_string();
+        let kind = object["kind"].as_str().unwrap_or("").to_string();
+        let rtype = self.type_of(&api_version, &kind).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "NotFound",
+                format!("no matches for kind {kind:?} in version {api_version:?}"),
+            )
+        })?;
+        let version = api_version.rsplit('/').next().unwrap_or("").to_string();
+        let namespace = rtype
+            .namespaced
+            .then(|| meta_str(&object, "namespace").unwrap_or("default").to_string());
+        let at = At::new(&rtype, &version, namespace.as_deref());
+        let name = meta_str(&object, "name").unwrap_or("").to_string();
+        let status = object.get("status").cloned().filter(|_| rtype.status_subresource);
+        let written = match self.get_object(&rtype.group, &rtype.plural, at.namespace, &name) {
+            Some(current) if !name.is_empty() => {
+                object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                self.update(at, &name, object.clone(), Target::Main, Mode::Replace)?
+            }
+            _ => self.create(at, object.clone())?,
+        };
+        match status {
+            // Through /status, as a controller would write it.
+            Some(_) => {
+                let mut with_status = object;
+                with_status["metadata"] = written["metadata"].clone();
+                let name = written["metadata"]["name"].as_str().unwrap_or("").to_string();
+                self.update(at, &name, with_status, Target::Status, Mode::Replace)
+            }
+            None => Ok(written),
         }
     }
 }

@@ -27,7 +27,7 @@ pub(super) enum Target {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     /// PUT: the body is the whole object.
     Replace,
     /// PATCH: the object is the current one with the patch applied; no
@@ -53,7 +53,7 @@ pub(super) fn present(rtype: &ResourceType, version: &str, object: &Value) -> Va
     object
 }
 
-fn meta_str<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+pub(super) fn meta_str<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     object["metadata"][key].as_str().filter(|s| !s.is_empty())
 }
 
@@ -273,7 +273,7 @@ impl Store {
         self.update(at, name, patched, target, Mode::Patch)
     }
 
-    fn update(
+    pub(super) fn update(
         &mut self,
         at: At<'_>,
         name: &str,
@@ -356,7 +356,9 @@ impl Store {
             Target::Main if rtype.status_subresource => set_or_remove(&mut new, "status", old.get("status").cloned()),
             Target::Main => {}
         }
-        if rtype.custom && non_metadata(&new) != non_metadata(&old) {
+        // The status strategy replaces the main one's PrepareForUpdate, so a
+        // /status write never moves the generation.
+        if rtype.custom && target == Target::Main && non_metadata(&new) != non_metadata(&old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(generation);
         }
@@ -442,44 +444,6 @@ impl Store {
         let rv = self.next_rv();
         self.remove_object(rtype, &key, rv);
         Ok(present(rtype, version, &old))
-    }
-
-    /// Creates, or replaces whatever is stored under that name: what the
-    /// test helpers use (`kubectl apply` without the field management).
-    pub fn upsert(&mut self, mut object: Value) -> Result<Value, ApiError> {
-        let api_version = object["apiVersion"].as_str().unwrap_or("").to_string();
-        let kind = object["kind"].as_str().unwrap_or("").to_string();
-        let rtype = self.type_of(&api_version, &kind).ok_or_else(|| {
-            ApiError::new(
-                404,
-                "NotFound",
-                format!("no matches for kind {kind:?} in version {api_version:?}"),
-            )
-        })?;
-        let version = api_version.rsplit('/').next().unwrap_or("").to_string();
-        let namespace = rtype
-            .namespaced
-            .then(|| meta_str(&object, "namespace").unwrap_or("default").to_string());
-        let at = At::new(&rtype, &version, namespace.as_deref());
-        let name = meta_str(&object, "name").unwrap_or("").to_string();
-        let status = object.get("status").cloned().filter(|_| rtype.status_subresource);
-        let written = match self.get_object(&rtype.group, &rtype.plural, at.namespace, &name) {
-            Some(current) if !name.is_empty() => {
-                object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-                self.update(at, &name, object.clone(), Target::Main, Mode::Replace)?
-            }
-            _ => self.create(at, object.clone())?,
-        };
-        match status {
-            // Through /status, as a controller would write it.
-            Some(_) => {
-                let mut with_status = object;
-                with_status["metadata"] = written["metadata"].clone();
-                let name = written["metadata"]["name"].as_str().unwrap_or("").to_string();
-                self.update(at, &name, with_status, Target::Status, Mode::Replace)
-            }
-            None => Ok(written),
-        }
     }
 
     /// Type-specific validation and defaulting, where the fake models it.
