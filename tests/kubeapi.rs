@@ -10,10 +10,17 @@
 //!   TokenRequest.
 //! - `kubeapi/tokenreview.rs`: TokenReview.
 //! - `kubeapi/access.rs`: SubjectAccessReview over RBAC.
-//! - `kubeapi/custom.rs`: CRDs and custom resources.
+//! - `kubeapi/custom.rs`, `custom_lifecycle.rs`, `custom_watch.rs`: CRDs and
+//!   custom resources.
 
 #[path = "kubeapi/access.rs"]
 mod access;
+#[path = "kubeapi/custom.rs"]
+mod custom;
+#[path = "kubeapi/custom_lifecycle.rs"]
+mod custom_lifecycle;
+#[path = "kubeapi/custom_watch.rs"]
+mod custom_watch;
 #[path = "kubeapi/identity.rs"]
 mod identity;
 #[path = "kubeapi/pods.rs"]
