@@ -6,7 +6,8 @@
 //!
 //! What it serves, and how it matches the apiserver:
 //! - **Resources** (`resource.rs`, `collection.rs`, `rest.rs`): Pods (read
-//!   only: tests set them with [`FakeKubeApi::apply_pod`]), ServiceAccounts,
+//!   only, `/status` included: tests set them with
+//!   [`FakeKubeApi::apply_pod`]), ServiceAccounts,
 //!   Secrets, Nodes, Roles, ClusterRoles, RoleBindings,
 //!   ClusterRoleBindings, CustomResourceDefinitions and the custom
 //!   resources they define (`crd.rs`), at `/api/v1/...` and

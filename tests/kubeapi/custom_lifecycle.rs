@@ -167,3 +167,67 @@ async fn a_cluster_scoped_crd_without_status_through_the_api_and_its_deletion() 
     );
     assert_eq!(fake.get_object("nodeward.io/v1", "NodeProfile", None, "node-1"), None);
 }
+
+#[tokio::test]
+async fn a_crd_serves_each_served_version_of_its_objects() {
+    let fake = FakeKubeApi::start().await;
+    let version = |name: &str, served: bool, storage: bool| {
+        json!({"name": name, "served": served, "storage": storage,
+               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
+    };
+    fake.apply(&json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "routes.nodeward.io"},
+        "spec": {"group": "nodeward.io", "scope": "Namespaced", "names": {"plural": "routes", "kind": "Route"},
+                 "versions": [version("v1", true, true), version("v1beta1", true, false), version("v1alpha1", false, false)]},
+    }))
+    .expect("a CRD with three versions");
+    let dir = TempDir::new().expect("tempdir");
+    let client = client(&fake, &dir).await;
+    let at = |v: &str| -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("nodeward.io", v, "Route");
+        Api::namespaced_with(
+            client.clone(),
+            "shop",
+            &ApiResource::from_gvk_with_plural(&gvk, "routes"),
+        )
+    };
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "nodeward.io/v1beta1", "kind": "Route", "metadata": {"name": "r"}, "spec": {"to": "orders"}
+    }))
+    .expect("object");
+    let created = within(
+        "create at v1beta1",
+        at("v1beta1").create(&PostParams::default(), &route),
+    )
+    .await
+    .expect("created");
+    assert_eq!(
+        created.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("nodeward.io/v1beta1")
+    );
+    let stored = fake
+        .get_object("nodeward.io/v1", "Route", Some("shop"), "r")
+        .expect("stored");
+    assert_eq!(stored["apiVersion"], "nodeward.io/v1", "stored at the storage version");
+    let got = within("get at v1", at("v1").get("r")).await.expect("get");
+    assert_eq!(got.types.map(|t| t.api_version), Some("nodeward.io/v1".to_string()));
+    let list = within("list at v1beta1", at("v1beta1").list(&ListParams::default()))
+        .await
+        .expect("list");
+    assert_eq!(
+        list.items[0].types.as_ref().map(|t| t.api_version.as_str()),
+        Some("nodeward.io/v1beta1")
+    );
+    let mut events = std::pin::pin!(
+        within("watch", at("v1beta1").watch(&WatchParams::default(), "0"))
+            .await
+            .expect("watch")
+    );
+    match within("event", events.next()).await.expect("open").expect("event") {
+        WatchEvent::Added(o) => assert_eq!(o.types.map(|t| t.api_version), Some("nodeward.io/v1beta1".to_string())),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    let err = within("not served", at("v1alpha1").get("r")).await.expect_err("404");
+    assert_eq!(api_code(&err), Some(404));
+}

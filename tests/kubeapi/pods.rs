@@ -69,6 +69,10 @@ async fn list_applies_label_and_field_selectors() {
     let got = within("get", namespaced.get("web-3")).await.expect("get pod");
     assert_eq!(got.status.and_then(|s| s.pod_ip).as_deref(), Some("10.0.0.3"));
     assert!(got.metadata.uid.is_some() && got.metadata.creation_timestamp.is_some());
+    let status = within("status", namespaced.get_status("web-3"))
+        .await
+        .expect("pods/status");
+    assert_eq!(status.metadata.uid, got.metadata.uid);
     let missing = within("get missing", namespaced.get("nope"))
         .await
         .expect_err("no such pod");

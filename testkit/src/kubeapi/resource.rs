@@ -100,6 +100,8 @@ impl ResourceType {
     pub fn builtins() -> Vec<Self> {
         let pods = Self {
             writable: false,
+            // GET …/pods/{name}/status answers, as the apiserver's does.
+            status_subresource: true,
             fields: POD_FIELDS.to_vec(),
             ..Self::builtin("", "v1", "pods", "Pod", true)
         };
