@@ -1,16 +1,22 @@
-//! A faithful fake of the part of the Kubernetes API that nodeward uses:
-//! list and watch of Pods, and writing Events. It serves real HTTP/1.1 on
-//! loopback, so kube-rs's client, `watcher`, `reflector` and events
-//! `Recorder` talk to it unchanged and see what a real apiserver would send.
+//! A faithful fake of the part of the Kubernetes API that nodeward uses. It
+//! serves real HTTP/1.1 on loopback, so kube-rs's client, `watcher`,
+//! `reflector` and events `Recorder` talk to it unchanged and see what a
+//! real apiserver would send. Each part names the apiserver source it
+//! follows in its module's header.
 //!
 //! What it serves, and how it matches the apiserver:
-//! - `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods` (list, or
-//!   `watch=true`), `/api/v1/namespaces/{ns}/pods/{name}`.
-//! - Lists: `PodList` with `metadata.resourceVersion`; `limit` + `continue`
+//! - **Resources** (`resource.rs`, `collection.rs`, `rest.rs`): Pods (read
+//!   only, `/status` included: tests set them with
+//!   [`FakeKubeApi::apply_pod`]), ServiceAccounts,
+//!   Secrets, Nodes, Roles, ClusterRoles, RoleBindings,
+//!   ClusterRoleBindings, CustomResourceDefinitions and the custom
+//!   resources they define (`crd.rs`), at `/api/v1/...` and
+//!   `/apis/{group}/{version}/...`, namespaced and cluster-wide.
+//! - Lists: `…List` with `metadata.resourceVersion`; `limit` + `continue`
 //!   pagination where every page is served at the first page's snapshot (a
 //!   too-old `continue` is HTTP 410 Expired); `resourceVersion` with
-//!   `resourceVersionMatch` `NotOlderThan`/`Exact`; items without
-//!   kind/apiVersion, as the apiserver sends them.
+//!   `resourceVersionMatch` `NotOlderThan`/`Exact`; built-in items without
+//!   kind/apiVersion, custom ones with, as the apiserver sends them.
 //! - Watches: newline-delimited `{"type":…,"object":…}` in a chunked 200;
 //!   no/`"0"` resourceVersion starts with ADDED for the current state;
 //!   resourceVersion N replays later changes from a bounded history, and one
@@ -22,41 +28,92 @@
 //!   cleanly; BOOKMARKs only on [`FakeKubeApi::bookmark`] and only to
 //!   watches with `allowWatchBookmarks=true`.
 //! - Selectors: label (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (…)`,
-//!   `k notin (…)`, `k>n`, `k<n`, comma = AND) and pod field selectors
-//!   (`metadata.name`, `metadata.namespace`, `spec.nodeName`,
-//!   `status.phase`, `status.podIP`, and the other fields the apiserver
-//!   indexes), bad or unsupported ones answer 400 like the apiserver.
+//!   `k notin (…)`, `k>n`, `k<n`, comma = AND) and the field selectors each
+//!   registry indexes (pods: `metadata.name`, `metadata.namespace`,
+//!   `spec.nodeName`, `status.phase`, `status.podIP`, …; custom resources:
+//!   metadata only); bad or unsupported ones answer 400 like the apiserver.
+//! - Writes: POST, PUT, JSON merge PATCH, DELETE with server-set uid,
+//!   creationTimestamp and resourceVersion, 409 Conflict on a stale
+//!   resourceVersion, 409 AlreadyExists, delete preconditions, finalizers
+//!   (deletionTimestamp, gone when the last one is removed), no write for a
+//!   no-op update. Custom resources: `metadata.generation` from 1, bumped on
+//!   any change outside metadata; with the status subresource, the main
+//!   endpoint ignores `status` and `/status` (PUT, merge PATCH) writes only
+//!   it, never the generation; PUT needs a resourceVersion and cannot
+//!   create.
+//! - **Service-account issuer** (`serviceaccount.rs`, `signing.rs`):
+//!   `/.well-known/openid-configuration` and `/openid/v1/jwks` (RS256 keys,
+//!   apiserver-style `kid`, rotation), for any valid credential or, with
+//!   [`FakeKubeApi::set_anonymous_discovery`], anyone; tokens with the
+//!   apiserver's claims (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`,
+//!   `kubernetes.io` with namespace, serviceaccount, pod, node, secret,
+//!   `warnafter`), minted directly
+//!   ([`FakeKubeApi::service_account_token`]) or by **TokenRequest**
+//!   (`POST …/serviceaccounts/{name}/token`, `tokenrequest.rs`) with the
+//!   apiserver's defaults, limits, clamping, extension and bound-object
+//!   checks.
+//! - **TokenReview** (`tokenreview.rs`): signature, issuer, audiences,
+//!   times, and that the service account and bound pod/secret/node still
+//!   exist with their uid; the user, groups and extra the apiserver gives.
+//! - **SubjectAccessReview** (`sar.rs`, `rbac.rs`): `system:masters`, then
+//!   RBAC over the stored roles and bindings, with the RBAC authorizer's
+//!   reasons.
 //! - Events: POST and merge/strategic-merge PATCH (what `Recorder` sends) on
 //!   `/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]` and
 //!   `/api/v1/namespaces/{ns}/events[/{name}]`, with the apiserver's
 //!   required fields for `events.k8s.io/v1`.
 //! - `/version`; anything else is a 404 Status. Every error is a `Status`
-//!   object with the apiserver's reason and code.
-//! - A bearer token (the one in [`FakeKubeApi::write_kubeconfig`]) is
-//!   required: anything else is 401, which proves a client used the file.
+//!   object with the apiserver's reason, code and message.
+//! - Authentication: the bearer token in [`FakeKubeApi::write_kubeconfig`]
+//!   may do anything (401 without it, which proves a client used the file).
+//!   A service-account token the fake issued (API audiences) is accepted
+//!   but only for issuer discovery, and gets 403 elsewhere: the fake does
+//!   not authorize its own API.
 //!
-//! One global resourceVersion counter orders pods and events, like etcd's
-//! revision. Memory is bounded: the last 4096 pod changes, the
-//! last 4096 events and requests, and 1024 queued events a watch (a slower
-//! watch is ended, as the apiserver ends watchers that fall behind).
+//! One global resourceVersion counter orders every write, like etcd's
+//! revision. Memory is bounded: the last 4096 changes per resource type and
+//! at most 256 types, the last 4096 events, requests, TokenReviews and
+//! SubjectAccessReviews, 4096 counted service accounts, and 1024 queued
+//! events a watch (a slower watch is ended, as the apiserver ends watchers
+//! that fall behind).
 //!
 //! Knobs for failure tests: [`FakeKubeApi::compact`] (history gone: 410),
 //! [`FakeKubeApi::set_failing`] (an outage: every request gets that status,
-//! open watch connections break), [`FakeKubeApi::set_latency`].
+//! open watch connections break), [`FakeKubeApi::set_failing_for`] (an
+//! outage of the paths under a prefix, e.g. only the review APIs),
+//! [`FakeKubeApi::set_latency`] and [`FakeKubeApi::set_latency_for`],
+//! [`FakeKubeApi::set_authorizer_error`], [`FakeKubeApi::rotate_service_account_key`].
 //!
-//! Not modelled: JSON Patch and server-side apply (415), writes to pods
-//! through the API, periodic automatic bookmarks, protobuf, HTTP/2, TLS.
+//! Not modelled: JSON Patch and server-side apply (415), strategic merge
+//! patch of custom resources (415, as the apiserver), writes to pods
+//! through the API, DELETE of a collection, `dryRun`, managedFields, API
+//! discovery (`/api`, `/apis`), admission, CRD schemas (validation,
+//! defaulting, pruning), periodic automatic bookmarks, protobuf, HTTP/2,
+//! TLS, and authorization of the fake's own API. See each module for its
+//! part.
 //!
 //! Pods for tests: [`pod`]`("ns", "name", "node-1", &[("app", "web")])`, or
 //! [`PodBuilder`]`::new("ns", "name").node("node-1").label("app", "web")
-//! .running("10.0.0.7").build()`.
+//! .running("10.0.0.7").build()`. Other objects: [`FakeKubeApi::apply`]
+//! (typed) and [`FakeKubeApi::apply_yaml`].
 
+mod apply;
+mod collection;
+mod crd;
 mod events;
 mod pod;
+mod rbac;
+mod resource;
+mod rest;
+mod sar;
 mod selector;
 mod server;
+mod serviceaccount;
+mod signing;
 mod status;
 mod store;
+mod tokenrequest;
+mod tokenreview;
 mod watch;
 
 use std::net::SocketAddr;
@@ -70,8 +127,10 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub use self::apply::ApplyError;
 pub use self::pod::{PodBuilder, pod};
 use self::server::Shared;
+pub use self::serviceaccount::DEFAULT_ISSUER;
 use self::store::Store;
 
 /// One HTTP request the fake received (before latency, outage and auth).
@@ -110,6 +169,7 @@ impl FakeKubeApi {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             token: format!("fake-kube-token-{}", store::new_uid()),
+            url: format!("http://{addr}"),
         });
         let task = tokio::spawn(accept(listener, shared.clone()));
         Self { shared, addr, task }
@@ -145,17 +205,17 @@ impl FakeKubeApi {
     /// assigning new ones, and tells the watches. Returns the new
     /// resourceVersion.
     pub fn apply_pod(&self, pod: Pod) -> String {
-        self.shared.store().apply(pod)
+        self.shared.store().apply_pod(pod)
     }
 
     /// Deletes the pod; false if there was none.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
-        self.shared.store().delete(namespace, name)
+        self.shared.store().delete_pod(namespace, name)
     }
 
     /// The stored pod, as a GET would return it.
     pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
-        self.shared.store().get(namespace, name).cloned()
+        self.shared.store().get_pod(namespace, name)
     }
 
     /// Forgets the history, as an etcd compaction plus a watch-cache restart
@@ -165,7 +225,7 @@ impl FakeKubeApi {
         self.shared.store().compact();
     }
 
-    /// `Some(code)`: every request (list, watch, events) gets that HTTP
+    /// `Some(code)`: every request (list, watch, writes, reviews) gets that HTTP
     /// status with a Status body, and open watch connections break, until
     /// `None`.
     pub fn set_failing(&self, status: Option<u16>) {
@@ -176,9 +236,30 @@ impl FakeKubeApi {
         }
     }
 
+    /// `Some(code)`: requests whose path starts with `prefix` get that
+    /// status (e.g. `/apis/authorization.k8s.io` for SubjectAccessReview
+    /// only), until `None`. Open watches are not cut.
+    pub fn set_failing_for(&self, prefix: &str, status: Option<u16>) {
+        let mut store = self.shared.store();
+        store.failing_paths.retain(|(p, _)| p != prefix);
+        if let Some(code) = status {
+            store.failing_paths.push((prefix.to_string(), code));
+        }
+    }
+
     /// A delay before every response head.
     pub fn set_latency(&self, delay: Duration) {
         self.shared.store().latency = delay;
+    }
+
+    /// A delay added before the response head of requests whose path starts
+    /// with `prefix` (zero removes it).
+    pub fn set_latency_for(&self, prefix: &str, delay: Duration) {
+        let mut store = self.shared.store();
+        store.latency_paths.retain(|(p, _)| p != prefix);
+        if !delay.is_zero() {
+            store.latency_paths.push((prefix.to_string(), delay));
+        }
     }
 
     /// Sends a BOOKMARK at the current resourceVersion to the watches that

@@ -262,7 +262,7 @@ fn validate_events_v1(obj: &Map<String, Value>, name: &str) -> Result<(), ApiErr
 }
 
 /// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
+pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;

@@ -3,9 +3,7 @@
 //! selector the fake accepts is one a real apiserver accepts, and the other
 //! way round for the syntax a client like kube-rs produces.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Map, Value};
 
 /// A parsed `labelSelector`: every requirement must hold (comma = AND).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,13 +41,19 @@ impl LabelSelector {
         Ok(Self(requirements))
     }
 
-    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k));
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Matches `metadata.labels` of an object (absent labels match only
+    /// requirements that hold for no labels).
+    pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
-            LabelRequirement::Equals(k, v) => get(k) == Some(v),
-            LabelRequirement::NotEquals(k, v) => get(k) != Some(v),
-            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
-            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.contains(v)),
+            LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
             LabelRequirement::Exists(k) => get(k).is_some(),
             LabelRequirement::DoesNotExist(k) => get(k).is_none(),
             LabelRequirement::GreaterThan(k, n) => get(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
@@ -201,61 +205,11 @@ fn is_qualified_name_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A parsed `fieldSelector` over the fields the apiserver indexes for pods.
+/// A parsed `fieldSelector`: `(field path, equal?, value)` terms, all of
+/// which must hold. Which fields may be used depends on the resource
+/// ([`FieldSelector::check`]), as each apiserver registry declares its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<(PodField, bool, String)>);
-
-/// The pod fields the apiserver accepts in a field selector
-/// (pkg/registry/core/pod `ToSelectableFields`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PodField {
-    Name,
-    Namespace,
-    NodeName,
-    RestartPolicy,
-    SchedulerName,
-    ServiceAccountName,
-    HostNetwork,
-    Phase,
-    PodIp,
-    NominatedNodeName,
-}
-
-impl PodField {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "metadata.name" => Self::Name,
-            "metadata.namespace" => Self::Namespace,
-            "spec.nodeName" => Self::NodeName,
-            "spec.restartPolicy" => Self::RestartPolicy,
-            "spec.schedulerName" => Self::SchedulerName,
-            "spec.serviceAccountName" => Self::ServiceAccountName,
-            "spec.hostNetwork" => Self::HostNetwork,
-            "status.phase" => Self::Phase,
-            "status.podIP" => Self::PodIp,
-            "status.nominatedNodeName" => Self::NominatedNodeName,
-            _ => return None,
-        })
-    }
-
-    fn value(self, pod: &Pod) -> String {
-        let spec = pod.spec.as_ref();
-        let status = pod.status.as_ref();
-        let s = |v: Option<&String>| v.cloned().unwrap_or_default();
-        match self {
-            Self::Name => s(pod.metadata.name.as_ref()),
-            Self::Namespace => s(pod.metadata.namespace.as_ref()),
-            Self::NodeName => s(spec.and_then(|s| s.node_name.as_ref())),
-            Self::RestartPolicy => s(spec.and_then(|s| s.restart_policy.as_ref())),
-            Self::SchedulerName => s(spec.and_then(|s| s.scheduler_name.as_ref())),
-            Self::ServiceAccountName => s(spec.and_then(|s| s.service_account_name.as_ref())),
-            Self::HostNetwork => spec.and_then(|s| s.host_network).unwrap_or(false).to_string(),
-            Self::Phase => s(status.and_then(|s| s.phase.as_ref())),
-            Self::PodIp => s(status.and_then(|s| s.pod_ip.as_ref())),
-            Self::NominatedNodeName => s(status.and_then(|s| s.nominated_node_name.as_ref())),
-        }
-    }
-}
+pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
     /// Parses `field=value`, `field==value`, `field!=value` terms joined by
@@ -275,18 +229,42 @@ impl FieldSelector {
             } else {
                 return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
             };
-            let field_name = field.trim();
-            let field =
-                PodField::parse(field_name).ok_or_else(|| format!("field label not supported: {field_name}"))?;
-            terms.push((field, equal, unescape(raw)));
+            terms.push((field.trim().to_string(), equal, unescape(raw)));
         }
         Ok(Self(terms))
     }
 
-    pub fn matches(&self, pod: &Pod) -> bool {
+    /// Refuses fields the resource does not index, with the apiserver's
+    /// message.
+    pub fn check(&self, supported: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(field, _, _)| !supported.contains(&field.as_str())) {
+            Some((field, _, _)) => Err(format!("field label not supported: {field}")),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
         self.0
             .iter()
-            .all(|(field, equal, value)| (field.value(pod) == *value) == *equal)
+            .all(|(field, equal, value)| (field_value(object, field) == *value) == *equal)
+    }
+}
+
+/// The string a field selector compares: the value at the dotted path, with
+/// the apiserver's rendering of booleans and its defaults for unset fields.
+fn field_value(object: &Value, path: &str) -> String {
+    let found = path.split('.').try_fold(object, |v, key| v.get(key));
+    match found {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        // The pod registry renders an unset hostNetwork as "false".
+        _ if path == "spec.hostNetwork" => "false".to_string(),
+        _ => String::new(),
     }
 }
 
@@ -345,9 +323,20 @@ fn unescape(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn labels(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect()
     }
+
+    const POD_FIELDS: &[&str] = &[
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "status.phase",
+        "spec.hostNetwork",
+    ];
 
     #[test]
     fn label_selector_operators() {
@@ -404,12 +393,11 @@ mod tests {
 
     #[test]
     fn field_selector_terms_and_escapes() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod = serde_json::json!({
             "metadata": {"name": "a,b", "namespace": "ns"},
             "spec": {"nodeName": "node-1", "containers": []},
             "status": {"phase": "Running"}
-        }))
-        .expect("pod");
+        });
         let yes = [
             "spec.nodeName=node-1",
             "spec.nodeName==node-1,status.phase!=Pending",
@@ -426,8 +414,17 @@ mod tests {
         ] {
             assert!(!FieldSelector::parse(text).expect(text).matches(&pod), "{text}");
         }
-        let err = FieldSelector::parse("spec.foo=bar").expect_err("unsupported field");
+        let err = FieldSelector::parse("spec.foo=bar")
+            .expect("syntax is fine")
+            .check(POD_FIELDS)
+            .expect_err("unsupported field");
         assert_eq!(err, "field label not supported: spec.foo");
+        assert!(
+            FieldSelector::parse("spec.hostNetwork=false")
+                .expect("valid")
+                .matches(&pod),
+            "unset hostNetwork reads as false"
+        );
         assert!(FieldSelector::parse("spec.nodeName").is_err());
     }
 }

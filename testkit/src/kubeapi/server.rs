@@ -1,5 +1,5 @@
 //! HTTP/1.1 front of the fake: records the request, waits the configured
-//! latency, answers the configured outage, checks the bearer token, then
+//! latency, answers the configured outage, authenticates the caller, then
 //! routes to the store.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,10 +13,14 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::RequestRecord;
+use super::collection::ListQuery;
 use super::events::EventApi;
+use super::resource::ResourceType;
+use super::rest::{At, Target, parse_object, present};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{ListQuery, Store};
+use super::store::Store;
+use super::tokenreview::Verdict;
 use super::watch::{Filter, WatchBody, WatchCut};
 
 pub(super) type ResponseBody = UnsyncBoxBody<Bytes, WatchCut>;
@@ -25,6 +29,8 @@ pub(super) type ResponseBody = UnsyncBoxBody<Bytes, WatchCut>;
 pub(super) struct Shared {
     pub store: Mutex<Store>,
     pub token: String,
+    /// `http://127.0.0.1:PORT`, for the discovery document's `jwks_uri`.
+    pub url: String,
 }
 
 impl Shared {
@@ -39,6 +45,20 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Largest body accepted (the apiserver's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// Who is calling, from the bearer token.
+enum Caller {
+    /// The fake's kubeconfig token: may do anything.
+    Admin,
+    /// A valid service-account token the fake issued.
+    ServiceAccount(String),
+    Anonymous,
+}
+
+/// The service-account issuer discovery paths.
+fn is_discovery(path: &str) -> bool {
+    path == "/.well-known/openid-configuration" || path == "/openid/v1/jwks"
+}
+
 pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ResponseBody>, WatchCut> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -52,22 +72,50 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
             path: path.clone(),
             query: query.clone(),
         });
-        store.latency
+        store.latency_for(&path)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Some(code) = shared.store().failing {
+    if let Some(code) = shared.store().failing_for(&path) {
         return Ok(error(&ApiError::from_code(code)));
     }
-    let authorized = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == shared.token);
-    if !authorized {
-        return Ok(error(&ApiError::from_code(401)));
+        .map(str::to_string);
+    let caller = match bearer {
+        Some(t) if t == shared.token => Caller::Admin,
+        Some(t) => match shared.store().authenticate(&t, None, &shared.token) {
+            Verdict::Authenticated(user) => Caller::ServiceAccount(user.username),
+            _ => return Ok(error(&ApiError::from_code(401))),
+        },
+        None => Caller::Anonymous,
+    };
+    if method == Method::GET && is_discovery(&path) {
+        // The apiserver's default policy lets every service account read
+        // issuer discovery; anonymous callers only with the knob on.
+        let allowed = !matches!(caller, Caller::Anonymous) || shared.store().identity.anonymous_discovery;
+        return Ok(if allowed {
+            discovery(&shared, &path)
+        } else {
+            error(&ApiError::from_code(401))
+        });
+    }
+    match caller {
+        Caller::Admin => {}
+        Caller::Anonymous => return Ok(error(&ApiError::from_code(401))),
+        Caller::ServiceAccount(user) => {
+            // The fake does not authorize its own API: only the admin token
+            // may use it. Refuse as RBAC would refuse an unbound account.
+            return Ok(error(&ApiError::new(
+                403,
+                "Forbidden",
+                format!("{method} {path} is forbidden: User \"{user}\" cannot use this fake apiserver's API"),
+            )));
+        }
     }
     let content_type = req
         .headers()
@@ -80,27 +128,55 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
         Err(e) => return Ok(error(&ApiError::new(413, "RequestEntityTooLarge", e.to_string()))),
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let post = |f: &dyn Fn(&mut Store) -> Result<Value, ApiError>| -> Result<Response<ResponseBody>, ApiError> {
+        if method != Method::POST {
+            return Err(method_not_allowed());
+        }
+        let mut store = shared.store();
+        f(&mut store).map(|v| json_response(StatusCode::CREATED, &v))
+    };
     let result = match segments.as_slice() {
         ["version"] => only_get(&method).map(|()| json_response(StatusCode::OK, &version())),
-        ["api", "v1", "pods"] => only_get(&method).and_then(|()| pods(&shared, None, &query)),
-        ["api", "v1", "namespaces", ns, "pods"] => only_get(&method).and_then(|()| pods(&shared, Some(ns), &query)),
-        ["api", "v1", "namespaces", ns, "pods", name] => only_get(&method).and_then(|()| {
-            let store = shared.store();
-            let pod = store.get(ns, name).ok_or_else(|| ApiError::not_found("pods", name))?;
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::to_value(pod).unwrap_or(Value::Null),
-            ))
-        }),
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"] => {
+            post(&|s: &mut Store| s.token_request(ns, name, &body))
+        }
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => {
+            post(&|s: &mut Store| s.token_review(&body, &shared.token))
+        }
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
+            post(&|s: &mut Store| s.subject_access_review(&body))
+        }
         ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", rest @ ..] => {
             events(&shared, EventApi::EventsV1, &method, ns, rest, &content_type, &body)
         }
         ["api", "v1", "namespaces", ns, "events", rest @ ..] => {
             events(&shared, EventApi::CoreV1, &method, ns, rest, &content_type, &body)
         }
+        ["api", "v1", rest @ ..] => resource(&shared, &method, "", "v1", rest, &query, &content_type, &body),
+        ["apis", group, version, rest @ ..] => {
+            resource(&shared, &method, group, version, rest, &query, &content_type, &body)
+        }
         _ => Err(ApiError::no_route()),
     };
     Ok(result.unwrap_or_else(|e| error(&e)))
+}
+
+fn discovery(shared: &Shared, path: &str) -> Response<ResponseBody> {
+    let mut store = shared.store();
+    let (value, content_type) = if path == "/openid/v1/jwks" {
+        (store.identity.jwks(), "application/jwk-set+json")
+    } else {
+        (store.identity.discovery(&shared.url), "application/json")
+    };
+    let mut response = json_response(StatusCode::OK, &value);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    // openidmetadata.go: max-age from the keys' cache age (3600 s).
+    headers.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=3600"),
+    );
+    response
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {
@@ -119,8 +195,87 @@ fn method_not_allowed() -> ApiError {
     )
 }
 
-fn pods(
+/// Where in a resource's URL space a request is.
+enum Place<'a> {
+    Collection,
+    Object(&'a str),
+    Status(&'a str),
+}
+
+/// `/api/v1/...` and `/apis/{group}/{version}/...` for every served type.
+#[expect(clippy::too_many_arguments, reason = "the parts of one request")]
+fn resource(
     shared: &Shared,
+    method: &Method,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    query: &[(String, String)],
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (namespace, plural, place) = match rest {
+        ["namespaces", ns, plural, tail @ ..] => (Some(*ns), *plural, tail),
+        [plural, tail @ ..] if *plural != "namespaces" => (None, *plural, tail),
+        _ => return Err(ApiError::no_route()),
+    };
+    let place = match place {
+        [] => Place::Collection,
+        [name] => Place::Object(name),
+        [name, "status"] => Place::Status(name),
+        _ => return Err(ApiError::no_route()),
+    };
+    let rtype = shared.store().resolve(group, version, plural)?;
+    let wrong_scope = match (&place, namespace) {
+        // A namespaced collection may be listed across namespaces.
+        (Place::Collection, None) => false,
+        (_, Some(_)) => !rtype.namespaced,
+        (_, None) => rtype.namespaced,
+    };
+    if wrong_scope || (matches!(place, Place::Status(_)) && !rtype.status_subresource) {
+        return Err(ApiError::no_route());
+    }
+    if *method != Method::GET && !rtype.writable {
+        return Err(method_not_allowed());
+    }
+    let at = At::new(&rtype, version, namespace);
+    let ns = at.namespace;
+    let ok = |v: Value| json_response(StatusCode::OK, &v);
+    let mut store = shared.store();
+    match (method.clone(), place) {
+        (Method::GET, Place::Collection) => {
+            drop(store);
+            list_or_watch(shared, &rtype, version, namespace, query)
+        }
+        (Method::POST, Place::Collection) if namespace.is_some() || !rtype.namespaced => {
+            let object = parse_object(body)?;
+            store.create(at, object).map(|v| json_response(StatusCode::CREATED, &v))
+        }
+        (Method::GET, Place::Object(name) | Place::Status(name)) => store
+            .get_object(&rtype.group, &rtype.plural, ns, name)
+            .map(|o| ok(present(&rtype, version, o)))
+            .ok_or_else(|| ApiError::not_found_in(&rtype, name)),
+        (Method::PUT, Place::Object(name)) => {
+            let (v, created) = store.replace(at, name, parse_object(body)?, Target::Main)?;
+            Ok(json_response(
+                if created { StatusCode::CREATED } else { StatusCode::OK },
+                &v,
+            ))
+        }
+        (Method::PUT, Place::Status(name)) => store
+            .replace(at, name, parse_object(body)?, Target::Status)
+            .map(|(v, _)| ok(v)),
+        (Method::PATCH, Place::Object(name)) => store.patch(at, name, content_type, body, Target::Main).map(ok),
+        (Method::PATCH, Place::Status(name)) => store.patch(at, name, content_type, body, Target::Status).map(ok),
+        (Method::DELETE, Place::Object(name)) => store.delete(at, name, body).map(ok),
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn list_or_watch(
+    shared: &Shared,
+    rtype: &ResourceType,
+    version: &str,
     namespace: Option<&str>,
     query: &[(String, String)],
 ) -> Result<Response<ResponseBody>, ApiError> {
@@ -129,6 +284,7 @@ fn pods(
     let labels = LabelSelector::parse(get("labelSelector").unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
     let fields = FieldSelector::parse(get("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+    fields.check(&rtype.fields).map_err(ApiError::bad_request)?;
     let number = |k: &str| -> Result<Option<u64>, ApiError> {
         get(k)
             .map(|v| {
@@ -144,6 +300,7 @@ fn pods(
             namespace: namespace.map(str::to_string),
             labels,
             fields,
+            api_version: (version != rtype.storage_version).then(|| rtype.api_version(version)),
         },
         resource_version: get("resourceVersion").map(str::to_string),
         version_match: get("resourceVersionMatch").map(str::to_string),
@@ -153,10 +310,10 @@ fn pods(
         send_initial_events: flag("sendInitialEvents"),
     };
     if !flag("watch") {
-        let list = shared.store().list(&q)?;
+        let list = shared.store().list(rtype, &q)?;
         return Ok(json_response(StatusCode::OK, &list));
     }
-    let (initial, rx) = shared.store().watch(q)?;
+    let (initial, rx) = shared.store().watch(rtype, q)?;
     let rx = match rx {
         Some(rx) => rx,
         // The watch ends after its initial lines (an ERROR event).

@@ -1,77 +1,64 @@
-//! The fake's state: pods keyed like etcd keys (`namespace/name`), one global
-//! resourceVersion counter, a bounded history of pod changes for resuming
-//! watches and serving paginated lists at one snapshot, the open watches,
-//! and the events clients wrote.
+//! The fake's state: one collection per resource type it serves, one global
+//! resourceVersion counter that orders every write (like etcd's revision),
+//! the events clients wrote, the requests received, the failure knobs, and
+//! what the identity and authorization APIs keep (keys, counters, review
+//! logs).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use serde_json::Value;
 
 use super::RequestRecord;
+use super::collection::{Collection, ListQuery, WatchStart, object_key};
 use super::events::EventStore;
+use super::resource::{ResourceKey, ResourceType};
+use super::sar::Authorization;
+use super::serviceaccount::Identity;
 use super::status::ApiError;
-use super::watch::{Filter, WATCH_QUEUE, WatchMsg, Watcher, bookmark_line, event_line, line};
 
-/// Pod changes kept for watch resumption and paginated lists; older
-/// resourceVersions answer 410 Gone, as after an etcd compaction.
-pub(super) const HISTORY: usize = 4096;
 /// Requests remembered for `requests()`.
 const REQUESTS: usize = 4096;
-
-struct Change {
-    rv: u64,
-    key: String,
-    old: Option<Pod>,
-    new: Option<Pod>,
-}
-
-/// What a list or watch asked for in its query.
-#[derive(Debug, Default)]
-pub(super) struct ListQuery {
-    pub filter: Filter,
-    pub resource_version: Option<String>,
-    pub version_match: Option<String>,
-    pub limit: Option<usize>,
-    pub continue_token: Option<String>,
-    pub bookmarks: bool,
-    pub send_initial_events: bool,
-}
+/// Resource types that may be registered (CRDs) beyond the built-ins, so a
+/// test that registers in a loop hits a clear limit, not unbounded memory.
+const MAX_RESOURCE_TYPES: usize = 256;
 
 pub(super) struct Store {
     rv: u64,
-    pods: BTreeMap<String, Pod>,
-    history: VecDeque<Change>,
-    /// Every pod change after this resourceVersion is in `history`.
-    compacted: u64,
-    watchers: Vec<Watcher>,
+    collections: BTreeMap<ResourceKey, Collection>,
     pub failing: Option<u16>,
     pub latency: Duration,
+    /// `(path prefix, status)`: outages of part of the API.
+    pub failing_paths: Vec<(String, u16)>,
+    /// `(path prefix, delay)`: latency added for part of the API.
+    pub latency_paths: Vec<(String, Duration)>,
     pub events: EventStore,
     requests: VecDeque<RequestRecord>,
+    pub identity: Identity,
+    pub authorization: Authorization,
 }
 
 impl Store {
     pub fn new() -> Self {
+        // A fresh etcd is not at revision 0; starting higher keeps "0"
+        // (which means "any") distinct from every real version.
+        let rv = 1000;
+        let collections = ResourceType::builtins()
+            .into_iter()
+            .map(|t| (t.key(), Collection::new(t, rv)))
+            .collect();
         Self {
-            // A fresh etcd is not at revision 0; starting higher keeps "0"
-            // (which means "any") distinct from every real version.
-            rv: 1000,
-            pods: BTreeMap::new(),
-            history: VecDeque::new(),
-            compacted: 1000,
-            watchers: Vec::new(),
+            rv,
+            collections,
             failing: None,
             latency: Duration::ZERO,
+            failing_paths: Vec::new(),
+            latency_paths: Vec::new(),
             events: EventStore::default(),
             requests: VecDeque::new(),
+            identity: Identity::default(),
+            authorization: Authorization::default(),
         }
     }
 
@@ -95,9 +82,130 @@ impl Store {
         self.requests.iter().cloned().collect()
     }
 
-    // === pods ===
+    /// The outage status for a request to `path`, if any.
+    pub fn failing_for(&self, path: &str) -> Option<u16> {
+        self.failing.or_else(|| {
+            self.failing_paths
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, code)| *code)
+        })
+    }
 
-    pub fn apply(&mut self, mut pod: Pod) -> String {
+    /// The delay before answering a request to `path`.
+    pub fn latency_for(&self, path: &str) -> Duration {
+        self.latency
+            + self
+                .latency_paths
+                .iter()
+                .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, d)| *d)
+                .sum::<Duration>()
+    }
+
+    // === resource types ===
+
+    pub fn collection(&self, group: &str, plural: &str) -> Option<&Collection> {
+        self.collections.get(&(group.to_string(), plural.to_string()))
+    }
+
+    pub fn collection_mut(&mut self, group: &str, plural: &str) -> Option<&mut Collection> {
+        self.collections.get_mut(&(group.to_string(), plural.to_string()))
+    }
+
+    /// The resource type at `group/version/plural`, or the apiserver's 404
+    /// for a path it does not serve.
+    pub fn resolve(&self, group: &str, version: &str, plural: &str) -> Result<ResourceType, ApiError> {
+        self.collection(group, plural)
+            .map(|c| &c.rtype)
+            .filter(|t| t.serves(version))
+            .cloned()
+            .ok_or_else(ApiError::no_route)
+    }
+
+    /// The resource type of an object by its `apiVersion` and `kind`.
+    pub fn type_of(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        self.collections
+            .values()
+            .map(|c| &c.rtype)
+            .find(|t| t.group == group && t.kind == kind && t.serves(version))
+            .cloned()
+    }
+
+    /// Adds or updates a resource type (a CRD was written). Existing
+    /// objects stay; their watches end if the scope changed.
+    pub fn register(&mut self, rtype: ResourceType) -> Result<(), ApiError> {
+        let rv = self.rv;
+        let count = self.collections.len();
+        match self.collections.get_mut(&rtype.key()) {
+            Some(existing) => {
+                if existing.rtype.namespaced != rtype.namespaced {
+                    existing.end_watches();
+                }
+                existing.rtype = rtype;
+            }
+            None if count >= MAX_RESOURCE_TYPES => {
+                return Err(ApiError::new(
+                    507,
+                    "InsufficientStorage",
+                    format!("the fake serves at most {MAX_RESOURCE_TYPES} resource types"),
+                ));
+            }
+            None => {
+                self.collections.insert(rtype.key(), Collection::new(rtype, rv));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a resource type and its objects (its CRD was deleted): every
+    /// watch sees each object DELETED, then its stream ends.
+    pub fn unregister(&mut self, key: &ResourceKey) {
+        let keys: Vec<String> = match self.collections.get(key) {
+            Some(c) => c
+                .values()
+                .map(|o| {
+                    let meta = &o["metadata"];
+                    object_key(meta["namespace"].as_str(), meta["name"].as_str().unwrap_or(""))
+                })
+                .collect(),
+            None => return,
+        };
+        for object in keys {
+            let rv = self.next_rv();
+            if let Some(c) = self.collections.get_mut(key) {
+                c.remove(&object, rv);
+            }
+        }
+        if let Some(mut c) = self.collections.remove(key) {
+            c.end_watches();
+        }
+    }
+
+    pub fn list(&self, rtype: &ResourceType, q: &ListQuery) -> Result<Value, ApiError> {
+        let collection = self
+            .collection(&rtype.group, &rtype.plural)
+            .ok_or_else(ApiError::no_route)?;
+        collection.list(q, self.rv)
+    }
+
+    pub fn watch(&mut self, rtype: &ResourceType, q: ListQuery) -> Result<WatchStart, ApiError> {
+        let now = self.rv;
+        let collection = self
+            .collection_mut(&rtype.group, &rtype.plural)
+            .ok_or_else(ApiError::no_route)?;
+        collection.watch(q, now)
+    }
+
+    /// The stored object, as a GET returns it.
+    pub fn get_object(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> Option<&Value> {
+        self.collection(group, plural)?.get(namespace, name)
+    }
+
+    // === pods (written by tests, read by clients) ===
+
+    pub fn apply_pod(&mut self, mut pod: Pod) -> String {
         let name = pod
             .metadata
             .name
@@ -108,8 +216,7 @@ impl Store {
             .namespace
             .get_or_insert_with(|| "default".to_string())
             .clone();
-        let key = format!("{namespace}/{name}");
-        let old = self.pods.get(&key).cloned();
+        let old = self.get_pod(&namespace, &name);
         let meta = &mut pod.metadata;
         if meta.uid.is_none() {
             meta.uid = Some(
@@ -122,308 +229,72 @@ impl Store {
             meta.creation_timestamp = Some(
                 old.as_ref()
                     .and_then(|o| o.metadata.creation_timestamp.clone())
-                    .unwrap_or_else(|| Time(now_seconds())),
+                    .unwrap_or_else(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now_seconds())),
             );
         }
         let rv = self.next_rv();
         pod.metadata.resource_version = Some(rv.to_string());
-        self.pods.insert(key.clone(), pod.clone());
-        self.change(Change {
-            rv,
-            key,
-            old,
-            new: Some(pod),
-        });
+        let value = serde_json::to_value(&pod).expect("a Pod serializes");
+        if let Some(pods) = self.collection_mut("", "pods") {
+            pods.put(object_key(Some(&namespace), &name), value, rv);
+        }
         rv.to_string()
     }
 
-    pub fn delete(&mut self, namespace: &str, name: &str) -> bool {
-        let key = format!("{namespace}/{name}");
-        let Some(old) = self.pods.remove(&key) else {
-            return false;
-        };
-        let rv = self.next_rv();
-        self.change(Change {
-            rv,
-            key,
-            old: Some(old),
-            new: None,
-        });
-        true
-    }
-
-    pub fn get(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.get(&format!("{namespace}/{name}"))
-    }
-
-    fn change(&mut self, change: Change) {
-        self.watchers.retain(
-            |w| match w.event_for(change.old.as_ref(), change.new.as_ref(), change.rv) {
-                Some(event) => w.send(WatchMsg::Line(event)),
-                None => !w.tx.is_closed(),
-            },
-        );
-        if self.history.len() == HISTORY
-            && let Some(dropped) = self.history.pop_front()
-        {
-            self.compacted = dropped.rv;
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
+        let rv = self.rv + 1;
+        let removed = self
+            .collection_mut("", "pods")
+            .and_then(|pods| pods.remove(&object_key(Some(namespace), name), rv));
+        if removed.is_some() {
+            self.rv = rv;
         }
-        self.history.push_back(change);
+        removed.is_some()
     }
 
-    /// The pods as they were at `rv`, rebuilt by undoing later changes;
-    /// None when the history no longer reaches back that far.
-    fn snapshot_at(&self, rv: u64) -> Option<BTreeMap<String, Pod>> {
-        if rv < self.compacted {
-            return None;
-        }
-        let mut pods = self.pods.clone();
-        for change in self.history.iter().rev().take_while(|c| c.rv > rv) {
-            match &change.old {
-                Some(old) => pods.insert(change.key.clone(), old.clone()),
-                None => pods.remove(&change.key),
-            };
-        }
-        Some(pods)
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        let value = self.get_object("", "pods", Some(namespace), name)?;
+        serde_json::from_value(value.clone()).ok()
     }
 
-    // === list ===
-
-    pub fn list(&self, q: &ListQuery) -> Result<Value, ApiError> {
-        let (snapshot_rv, start) = match &q.continue_token {
-            Some(token) => {
-                if q.resource_version.as_deref().is_some_and(|rv| !rv.is_empty()) {
-                    return Err(ApiError::bad_request(
-                        "specifying resource version is not allowed when using continue",
-                    ));
-                }
-                let (rv, start) = decode_continue(token)?;
-                (rv, Some(start))
-            }
-            None => (self.list_rv(q)?, None),
-        };
-        let snapshot = if snapshot_rv == self.rv {
-            None
-        } else {
-            Some(self.snapshot_at(snapshot_rv).ok_or_else(|| {
-                if q.continue_token.is_some() {
-                    ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. \
-                         You can start a new list without the continue parameter.",
-                    )
-                } else {
-                    ApiError::expired(format!("too old resource version: {snapshot_rv} ({})", self.compacted))
-                }
-            })?)
-        };
-        let pods = snapshot.as_ref().unwrap_or(&self.pods);
-        let lower = match &start {
-            Some(key) => Bound::Excluded(key.clone()),
-            None => Bound::Unbounded,
-        };
-        let mut matching = pods
-            .range((lower, Bound::Unbounded))
-            .filter(|(_, pod)| q.filter.matches(pod));
-        let limit = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        let mut items = Vec::new();
-        let mut last_key = None;
-        for (key, pod) in matching.by_ref().take(limit) {
-            items.push(list_item(pod));
-            last_key = Some(key.clone());
-        }
-        let remaining = matching.count();
-        let mut metadata = json!({ "resourceVersion": snapshot_rv.to_string() });
-        if remaining > 0
-            && let Some(last) = last_key
-        {
-            metadata["continue"] = Value::String(encode_continue(snapshot_rv, &last));
-            // The apiserver counts the rest only when no selector filters it.
-            if q.filter.labels == Default::default() && q.filter.fields == Default::default() {
-                metadata["remainingItemCount"] = json!(remaining);
-            }
-        }
-        Ok(json!({ "kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": items }))
-    }
-
-    /// The resourceVersion a first list page is served at.
-    fn list_rv(&self, q: &ListQuery) -> Result<u64, ApiError> {
-        let rv = q.resource_version.as_deref().filter(|rv| !rv.is_empty());
-        match (rv, q.version_match.as_deref().filter(|m| !m.is_empty())) {
-            (None, Some(_)) => Err(ApiError::invalid_options(
-                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
-            )),
-            (None, None) => Ok(self.rv),
-            (Some(rv), m) => {
-                let asked = parse_rv(rv)?;
-                match m {
-                    None | Some("NotOlderThan") if asked == 0 => Ok(self.rv),
-                    None | Some("NotOlderThan") if asked > self.rv => Err(ApiError::too_large_rv(asked, self.rv)),
-                    None | Some("NotOlderThan") => Ok(self.rv),
-                    Some("Exact") if asked == 0 => Err(ApiError::invalid_options(
-                        "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
-                    )),
-                    Some("Exact") if asked > self.rv => Err(ApiError::too_large_rv(asked, self.rv)),
-                    Some("Exact") => Ok(asked),
-                    Some(other) => Err(ApiError::invalid_options(format!(
-                        "resourceVersionMatch: Unsupported value: \"{other}\": supported values: \"Exact\", \"NotOlderThan\""
-                    ))),
-                }
-            }
-        }
-    }
-
-    // === watch ===
-
-    /// Opens a watch: the lines to send first, and the receiver of the rest.
-    pub fn watch(&mut self, q: ListQuery) -> Result<(VecDeque<Bytes>, Option<mpsc::Receiver<WatchMsg>>), ApiError> {
-        let rv = q.resource_version.as_deref().filter(|rv| !rv.is_empty());
-        let version_match = q.version_match.as_deref().filter(|m| !m.is_empty());
-        let mut initial = VecDeque::new();
-        if q.send_initial_events {
-            if !q.bookmarks {
-                return Err(ApiError::invalid_options(
-                    "allowWatchBookmarks: Required value: allowWatchBookmarks must be set to true when sendInitialEvents is set",
-                ));
-            }
-            if version_match != Some("NotOlderThan") {
-                return Err(ApiError::invalid_options(
-                    "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                ));
-            }
-            if let Some(rv) = rv {
-                let asked = parse_rv(rv)?;
-                if asked > self.rv {
-                    return Err(ApiError::too_large_rv(asked, self.rv));
-                }
-            }
-            initial.extend(self.current_as_added(&q.filter));
-            initial.push_back(bookmark_line(self.rv, true));
-        } else {
-            if version_match.is_some() {
-                return Err(ApiError::invalid_options(
-                    "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-                ));
-            }
-            match rv {
-                None | Some("0") => initial.extend(self.current_as_added(&q.filter)),
-                Some(rv) => {
-                    let asked = parse_rv(rv)?;
-                    if asked > self.rv {
-                        return Err(ApiError::too_large_rv(asked, self.rv));
-                    }
-                    if asked < self.compacted {
-                        // The apiserver answers 200 and one ERROR event, then ends the stream.
-                        let gone = ApiError::expired(format!("too old resource version: {asked} ({})", self.compacted));
-                        initial.push_back(line("ERROR", &gone.to_json()));
-                        return Ok((initial, None));
-                    }
-                    for change in self.history.iter().filter(|c| c.rv > asked) {
-                        initial.extend(event_line(
-                            &q.filter,
-                            change.old.as_ref(),
-                            change.new.as_ref(),
-                            change.rv,
-                        ));
-                    }
-                }
-            }
-        }
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        self.watchers.retain(|w| !w.tx.is_closed());
-        self.watchers.push(Watcher {
-            filter: q.filter,
-            bookmarks: q.bookmarks,
-            tx,
-        });
-        Ok((initial, Some(rx)))
-    }
-
-    fn current_as_added(&self, filter: &Filter) -> Vec<Bytes> {
-        self.pods
-            .values()
-            .filter(|p| filter.matches(p))
-            .filter_map(|p| Some(line("ADDED", &serde_json::to_value(p).ok()?)))
-            .collect()
-    }
+    // === every watch ===
 
     pub fn open_watches(&mut self) -> usize {
-        self.watchers.retain(|w| !w.tx.is_closed());
-        self.watchers.len()
+        self.collections.values_mut().map(Collection::open_watches).sum()
     }
 
     pub fn bookmark(&mut self) {
-        let bookmark = bookmark_line(self.rv, false);
-        self.watchers.retain(|w| {
-            if w.bookmarks {
-                w.send(WatchMsg::Line(bookmark.clone()))
-            } else {
-                !w.tx.is_closed()
-            }
-        });
+        let rv = self.rv;
+        for c in self.collections.values_mut() {
+            c.bookmark(rv);
+        }
     }
 
     /// Forgets the history: every older resourceVersion is now 410 Gone, and
     /// open watches get an ERROR 410 event and end.
     pub fn compact(&mut self) {
-        self.history.clear();
-        self.compacted = self.rv;
-        let gone = line(
-            "ERROR",
-            &ApiError::expired("The resourceVersion for the provided watch is too old.").to_json(),
-        );
-        for w in self.watchers.drain(..) {
-            if w.send(WatchMsg::Line(gone.clone())) {
-                w.send(WatchMsg::End);
-            }
+        let rv = self.rv;
+        for c in self.collections.values_mut() {
+            c.compact(rv);
         }
     }
 
     /// Breaks every open watch's connection.
     pub fn cut_watches(&mut self) {
-        for w in self.watchers.drain(..) {
-            w.send(WatchMsg::Cut);
+        for c in self.collections.values_mut() {
+            c.cut_watches();
         }
     }
-}
-
-/// A list item: the apiserver leaves kind and apiVersion to the list.
-fn list_item(pod: &Pod) -> Value {
-    let mut value = serde_json::to_value(pod).unwrap_or(Value::Null);
-    if let Some(map) = value.as_object_mut() {
-        map.remove("kind");
-        map.remove("apiVersion");
-    }
-    value
-}
-
-fn parse_rv(rv: &str) -> Result<u64, ApiError> {
-    rv.parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
-}
-
-/// The apiserver's continue token: base64 of
-/// `{"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}`.
-fn encode_continue(rv: u64, last_key: &str) -> String {
-    let token = json!({ "v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last_key}\u{0}") });
-    B64.encode(token.to_string())
-}
-
-fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
-    let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
-    let raw = B64.decode(token).map_err(|_| bad())?;
-    let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    if value["v"] != "meta.k8s.io/v1" {
-        return Err(bad());
-    }
-    let rv = value["rv"].as_u64().ok_or_else(bad)?;
-    let start = value["start"].as_str().ok_or_else(bad)?;
-    let last = start.strip_suffix('\u{0}').ok_or_else(bad)?;
-    Ok((rv, last.to_string()))
 }
 
 pub(super) fn now_seconds() -> k8s_openapi::jiff::Timestamp {
     let now = k8s_openapi::jiff::Timestamp::now();
     k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// `creationTimestamp` as the apiserver writes it (RFC 3339, seconds).
+pub(super) fn now_json() -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now_seconds())).unwrap_or(Value::Null)
 }
 
 /// A random version-4 UUID, the form the apiserver gives `metadata.uid`.
@@ -435,11 +306,17 @@ pub(super) fn new_uid() -> String {
     let h = b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
-
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::kubeapi::pod;
+    use crate::kubeapi::watch::{WATCH_QUEUE, WatchMsg};
+
+    fn pods(store: &Store) -> ResourceType {
+        store.resolve("", "v1", "pods").expect("pods are served")
+    }
 
     fn names(list: &Value) -> Vec<String> {
         list["items"]
@@ -467,46 +344,74 @@ mod tests {
     #[test]
     fn exact_lists_rebuild_old_states_until_compaction() {
         let mut store = Store::new();
-        let first = store.apply(pod("ns", "a", "n", &[("v", "1")]));
-        store.apply(pod("ns", "b", "n", &[("v", "1")]));
-        store.apply(pod("ns", "a", "n", &[("v", "2")]));
-        store.delete("ns", "b");
+        let first = store.apply_pod(pod("ns", "a", "n", &[("v", "1")]));
+        store.apply_pod(pod("ns", "b", "n", &[("v", "1")]));
+        store.apply_pod(pod("ns", "a", "n", &[("v", "2")]));
+        store.delete_pod("ns", "b");
         let now = store.current_rv().to_string();
 
-        let at_first = store.list(&query(Some(&first), Some("Exact"))).expect("exact list");
+        let at_first = store
+            .list(&pods(&store), &query(Some(&first), Some("Exact")))
+            .expect("exact list");
         assert_eq!(names(&at_first), ["a=1"]);
         assert_eq!(at_first["metadata"]["resourceVersion"], first.as_str());
         assert_eq!(
-            names(&store.list(&query(Some(&first), None)).expect("not older than")),
+            names(
+                &store
+                    .list(&pods(&store), &query(Some(&first), None))
+                    .expect("not older than")
+            ),
             ["a=2"]
         );
-        assert_eq!(names(&store.list(&query(None, None)).expect("latest")), ["a=2"]);
+        assert_eq!(
+            names(&store.list(&pods(&store), &query(None, None)).expect("latest")),
+            ["a=2"]
+        );
 
         let future = (store.current_rv() + 5).to_string();
-        assert_eq!(store.list(&query(Some(&future), None)).expect_err("future").code, 504);
         assert_eq!(
-            store.list(&query(Some("0"), Some("Exact"))).expect_err("exact 0").code,
+            store
+                .list(&pods(&store), &query(Some(&future), None))
+                .expect_err("future")
+                .code,
+            504
+        );
+        assert_eq!(
+            store
+                .list(&pods(&store), &query(Some("0"), Some("Exact")))
+                .expect_err("exact 0")
+                .code,
             422
         );
         assert_eq!(
             store
-                .list(&query(None, Some("NotOlderThan")))
+                .list(&pods(&store), &query(None, Some("NotOlderThan")))
                 .expect_err("match without rv")
                 .code,
             422
         );
-        assert_eq!(store.list(&query(Some("abc"), None)).expect_err("bad rv").code, 400);
+        assert_eq!(
+            store
+                .list(&pods(&store), &query(Some("abc"), None))
+                .expect_err("bad rv")
+                .code,
+            400
+        );
 
         store.compact();
         assert_eq!(
             store
-                .list(&query(Some(&first), Some("Exact")))
+                .list(&pods(&store), &query(Some(&first), Some("Exact")))
                 .expect_err("compacted")
                 .code,
             410
         );
         assert_eq!(
-            names(&store.list(&query(Some(&now), Some("Exact"))).expect("exact now")),
+            names(
+                &store
+                    .list(&pods(&store), &query(Some(&now), Some("Exact")))
+                    .expect("exact now")
+            ),
             ["a=2"]
         );
     }
@@ -514,12 +419,18 @@ mod tests {
     #[test]
     fn watches_validate_their_options() {
         let mut store = Store::new();
-        store.apply(pod("ns", "a", "n", &[]));
+        store.apply_pod(pod("ns", "a", "n", &[]));
         let future = (store.current_rv() + 1).to_string();
-        assert_eq!(store.watch(query(Some(&future), None)).err().map(|e| e.code), Some(504));
         assert_eq!(
             store
-                .watch(query(Some("1"), Some("NotOlderThan")))
+                .watch(&pods(&store), query(Some(&future), None))
+                .err()
+                .map(|e| e.code),
+            Some(504)
+        );
+        assert_eq!(
+            store
+                .watch(&pods(&store), query(Some("1"), Some("NotOlderThan")))
                 .err()
                 .map(|e| e.code),
             Some(422)
@@ -530,13 +441,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            store.watch(initial).err().map(|e| e.code),
+            store.watch(&pods(&store), initial).err().map(|e| e.code),
             Some(422),
             "needs allowWatchBookmarks"
         );
         assert_eq!(store.open_watches(), 0);
         let (lines, rx) = store
-            .watch(query(Some("1"), None))
+            .watch(&pods(&store), query(Some("1"), None))
             .expect("a 410 is an event, not an HTTP error");
         assert!(rx.is_none());
         let event: Value = serde_json::from_slice(&lines[0]).expect("json line");
@@ -549,11 +460,11 @@ mod tests {
     #[tokio::test]
     async fn a_watch_that_falls_behind_is_ended_not_buffered() {
         let mut store = Store::new();
-        let (initial, rx) = store.watch(query(None, None)).expect("watch");
+        let (initial, rx) = store.watch(&pods(&store), query(None, None)).expect("watch");
         assert!(initial.is_empty());
         let mut rx = rx.expect("an open watch");
         for i in 0..WATCH_QUEUE + 10 {
-            store.apply(pod("ns", "a", "n", &[("v", &i.to_string())]));
+            store.apply_pod(pod("ns", "a", "n", &[("v", &i.to_string())]));
         }
         assert_eq!(store.open_watches(), 0, "dropped once its queue was full");
         let mut queued = 0;

@@ -8,8 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use k8s_openapi::api::core::v1::Pod;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
@@ -19,21 +18,34 @@ use super::selector::{FieldSelector, LabelSelector};
 /// the apiserver drops watchers that cannot keep up.
 pub(super) const WATCH_QUEUE: usize = 1024;
 
-/// Which pods a list or watch covers.
+/// Which objects a list or watch covers, and at which `apiVersion` it
+/// presents them.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Filter {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
+    /// Set when the request asked for another served version than the one
+    /// objects are stored at.
+    pub api_version: Option<String>,
 }
 
 impl Filter {
-    pub fn matches(&self, pod: &Pod) -> bool {
+    pub fn matches(&self, object: &Value) -> bool {
         self.namespace
             .as_ref()
-            .is_none_or(|ns| pod.metadata.namespace.as_ref() == Some(ns))
-            && self.labels.matches(pod.metadata.labels.as_ref())
-            && self.fields.matches(pod)
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+            && self.labels.matches(object["metadata"]["labels"].as_object())
+            && self.fields.matches(object)
+    }
+
+    /// The object as this request sees it.
+    pub fn present(&self, object: &Value) -> Value {
+        let mut object = object.clone();
+        if let Some(v) = &self.api_version {
+            object["apiVersion"] = Value::String(v.clone());
+        }
+        object
     }
 }
 
@@ -65,44 +77,40 @@ impl Watcher {
     /// an object that starts matching the filter is ADDED, one that stops
     /// matching is DELETED (the previous state at the change's
     /// resourceVersion), as the apiserver's watch cache does.
-    pub fn event_for(&self, old: Option<&Pod>, new: Option<&Pod>, rv: u64) -> Option<Bytes> {
+    pub fn event_for(&self, old: Option<&Value>, new: Option<&Value>, rv: u64) -> Option<Bytes> {
         event_line(&self.filter, old, new, rv)
     }
 }
 
-pub(super) fn event_line(filter: &Filter, old: Option<&Pod>, new: Option<&Pod>, rv: u64) -> Option<Bytes> {
-    let old_matches = old.is_some_and(|p| filter.matches(p));
-    let new_matches = new.is_some_and(|p| filter.matches(p));
+pub(super) fn event_line(filter: &Filter, old: Option<&Value>, new: Option<&Value>, rv: u64) -> Option<Bytes> {
+    let old_matches = old.is_some_and(|o| filter.matches(o));
+    let new_matches = new.is_some_and(|o| filter.matches(o));
     match (old_matches, new_matches, new) {
-        (false, true, Some(pod)) => Some(line("ADDED", &serde_json::to_value(pod).ok()?)),
-        (true, true, Some(pod)) => Some(line("MODIFIED", &serde_json::to_value(pod).ok()?)),
+        (false, true, Some(object)) => Some(line("ADDED", &filter.present(object))),
+        (true, true, Some(object)) => Some(line("MODIFIED", &filter.present(object))),
         (true, false, _) => {
-            let mut gone = old?.clone();
-            gone.metadata.resource_version = Some(rv.to_string());
-            Some(line("DELETED", &serde_json::to_value(&gone).ok()?))
+            let mut gone = filter.present(old?);
+            gone["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+            Some(line("DELETED", &gone))
         }
         _ => None,
     }
 }
 
-pub(super) fn line(kind: &str, object: &serde_json::Value) -> Bytes {
+pub(super) fn line(kind: &str, object: &Value) -> Bytes {
     let mut out = serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }
 
-/// A BOOKMARK event as the apiserver encodes it: an empty Pod but for
-/// `metadata.resourceVersion` (and annotations for the end of a streaming
-/// list).
-pub(super) fn bookmark_line(rv: u64, initial_events_end: bool) -> Bytes {
+/// The `metadata` of a BOOKMARK event (annotated at the end of a streaming
+/// list's initial events).
+pub(super) fn bookmark_metadata(rv: u64, initial_events_end: bool) -> Value {
     let mut metadata = json!({ "resourceVersion": rv.to_string(), "creationTimestamp": null });
     if initial_events_end {
         metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    line(
-        "BOOKMARK",
-        &json!({ "kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": { "containers": null }, "status": {} }),
-    )
+    metadata
 }
 
 /// The response body of a watch: the initial lines, then whatever the store
