@@ -13,7 +13,7 @@ use super::claim_path::ClaimPath;
 use super::model::unique_keys;
 use crate::path::PathOptions;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Denials are enforced.
@@ -23,7 +23,7 @@ pub enum Mode {
     Audit,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
@@ -158,7 +158,7 @@ impl From<RuleConfig> for RawRule {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Requirement {
     /// Providers whose tokens are accepted; empty means any configured provider.
@@ -253,7 +253,7 @@ pub struct ForwardClaim {
 }
 
 /// How a claim value becomes a header value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// A string as it is; an array of strings joined with `,`; a number or
