@@ -1,6 +1,6 @@
 //! Metrics owned by the pod watch: each watched pod's enrolment state, watch
-//! events by type, API errors, and whether the first full pod list has been
-//! applied.
+//! events by type, API errors, whether the first full pod list has been
+//! applied, IdentityPolicy watch events and status writes.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -16,6 +16,10 @@ pub struct KubeMetrics {
     pub api_errors: IntCounter,
     /// 1 once the first full pod list of this node has been applied.
     pub synced: IntGauge,
+    /// IdentityPolicy watch events by type.
+    pub policy_watch_events: IntCounterVec,
+    /// IdentityPolicy status writes by result: written, conflict (stale, retried), error.
+    pub status_writes: IntCounterVec,
 }
 
 impl KubeMetrics {
@@ -42,6 +46,22 @@ impl KubeMetrics {
             "nodeward_kubernetes_synced",
             "1 once the first full pod list of this node has been applied",
         )?;
+        let policy_watch_events = IntCounterVec::new(
+            Opts::new(
+                "nodeward_kubernetes_policy_watch_events_total",
+                "IdentityPolicy watch events by type (applied, deleted, restarted)",
+            ),
+            &["type"],
+        )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "nodeward_kubernetes_status_writes_total",
+                "IdentityPolicy status writes by result (written, conflict: stale and retried, error)",
+            ),
+            &["result"],
+        )?;
+        r.register(Box::new(policy_watch_events.clone()))?;
+        r.register(Box::new(status_writes.clone()))?;
         r.register(Box::new(pods.clone()))?;
         r.register(Box::new(watch_events.clone()))?;
         r.register(Box::new(api_errors.clone()))?;
@@ -51,6 +71,8 @@ impl KubeMetrics {
             watch_events,
             api_errors,
             synced,
+            policy_watch_events,
+            status_writes,
         })
     }
 
