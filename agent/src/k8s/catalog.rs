@@ -244,3 +244,42 @@ pub fn compile(config: &Config, o: &PolicyObject, last_good: Option<(i64, Arc<Po
         selector,
     }
 }
+
+/// Checks the IdentityPolicy objects of a multi-document YAML text against
+/// `config` as the agent would (`nodeward check --identity-policy`): per
+/// object, `IdentityPolicy ns/name` and the verdict. Other kinds are skipped.
+pub fn check_manifests(config: &Config, text: &str) -> Vec<(String, Result<(), String>)> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = match Value::deserialize(document) {
+            Ok(Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                out.push((
+                    format!("document {}", i + 1),
+                    Err(format!("document {}: not YAML: {e}", i + 1)),
+                ));
+                continue;
+            }
+        };
+        if value["kind"] != super::crd::KIND {
+            continue;
+        }
+        let object = PolicyObject {
+            namespace: value["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
+            name: value["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            uid: String::new(),
+            generation: 0,
+            resource_version: String::new(),
+            spec: value["spec"].clone(),
+            status: Default::default(),
+        };
+        let c = compile(config, &object, None);
+        out.push((format!("IdentityPolicy {}", c.key), c.verdict.map(|_| ())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
