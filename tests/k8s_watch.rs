@@ -16,7 +16,7 @@ use nodeward::k8s::binding::PodPolicy;
 use nodeward::k8s::events::PodEvents;
 use nodeward::k8s::podns::PodNsResolver;
 use nodeward::k8s::watch::{self, PodSet, WatchTarget};
-use nodeward::k8s::{Controller, KubeMetrics, PodSink, PodWatch, PodWorkload};
+use nodeward::k8s::{Controller, KubeMetrics, PodSink, PodWorkload};
 use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
 use tokio::sync::watch as channel;
 
@@ -34,7 +34,9 @@ async fn client(api: &FakeKubeApi, dir: &Path) -> kube::Client {
         kubeconfig: Some(api.write_kubeconfig(dir)),
         ..Default::default()
     };
-    PodWatch::client(&k).await.expect("client from the fake's kubeconfig")
+    nodeward::k8s::client(&k)
+        .await
+        .expect("client from the fake's kubeconfig")
 }
 
 /// An opted-in pod of this node, Running with `ip`.

@@ -3,7 +3,8 @@
 //!
 //! Two paths with the same line shape
 //! (`{"timestamp","level","target":"audit", request_id, workload, method, path,
-//! decision, reason, detail, rule, iss, sub, email, client, latency_us}`; an
+//! decision, reason, detail, rule, iss, sub, email, k8s_user, k8s_groups,
+//! client, latency_us}`; an
 //! absent optional field is left out):
 //!
 //! - The binary makes an [`Audit`] writing to stdout ([`Audit::writer`]): the worker
@@ -41,7 +42,7 @@ pub struct Record<'a> {
 }
 
 /// The fields of one audit line, borrowed from the request and the decision.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Fields<'a> {
     pub request_id: &'a str,
     pub workload: &'a str,
@@ -54,6 +55,9 @@ pub struct Fields<'a> {
     pub iss: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub email: Option<&'a str>,
+    /// The Kubernetes user an RBAC rule asked about, and its groups (comma-separated).
+    pub k8s_user: Option<&'a str>,
+    pub k8s_groups: Option<String>,
     pub client: SocketAddr,
     pub latency_us: u64,
 }
@@ -74,6 +78,8 @@ impl<'a> Fields<'a> {
             iss: token.map(|t| t.iss.as_str()),
             sub: token.and_then(|t| t.sub.as_deref()),
             email: token.and_then(|t| t.email()),
+            k8s_user: d.kube_user.as_ref().map(|u| u.username.as_str()),
+            k8s_groups: d.kube_user.as_ref().map(|u| u.groups.join(",")),
             client: r.client,
             latency_us: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
         }
@@ -132,6 +138,8 @@ impl Audit {
                 iss = f.iss,
                 sub = f.sub,
                 email = f.email,
+                k8s_user = f.k8s_user,
+                k8s_groups = f.k8s_groups.as_deref(),
                 client = %f.client,
                 latency_us = f.latency_us,
             ),
@@ -159,6 +167,8 @@ pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
         ("iss", f.iss),
         ("sub", f.sub),
         ("email", f.email),
+        ("k8s_user", f.k8s_user),
+        ("k8s_groups", f.k8s_groups.as_deref()),
     ] {
         if let Some(v) = value {
             field(out, name, v);

@@ -13,8 +13,10 @@
 
 pub mod binding;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod podns;
+pub mod review;
 pub mod watch;
 
 pub use binding::PodPolicy;
@@ -89,37 +91,42 @@ pub struct PodWatch {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl PodWatch {
-    /// A client from `kubernetes.kubeconfig`, else in-cluster, else `$KUBECONFIG`.
-    pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
-        let mut config = match &k.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+/// The agent's API client: from `kubernetes.kubeconfig`, else in-cluster,
+/// else `$KUBECONFIG`. One per process, shared by the pod watch, the
+/// service-account providers and the reviews.
+pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
+    let mut config = match &k.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
                     path: path.clone(),
                     source,
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|source| KubeError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(KubeError::Infer)?,
-        };
-        // The watcher retries with its own backoff and counts each failure;
-        // the client's own retries (up to 15 on a 503) would hide an outage
-        // from the metrics and the logs for minutes.
-        config.default_retry = false;
-        kube::Client::try_from(config).map_err(KubeError::Client)
-    }
+                })?
+        }
+        None => kube::Config::infer().await.map_err(KubeError::Infer)?,
+    };
+    // The watcher retries with its own backoff and counts each failure;
+    // the client's own retries (up to 15 on a 503) would hide an outage
+    // from the metrics and the logs for minutes.
+    config.default_retry = false;
+    kube::Client::try_from(config).map_err(KubeError::Client)
+}
 
+impl PodWatch {
     /// Starts the watch, the controller and the event poster for `sink`.
-    pub async fn start<S: PodSink>(sink: Arc<S>, metrics: KubeMetrics) -> Result<Self, KubeError> {
+    pub async fn start<S: PodSink>(
+        sink: Arc<S>,
+        client: kube::Client,
+        metrics: KubeMetrics,
+    ) -> Result<Self, KubeError> {
         let config = sink.config();
         let k = &config.kubernetes;
         let node = k.node_name.clone().ok_or(KubeError::NoNodeName)?;
-        let client = Self::client(k).await?;
         // The agent's pod name when the DaemonSet passes it, else one per node.
         let instance = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
         let instance = instance.unwrap_or_else(|| format!("nodeward-{node}"));

@@ -154,11 +154,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (audit, _audit_flush) = Audit::writer(Box::new(std::io::stdout()), AuditLimits::default())
                 .context("cannot start the audit writer")?;
             let agent = Arc::new(Agent::start(c, audit).await?);
-            let pods = if kubernetes {
-                let metrics = agent.metrics().kubernetes.clone();
-                Some(PodWatch::start(agent.control().clone(), metrics).await?)
-            } else {
-                None
+            let pods = match (kubernetes, agent.kube()) {
+                (true, Some(client)) => {
+                    let metrics = agent.metrics().kubernetes.clone();
+                    Some(PodWatch::start(agent.control().clone(), client.clone(), metrics).await?)
+                }
+                _ => None,
             };
             let reloader = Reloader::new(&config, Some(text));
             tokio::select! {

@@ -20,6 +20,8 @@ fn fields() -> Fields<'static> {
         iss: Some("https://idp.example"),
         sub: Some("alice"),
         email: Some("alice@example.com"),
+        k8s_user: Some("oidc:alice@example.com"),
+        k8s_groups: Some("oidc:admins,system:authenticated".into()),
         client: "127.0.0.1:40000".parse().expect("addr"),
         latency_us: 1234,
     }
@@ -56,6 +58,8 @@ fn every_field_is_written_with_its_type() {
             "iss": "https://idp.example",
             "sub": "alice",
             "email": "alice@example.com",
+            "k8s_user": "oidc:alice@example.com",
+            "k8s_groups": "oidc:admins,system:authenticated",
             "client": "127.0.0.1:40000",
             "latency_us": 1234,
         })
@@ -70,13 +74,15 @@ fn absent_optional_fields_are_left_out() {
         iss: None,
         sub: None,
         email: None,
+        k8s_user: None,
+        k8s_groups: None,
         client: "[::1]:8080".parse().expect("addr"),
         latency_us: u64::MAX,
         ..fields()
     };
     let (_, v) = line(&f);
     let obj = v.as_object().expect("object");
-    for absent in ["detail", "rule", "iss", "sub", "email"] {
+    for absent in ["detail", "rule", "iss", "sub", "email", "k8s_user", "k8s_groups"] {
         assert!(!obj.contains_key(absent), "{absent} is left out: {v}");
     }
     assert_eq!(v["client"], "[::1]:8080");
