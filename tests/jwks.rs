@@ -179,6 +179,7 @@ async fn provider_down_at_start_without_copy_fails_closed_then_recovers() {
         "{m}"
     );
     assert_eq!(metric(&m, "nodeward_provider_ready{provider=\"corp\"}"), Some(0.0));
+    assert_eq!(metric(&m, "nodeward_ready"), Some(0.0), "/readyz as a metric: {m}");
 
     // Any token is refused while no keys are known: fail closed.
     let stranger = TestIdp::start().await;
@@ -198,6 +199,7 @@ async fn provider_down_at_start_without_copy_fails_closed_then_recovers() {
         200
     );
     agent.wait_ready().await;
+    assert_eq!(metric(&agent.metrics().await, "nodeward_ready"), Some(1.0));
     let (s, _) = status(&agent.url("orders"), &forged).await;
     assert_eq!(s, 401, "a token from another key is still refused");
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     pub ebpf_connections: IntCounterVec,
     pub enrolment_seconds: prometheus::Histogram,
+    /// `/readyz` as a number, set at scrape time: an alert needs a series, not an HTTP status.
+    pub ready: IntGauge,
     pub providers: ProviderMetricFamilies,
     pub kubernetes: KubeMetrics,
 }
@@ -82,6 +84,11 @@ impl Metrics {
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
         )?;
+        let ready = IntGauge::new(
+            "nodeward_ready",
+            "1 when /readyz answers 200 (config applied, every provider has usable keys, workloads enrolled)",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(ebpf_connections.clone()))?;
         registry.register(Box::new(enrolment_seconds.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -113,6 +120,7 @@ impl Metrics {
             connections,
             ebpf_connections,
             enrolment_seconds,
+            ready,
             providers,
             kubernetes,
         })
