@@ -77,6 +77,7 @@ impl Shared {
     pub fn observe(&self) {
         self.metrics.token_cache_entries.set(self.cache.entries() as i64);
         self.metrics.ready.set(i64::from(self.not_ready().is_empty()));
+        self.metrics.audit.observe();
         let rt = self.state.load();
         for p in rt.providers.iter() {
             p.metrics().observe(p.keys_age().map(|a| a.as_secs_f64()), p.is_ready());

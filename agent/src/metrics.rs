@@ -6,6 +6,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::audit::AuditMetrics;
 use crate::k8s::KubeMetrics;
 use crate::provider::ProviderMetricFamilies;
 
@@ -26,6 +27,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub providers: ProviderMetricFamilies,
     pub kubernetes: KubeMetrics,
+    pub audit: AuditMetrics,
 }
 
 impl Metrics {
@@ -107,6 +109,7 @@ impl Metrics {
         )))?;
         let providers = ProviderMetricFamilies::register(&registry)?;
         let kubernetes = KubeMetrics::register(&registry)?;
+        let audit = AuditMetrics::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -123,6 +126,7 @@ impl Metrics {
             ready,
             providers,
             kubernetes,
+            audit,
         })
     }
 
