@@ -54,6 +54,7 @@ struct Status {
 impl admin::Status for Status {
     fn metrics(&self) -> Vec<u8> {
         self.control.observe();
+        self.metrics.audit.observe(&self.control.context().audit);
         self.metrics.render()
     }
 

@@ -378,6 +378,7 @@ impl Provider {
             }
             // Someone fetched recently, before this caller arrived: rate limit.
             if t.elapsed() < self.cfg.refresh.unknown_kid_cooldown {
+                self.metrics.on_demand_rate_limited.inc();
                 return false;
             }
         }

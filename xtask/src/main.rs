@@ -12,9 +12,11 @@
 //! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
 //!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 //! - `soak`: a bounded soak with reloads and key rotations; see `soak.rs`.
+//! - `observe`: alerts, dashboard and metrics against a real Prometheus; see `observe.rs`.
 
 mod bench;
 mod demo;
+mod observe;
 mod proc;
 mod soak;
 mod steering_bench;
@@ -47,6 +49,11 @@ commands:
                   valid/invalid/anonymous traffic over h1 and h2c, config
                   reloads and key rotations; fails on any wrong decision,
                   lost request or memory growth (CI runs --duration 45s)
+  observe [--duration D] [--no-ebpf] [--screenshot PNG] | --files | --sync
+                  (root) the alert rules (promtool check/test rules), the
+                  dashboard, and a live run: nodeward under traffic scraped by
+                  a real Prometheus; checks series, promtool check metrics,
+                  every dashboard query and the alerts; renders the dashboard
   help            this text";
 
 fn main() -> ExitCode {
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&rest),
         Some("bench-steering") => steering_bench::run(&rest),
         Some("soak") => soak::run(&rest),
+        Some("observe") => observe::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -200,6 +200,7 @@ impl Control {
         }
         let counters = lock(&self.enroller).counters();
         self.metrics.observe_ebpf(counters, &mut lock(&self.seen));
+        self.metrics.ready.set(i64::from(self.not_ready().is_empty()));
     }
 
     /// Why the agent is not ready; empty when it is.
