@@ -749,8 +749,11 @@ async fn an_older_jwks_fetch_finishing_last_does_not_bring_back_a_removed_key() 
 }
 
 /// The EMSA-PKCS1-v1_5 encoding of SHA-256(`message`) for a 2048-bit key:
-/// with a public exponent of 1, `s^e mod n` is `s`, so this *is* a valid
-/// signature under any such key — which is why such keys are refused.
+/// with a public exponent of 1, `s^e mod n` is `s`, so this is the
+/// signature anyone can make for any message under such a key. (aws-lc-rs
+/// also refuses `e < 3` when verifying — the token would get
+/// `bad_signature` — but nodeward refuses the key when loading the JWKS,
+/// so it never holds a key that cannot verify.)
 fn e_one_forgery(message: &[u8]) -> Vec<u8> {
     const SHA256_PREFIX: [u8; 19] = [
         0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
