@@ -15,86 +15,19 @@
 //! Token trust (audiences, the cache, secrets, reloads, explain, JWKS) is
 //! `token_trust.rs`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nodeward_testkit::wire::{BOTH, Http1Response, Proto, Reply, exchange, send};
-use nodeward_testkit::{AuditCapture, AuditFlush, EchoUpstream, TestAgent, TestIdp, metric};
+use nodeward_testkit::wire::{
+    BOTH, FRAME_HEADERS, FRAME_RST_STREAM, Http1Response, PROTOCOL_ERROR, Proto, Reply, exchange, h2_raw_frames,
+    h2_request, send,
+};
+use nodeward_testkit::{AuditCapture, AuditFlush, EchoUpstream, StaticFiles, TestAgent, TestIdp, metric};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SECRET: &str = "TOP-SECRET: only group admins may read this\n";
 const INTERNAL: &str = "INTERNAL: never served through nodeward\n";
 const HELLO: &str = "hello from /public\n";
-
-/// `python3 -m http.server` on an ephemeral loopback port, serving a fresh
-/// directory: `/admin/secret.txt`, `/internal/keys.txt`, `/public/hello.txt`.
-/// Like most static servers it decodes `%XX` (including `%2F`) and resolves
-/// `..` before opening a file. Killed when dropped.
-struct StaticFiles {
-    child: Child,
-    addr: SocketAddr,
-    _root: tempfile::TempDir,
-}
-
-impl StaticFiles {
-    fn start() -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        for (file, text) in [
-            ("admin/secret.txt", SECRET),
-            ("internal/keys.txt", INTERNAL),
-            ("public/hello.txt", HELLO),
-        ] {
-            let path = root.path().join(file);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&path, text).expect("write");
-        }
-        let child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-            .arg(root.path())
-            .arg("0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server starts");
-        // Owned by the guard from here on, so a failed start still kills it.
-        let mut server = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            _root: root,
-        };
-        let stdout = server.child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        // "Serving HTTP on 127.0.0.1 port 41235 (http://127.0.0.1:41235/) ..."
-        let banner = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("http.server prints where it listens");
-        let port: u16 = banner
-            .split(" port ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected http.server banner {banner:?}"));
-        server.addr.set_port(port);
-        server
-    }
-}
-
-impl Drop for StaticFiles {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The contract-style rules, plus a POST-only rule and a GET-only anonymous
 /// one for the method checks.
@@ -169,7 +102,11 @@ struct Env {
 
 async fn env() -> Env {
     let idp = TestIdp::start().await;
-    let files = StaticFiles::start();
+    let files = StaticFiles::start(&[
+        ("admin/secret.txt", SECRET),
+        ("internal/keys.txt", INTERNAL),
+        ("public/hello.txt", HELLO),
+    ]);
     let echo = EchoUpstream::start().await;
     let yaml = config(&idp.issuer(), files.addr, echo.addr);
     let audit = AuditCapture::default();
@@ -533,8 +470,8 @@ async fn a_connection_header_over_h2c_is_a_protocol_error() {
     };
     let before = requests(&e.agent.metrics().await);
     // Control: the same frames without `connection` are answered (HEADERS).
-    assert_eq!(h2_raw_frames(addr, &[]).await, (FRAME_HEADERS, 0));
-    let frame = h2_raw_frames(addr, &[("connection", "x-nodeward-sub")]).await;
+    assert_eq!(h2_raw_frames(addr, "/docs/x", &[]).await, (FRAME_HEADERS, 0));
+    let frame = h2_raw_frames(addr, "/docs/x", &[("connection", "x-nodeward-sub")]).await;
     assert_eq!(frame, (FRAME_RST_STREAM, PROTOCOL_ERROR), "the stream is reset");
     let after = requests(&e.agent.metrics().await);
     assert_eq!(
@@ -542,68 +479,6 @@ async fn a_connection_header_over_h2c_is_a_protocol_error() {
         before.unwrap_or(0.0) + 1.0,
         "only the control request reached the proxy"
     );
-}
-
-const FRAME_HEADERS: u8 = 0x1;
-const FRAME_RST_STREAM: u8 = 0x3;
-const PROTOCOL_ERROR: u32 = 0x1;
-
-/// `GET /docs/x` with `extra` headers as raw HTTP/2 frames (HPACK literals,
-/// no Huffman coding); returns the type of the first frame the agent sends
-/// on stream 1 (HEADERS or RST_STREAM) and, for RST_STREAM, its error code.
-async fn h2_raw_frames(addr: SocketAddr, extra: &[(&str, &str)]) -> (u8, u32) {
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).expect("small frame").to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-    let mut block = Vec::new();
-    let fields = [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":authority", "nodeward.test"),
-        (":path", "/docs/x"),
-    ];
-    for (name, value) in fields.iter().chain(extra) {
-        // Literal without indexing, new name (RFC 7541 §6.2.2), lengths in
-        // one byte without Huffman coding: short strings only.
-        block.push(0);
-        for s in [name, value] {
-            block.push(u8::try_from(s.len()).ok().filter(|&n| n < 127).expect("short"));
-            block.extend_from_slice(s.as_bytes());
-        }
-    }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-    out.extend(frame(FRAME_HEADERS, 0x1 | 0x4, 1, &block)); // END_STREAM | END_HEADERS
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&out).await.expect("write");
-    let read = async {
-        for _ in 0..32 {
-            let mut head = [0u8; 9];
-            s.read_exact(&mut head).await.expect("a frame");
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            s.read_exact(&mut payload).await.expect("frame payload");
-            let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
-            if head[3] == 0x4 && head[4] & 0x1 == 0 {
-                s.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("settings ack");
-            }
-            if stream == 1 && head[3] == FRAME_RST_STREAM {
-                let code = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
-                return (FRAME_RST_STREAM, code);
-            }
-            if stream == 1 && head[3] == FRAME_HEADERS {
-                return (FRAME_HEADERS, 0);
-            }
-        }
-        panic!("no answer on stream 1 within 32 frames");
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("answered within 10 s")
 }
 
 /// From an untrusted peer, `X-Forwarded-*`, `X-Real-IP` and `Forwarded`
@@ -776,37 +651,6 @@ async fn connect_and_asterisk_requests_are_refused() {
             "h2 {method}: {body}"
         );
     }
-}
-
-/// One request with the h2 library itself (for `:path *` and CONNECT,
-/// which an HTTP client with a connection pool does not send).
-async fn h2_request(addr: SocketAddr, method: http::Method, uri: http::Uri) -> (u16, Value) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.expect("ready");
-    let req = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(())
-        .expect("request");
-    let (resp, _) = client.send_request(req, true).expect("send");
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .expect("answered within 10 s")
-        .expect("response");
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.expect("body");
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    task.abort();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// Cookie and query token sources verify like the header, and every token

@@ -371,4 +371,7 @@ pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
 pub mod process;
+mod static_files;
 pub mod wire;
+
+pub use static_files::StaticFiles;

@@ -1,8 +1,9 @@
 //! Talking to the agent below the level of client libraries: raw HTTP/1.1
 //! bytes over TCP (so no library normalises a request target, merges
 //! headers or fixes a method's case before the agent sees it), an h2c
-//! client (prior knowledge, no upgrade), and a free loopback port for
-//! agents run as processes.
+//! client (prior knowledge, no upgrade), one request through the h2 library
+//! itself or as raw HTTP/2 frames, and a free loopback port for agents run
+//! as processes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -222,4 +223,100 @@ pub async fn send(proto: Proto, addr: SocketAddr, method: &str, target: &str, he
             }
         }
     }
+}
+
+pub const FRAME_HEADERS: u8 = 0x1;
+pub const FRAME_RST_STREAM: u8 = 0x3;
+pub const PROTOCOL_ERROR: u32 = 0x1;
+
+/// `GET path` with `extra` headers as raw HTTP/2 frames (HPACK literals,
+/// no Huffman coding), for headers the h2 library refuses to send (such as
+/// `connection`); returns the type of the first frame the agent sends on
+/// stream 1 ([`FRAME_HEADERS`] or [`FRAME_RST_STREAM`]) and, for
+/// RST_STREAM, its error code.
+pub async fn h2_raw_frames(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> (u8, u32) {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("small frame").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut block = Vec::new();
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "nodeward.test"),
+        (":path", path),
+    ];
+    for (name, value) in fields.iter().chain(extra) {
+        // Literal without indexing, new name (RFC 7541 §6.2.2), lengths in
+        // one byte without Huffman coding: short strings only.
+        block.push(0);
+        for s in [name, value] {
+            block.push(u8::try_from(s.len()).ok().filter(|&n| n < 127).expect("short"));
+            block.extend_from_slice(s.as_bytes());
+        }
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(FRAME_HEADERS, 0x1 | 0x4, 1, &block)); // END_STREAM | END_HEADERS
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&out).await.expect("write");
+    let read = async {
+        for _ in 0..32 {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.expect("a frame");
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.expect("frame payload");
+            let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            if head[3] == 0x4 && head[4] & 0x1 == 0 {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("settings ack");
+            }
+            if stream == 1 && head[3] == FRAME_RST_STREAM {
+                let code = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+                return (FRAME_RST_STREAM, code);
+            }
+            if stream == 1 && head[3] == FRAME_HEADERS {
+                return (FRAME_HEADERS, 0);
+            }
+        }
+        panic!("no answer on stream 1 within 32 frames");
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answered within 10 s")
+}
+
+/// One request with the h2 library itself (for `:path *` and CONNECT,
+/// which an HTTP client with a connection pool does not send): the status
+/// and the body as JSON (`Null` when it is not).
+pub async fn h2_request(addr: SocketAddr, method: http::Method, uri: http::Uri) -> (u16, Value) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("answered within 10 s")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    task.abort();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
