@@ -10,24 +10,28 @@ of them (every problem is listed, not only the first).
    schemas that kubernetes-validate ships (unknown fields are errors), for the
    oldest Kubernetes we support and the newest the package knows. A kind it
    has no schema for is an error, never a silent pass.
-2. ServiceMonitor / PodMonitor against the Prometheus Operator's CRD schema
-   (the JSON schema of cloudcoil's models, generated from the operator's CRDs),
-   made strict the same way: every object that lists its properties refuses
-   the others. The project's own CRDs (IdentityPolicy) must be structural
-   (a type on every node, no unions, no properties beside
-   additionalProperties), and every custom resource of a rendered CRD
-   (the example IdentityPolicy) is validated against its openAPIV3Schema,
-   strictly (CEL rules are not evaluated offline: `nodeward check
-   --identity-policy` runs the agent's own parser on them instead).
+2. ServiceMonitor / PodMonitor / PrometheusRule against the Prometheus
+   Operator's CRD schema (the JSON schema of cloudcoil's models, generated
+   from the operator's CRDs), made strict the same way: every object that
+   lists its properties refuses the others. The project's own CRDs
+   (IdentityPolicy) must be structural (a type on every node, no unions, no
+   properties beside additionalProperties), and every custom resource of a
+   rendered CRD (the example IdentityPolicy) is validated against its
+   openAPIV3Schema, strictly (CEL rules are not evaluated offline: `nodeward
+   check --identity-policy` runs the agent's own parser on them instead).
 3. The project's own rules: every container has CPU and memory requests and
    a memory limit; probes point at a port the container declares and, for the
    nodeward image, at a path the agent serves on the admin port its config
    sets; the RBAC grants nothing beyond the pod and IdentityPolicy watches,
    IdentityPolicy status and events; the agent
    drops every capability and adds only the four it needs; the monitors scrape
-   a port that exists; the config's paths are mounted; and every opted-in pod's
-   probe paths are let in anonymously by its policy (the kubelet's probes pass
-   through nodeward).
+   a port that exists and honour the agent's labels; the config's paths are
+   mounted; every opted-in pod's probe paths are let in anonymously by its
+   policy (the kubelet's probes pass through nodeward); every alert has a
+   severity, a summary, a description and a runbook_url naming a section of
+   docs/operations.md, and the PrometheusRule holds exactly the groups of the
+   plain rules file; the dashboard ConfigMap carries the Grafana sidecar's
+   label and exactly the dashboard JSON.
 
 It also writes the agent's config from the ConfigMap to --config-out, for
 `nodeward check`.
@@ -38,6 +42,8 @@ from __future__ import annotations
 import argparse
 import copy
 import fnmatch
+import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -55,7 +61,15 @@ KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.utils.major_minor(kubernetes_
 CRD_MODELS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): prom_v1.ServiceMonitor,
     ("monitoring.coreos.com/v1", "PodMonitor"): prom_v1.PodMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): prom_v1.PrometheusRule,
 }
+
+# The plain rules file the PrometheusRule is made from, the runbooks its
+# alerts link to, and the dashboard its ConfigMap wraps.
+RULES_FILE = Path("deploy/monitoring/alerts/nodeward.rules.yaml")
+RUNBOOKS = Path("docs/operations.md")
+DASHBOARD_FILE = Path("deploy/monitoring/dashboard/nodeward.json")
+SEVERITIES = {"critical", "warning", "info"}
 
 # (apiGroup, resource) -> verbs the agent may have. Anything else is an error.
 ALLOWED_RBAC = {
@@ -448,6 +462,55 @@ def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems, names
                 )
 
 
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of the `## ` headings of the runbooks."""
+    anchors = set()
+    for line in RUNBOOKS.read_text().splitlines():
+        if line.startswith("## "):
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", line[3:].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def check_prometheus_rule(where: str, doc: dict, problems: Problems) -> None:
+    anchors = runbook_anchors()
+    for group in doc["spec"].get("groups") or []:
+        for rule in group.get("rules") or []:
+            name = rule.get("alert")
+            if name is None:
+                continue
+            here = f"{where} alert {name}"
+            if (rule.get("labels") or {}).get("severity") not in SEVERITIES:
+                problems.add(here, f"labels.severity must be one of {sorted(SEVERITIES)}")
+            notes = rule.get("annotations") or {}
+            for key in ("summary", "description"):
+                if not str(notes.get(key, "")).strip():
+                    problems.add(here, f"annotations.{key} is empty")
+            url = notes.get("runbook_url", "")
+            want = f"docs/operations.md#{name.lower()}"
+            if url != want:
+                problems.add(here, f"annotations.runbook_url is {url!r}, not {want!r}")
+            elif name.lower() not in anchors:
+                problems.add(here, f"runbook {want}: no section `## {name}` in {RUNBOOKS}")
+    plain = yaml.safe_load(RULES_FILE.read_text())
+    if doc["spec"].get("groups") != plain.get("groups"):
+        problems.add(where, f"spec.groups differs from {RULES_FILE} (run `cargo xtask observe --sync`)")
+
+
+def check_dashboard_configmap(where: str, doc: dict, problems: Problems) -> None:
+    if (doc["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
+        problems.add(where, 'the dashboard ConfigMap lacks the label grafana_dashboard: "1" (the Grafana sidecar ignores it)')
+    for key, text in (doc.get("data") or {}).items():
+        try:
+            dashboard = json.loads(text)
+        except json.JSONDecodeError as e:
+            problems.add(where, f"{key} is not JSON: {e}")
+            continue
+        if not dashboard.get("uid") or not dashboard.get("panels"):
+            problems.add(where, f"{key}: a dashboard needs a uid and panels")
+        if key == DASHBOARD_FILE.name and dashboard != json.loads(DASHBOARD_FILE.read_text()):
+            problems.add(where, f"{key} differs from {DASHBOARD_FILE}")
+
+
 # === main ===
 
 
@@ -510,6 +573,10 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
         try:
             if doc.get("kind") in ("ClusterRole", "Role"):
                 check_rbac(where, doc, problems)
+            if doc.get("kind") == "PrometheusRule":
+                check_prometheus_rule(where, doc, problems)
+            if doc.get("kind") == "ConfigMap" and any(k.endswith(".json") for k in doc.get("data") or {}):
+                check_dashboard_configmap(where, doc, problems)
             for pod in pod_templates(doc):
                 for c in containers(pod["spec"]):
                     check_container(where, c, agent, problems)
@@ -531,6 +598,13 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
     for where, doc in docs:
         try:
             if doc.get("kind") in ("ServiceMonitor", "PodMonitor"):
+                endpoints = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints") or []
+                if not all(ep.get("honorLabels") for ep in endpoints):
+                    problems.add(
+                        where,
+                        "every endpoint needs honorLabels: true (nodeward_kubernetes_pods' namespace/pod "
+                        "would become exported_namespace/exported_pod)",
+                    )
                 want = (doc["spec"].get("selector") or {}).get("matchLabels") or {}
                 targets = service_labels if doc["kind"] == "ServiceMonitor" else agent_pod_labels
                 if not any(all(labels.get(k) == v for k, v in want.items()) for labels in targets):
@@ -600,6 +674,14 @@ def _rbac_spec_writes(docs: list[tuple[str, dict]]) -> None:
     for rule in find(docs, "ClusterRole")["rules"]:
         if "identitypolicies/status" in rule.get("resources", []):
             rule["resources"].append("identitypolicies")
+
+
+def prometheus_rule(docs: list[tuple[str, dict]]) -> dict:
+    return find(docs, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+
+
+def dashboard_configmap(docs: list[tuple[str, dict]]) -> dict:
+    return next(d for _, d in docs if d["kind"] == "ConfigMap" and "nodeward.json" in (d.get("data") or {}))
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
@@ -708,6 +790,52 @@ MUTATIONS: list[tuple[str, Any, str]] = [
         "a loopback admin address",
         lambda d: edit_config(d, lambda c: c.update(admin="127.0.0.1:15020")),
         "loopback-only",
+    ),
+    (
+        "a typo'd PrometheusRule field",
+        lambda d: prometheus_rule(d).update(exp=prometheus_rule(d).pop("expr")),
+        "PrometheusRule CRD schema (strict)",
+    ),
+    (
+        "an alert without a runbook",
+        lambda d: prometheus_rule(d)["annotations"].pop("runbook_url"),
+        "annotations.runbook_url is ''",
+    ),
+    (
+        "an alert whose runbook section does not exist",
+        lambda d: prometheus_rule(d).update(alert="NodewardNoSuchAlert")
+        or prometheus_rule(d)["annotations"].update(runbook_url="docs/operations.md#nodewardnosuchalert"),
+        "no section `## NodewardNoSuchAlert`",
+    ),
+    (
+        "an alert without a severity",
+        lambda d: prometheus_rule(d)["labels"].pop("severity"),
+        "labels.severity must be one of",
+    ),
+    (
+        "a PrometheusRule edited apart from the rules file",
+        lambda d: prometheus_rule(d).update({"for": "1h"}),
+        "spec.groups differs from",
+    ),
+    (
+        "a dashboard ConfigMap the Grafana sidecar ignores",
+        lambda d: dashboard_configmap(d)["metadata"]["labels"].pop("grafana_dashboard"),
+        "lacks the label grafana_dashboard",
+    ),
+    (
+        "a dashboard ConfigMap that is not the dashboard",
+        lambda d: dashboard_configmap(d)["data"].update({"nodeward.json": '{"uid": "x", "panels": [1]}'}),
+        "differs from deploy/monitoring/dashboard/nodeward.json",
+    ),
+    (
+        "a broken dashboard JSON",
+        lambda d: dashboard_configmap(d)["data"].update({"nodeward.json": "{"}),
+        "nodeward.json is not JSON",
+    ),
+    (
+        "a monitor without honorLabels",
+        lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].pop("honorLabels"),
+        "honorLabels: true",
     ),
     (
         "an admin port the probes miss",

@@ -294,18 +294,12 @@ fn the_agent_binary_has_no_dev_idp() {
     assert!(!out.status.success(), "`nodeward dev-idp` must not exist");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// `nodeward run` as a process: one JSON audit line per decision on stdout
 /// naming the caller, never the token; logs on stderr; SIGTERM exits cleanly.
 #[tokio::test]
 async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
+    use nodeward_testkit::process::AgentProcess;
+    use nodeward_testkit::wire::free_port;
     use nodeward_testkit::{EchoUpstream, client};
 
     let idp = TestIdp::start().await;
@@ -320,25 +314,13 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
     let file = dir.path().join("nodeward.yaml");
     std::fs::write(&file, yaml).expect("write");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodeward-under-test"))
-        .args(["run", "--config", file.to_str().expect("utf8")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(r) = client().get(format!("http://127.0.0.1:{admin}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "agent did not become ready");
+    let child = AgentProcess::spawn(
+        env!("CARGO_BIN_EXE_nodeward-under-test"),
+        &file,
+        &[],
+        ([127, 0, 0, 1], admin).into(),
+    );
+    child.wait_ready().await;
 
     let token = idp.token(json!({"aud": "orders", "sub": "alice", "email": "alice@example.com", "groups": ["dev"]}));
     let url = format!("http://127.0.0.1:{listen}");
@@ -359,16 +341,7 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
     let anonymous = client().get(format!("{url}/orders")).send().await.expect("req");
     assert_eq!(anonymous.status(), 401);
 
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("output");
+    let out = child.terminate().await;
     assert!(out.status.success(), "clean exit on SIGTERM: {:?}", out.status);
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
@@ -394,4 +367,60 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
     assert_eq!(lines[1]["reason"], "claim_mismatch");
     assert_eq!(lines[1]["rule"], "admin");
     assert_eq!(lines[2]["reason"], "missing_token");
+}
+
+/// A SIGHUP while the agent starts (a ConfigMap change racing a rollout)
+/// is a reload, not the default action's kill: it is caught from the moment
+/// SIGTERM is, before `Agent::start`, and applied once the agent runs.
+#[tokio::test]
+async fn a_sighup_while_starting_does_not_kill_the_agent() {
+    use std::time::Duration;
+
+    use nodeward_testkit::process::AgentProcess;
+    use nodeward_testkit::wire::free_port;
+    use nodeward_testkit::{EchoUpstream, client};
+
+    const SIGHUP: u32 = 1;
+    const SIGTERM: u32 = 15;
+    let idp = TestIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin, listen) = (free_port(), free_port());
+    let yaml = example_config(&idp.issuer(), upstream.addr)
+        .replace(
+            "admin: 127.0.0.1:0",
+            &format!("admin: 127.0.0.1:{admin}\nstate_dir: {}", dir.path().display()),
+        )
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
+    let file = dir.path().join("nodeward.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let child = AgentProcess::spawn(
+        env!("CARGO_BIN_EXE_nodeward-under-test"),
+        &file,
+        &["--reload-interval", "1h"],
+        ([127, 0, 0, 1], admin).into(),
+    );
+    // As soon as the first handler is in place, before the agent is up.
+    let mut waited = 0;
+    while !child.catches(SIGTERM) {
+        assert!(waited < 10_000, "no SIGTERM handler within 10 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    }
+    assert!(child.catches(SIGHUP), "SIGHUP is caught as early as SIGTERM");
+    child.signal("HUP");
+    child.wait_ready().await;
+    let up = client()
+        .get(format!("http://127.0.0.1:{listen}/healthz"))
+        .send()
+        .await
+        .expect("the agent serves after a SIGHUP at startup");
+    assert_eq!(up.status(), 200);
+    let out = child.terminate().await;
+    assert!(out.status.success(), "clean exit: {:?}", out.status);
+    assert!(
+        text(&out.stderr).contains("configuration reloaded"),
+        "the startup SIGHUP is applied once the agent runs: {}",
+        text(&out.stderr)
+    );
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodeward_testkit::wire::{exchange, h2c, statuses};
 use nodeward_testkit::{TestAgent, TestIdp, client, example_config, metric};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,23 +124,6 @@ impl Env {
         let m = self.agent.metrics().await;
         assert!(m.contains("nodeward_requests_total"), "{m:.200}");
     }
-}
-
-/// Writes `bytes`, then reads until the agent closes or `wait` passes.
-async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn statuses(response: &str) -> Vec<u16> {
-    response
-        .split("HTTP/1.1 ")
-        .skip(1)
-        .filter_map(|r| r.get(..3)?.parse().ok())
-        .collect()
 }
 
 #[tokio::test]
@@ -343,9 +327,8 @@ async fn underscore_spellings_of_identity_headers_are_stripped() {
 
 #[tokio::test]
 async fn forged_identity_headers_and_duplicates_are_stripped_over_h2c() {
-    use hyper_util::client::legacy::Client;
     let e = env().await;
-    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let h2 = h2c();
     let token = e.token();
     for (path, token) in [("/orders", Some(token.as_str())), ("/healthz", None)] {
         let mut req = http::Request::get(format!("{}{path}", e.agent.url("orders")));
@@ -651,8 +634,7 @@ async fn h2_rapid_reset_and_stream_floods_do_not_stop_service() {
     e.still_serving().await;
 
     // Many concurrent streams on one connection: served, never more than the limit at once.
-    use hyper_util::client::legacy::Client;
-    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let h2c = h2c();
     let token = e.token();
     let mut tasks = Vec::new();
     for _ in 0..300 {
@@ -763,8 +745,7 @@ async fn no_token_reaches_any_log_line() {
         }
     }
     // Over h2c, and through a failing upstream.
-    use hyper_util::client::legacy::Client;
-    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let h2c = h2c();
     let req = http::Request::get(format!("{url}/orders"))
         .header("authorization", format!("Bearer {valid}"))
         .body(Full::new(Bytes::new()))

@@ -105,6 +105,31 @@ async fn random_kid_flood_stays_rate_limited_and_valid_traffic_flows() {
         fetched <= 1,
         "300 random kids caused {fetched} JWKS fetches; at most one per cooldown"
     );
+
+    // The refused refetches are what an operator sees of the flood: one more
+    // random kid within the cooldown is one more refusal, and no fetch.
+    let limited = "nodeward_jwks_on_demand_rate_limited_total{provider=\"corp\"}";
+    let m = agent.metrics().await;
+    let refused = metric(&m, limited).expect("the counter is exported");
+    let on_demand = metric(&m, "nodeward_jwks_on_demand_fetches_total{provider=\"corp\"}").unwrap_or(0.0);
+    assert!(
+        refused + on_demand >= 1.0 && refused + on_demand <= 300.0,
+        "{refused} refused + {on_demand} made for 300 random kids: {m}"
+    );
+    let mut header = serde_json::Map::new();
+    header.insert("kid".into(), json!("random-once-more"));
+    let token = idp
+        .idp
+        .mint(&MintRequest {
+            claims: json!({"aud": "orders"}).as_object().cloned().unwrap_or_default(),
+            header,
+            ..MintRequest::default()
+        })
+        .expect("mint");
+    assert_eq!(status(&url, &token).await.0, 401);
+    let m = agent.metrics().await;
+    assert_eq!(metric(&m, limited), Some(refused + 1.0), "{m}");
+    assert_eq!(idp.idp.stats().jwks_fetches - before, fetched, "and no fetch");
 }
 
 #[tokio::test]
@@ -154,6 +179,7 @@ async fn provider_down_at_start_without_copy_fails_closed_then_recovers() {
         "{m}"
     );
     assert_eq!(metric(&m, "nodeward_provider_ready{provider=\"corp\"}"), Some(0.0));
+    assert_eq!(metric(&m, "nodeward_ready"), Some(0.0), "/readyz as a metric: {m}");
 
     // Any token is refused while no keys are known: fail closed.
     let stranger = TestIdp::start().await;
@@ -173,6 +199,7 @@ async fn provider_down_at_start_without_copy_fails_closed_then_recovers() {
         200
     );
     agent.wait_ready().await;
+    assert_eq!(metric(&agent.metrics().await, "nodeward_ready"), Some(1.0));
     let (s, _) = status(&agent.url("orders"), &forged).await;
     assert_eq!(s, 401, "a token from another key is still refused");
 }

@@ -452,10 +452,17 @@ async fn a_pods_namespace_path_stays_while_its_namespace_does() {
 async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
     // The real agent as the sink, without root: nothing here reaches eBPF
     // (and its pin directory is its own, never the machine's).
+    // With `kubernetes.enabled` and no credentials the agent refuses to
+    // start, so it gets the fake API's kubeconfig (which it never lists:
+    // the pod watch is main's, not `Agent::start`'s).
     let state = tempfile::tempdir().expect("temp dir");
+    let api = FakeKubeApi::start().await;
+    let kubeconfig = api.write_kubeconfig(state.path());
     let yaml = format!(
-        "admin: 127.0.0.1:0\nstate_dir: {0}\nebpf: {{pin_dir: {0}/pins}}\n{CONFIG}workloads:\n  - {{name: shop/a, labels: {{app: orders}}, listen: '127.0.0.1:0', upstream: '127.0.0.1:9'}}\n",
-        state.path().display()
+        "admin: 127.0.0.1:0\nstate_dir: {0}\nebpf: {{pin_dir: {0}/pins}}\n{1}  kubeconfig: {2}\nworkloads:\n  - {{name: shop/a, labels: {{app: orders}}, listen: '127.0.0.1:0', upstream: '127.0.0.1:9'}}\n",
+        state.path().display(),
+        CONFIG,
+        kubeconfig.display()
     );
     let config = Config::parse_with_env(&yaml, Path::new("t.yaml"), |_| None).expect("config");
     let agent = nodeward::Agent::start(config, nodeward::Audit::tracing())

@@ -171,7 +171,8 @@ impl Running {
                 .expect("agent starts"),
         );
         let metrics = agent.metrics().kubernetes.clone();
-        let watch = PodWatch::start(agent.control().clone(), metrics)
+        let client = agent.kube().expect("the pod watch has a client").clone();
+        let watch = PodWatch::start(agent.control().clone(), client, metrics)
             .await
             .expect("pod watch starts");
         Self {

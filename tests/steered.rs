@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodeward::netns::listener_in;
 use nodeward_testkit::netns::{NetnsGuard, PinDir, open_fds, require_root};
+use nodeward_testkit::wire::free_port;
 use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::{Value, json};
 
@@ -158,14 +159,6 @@ fn counting_app(ns: &NetnsGuard, port: u16) -> (Arc<AtomicU64>, Arc<AtomicU64>, 
         }
     });
     (anon, authed, task)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 async fn wait_ready(admin: u16) -> bool {

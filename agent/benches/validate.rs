@@ -300,6 +300,7 @@ impl Fixture {
                 config.providers[0].clone(),
                 state.path(),
                 ProviderMetrics::unregistered("corp"),
+                None,
             )
             .expect("provider"),
         );
@@ -385,6 +386,7 @@ fn cached(c: &mut Criterion, fx: &Fixture) {
         cache: &cache,
         max_token_bytes: MAX_TOKEN_BYTES,
         counters: None,
+        reviews: None,
     };
 
     let mut g = c.benchmark_group("cache");

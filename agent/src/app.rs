@@ -12,6 +12,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::control::{Control, ControlError};
 use crate::drain;
+use crate::k8s::review::Reviews;
 use crate::metrics::Metrics;
 use crate::proxy::Context;
 use crate::readiness::Readiness;
@@ -30,11 +31,14 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Kube(#[from] crate::k8s::KubeError),
 }
 
 /// A running agent.
 pub struct Agent {
     control: Arc<Control>,
+    kube: Option<kube::Client>,
     metrics: Arc<Metrics>,
     admin_addr: SocketAddr,
     admin_drain: drain::Trigger,
@@ -50,6 +54,7 @@ struct Status {
 impl admin::Status for Status {
     fn metrics(&self) -> Vec<u8> {
         self.control.observe();
+        self.metrics.audit.observe(&self.control.context().audit);
         self.metrics.render()
     }
 
@@ -70,11 +75,20 @@ impl Agent {
                 source,
             })?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
+        // One API client for the pod watch, service-account providers and reviews.
+        let kube = match config.kubernetes.api() {
+            true => Some(crate::k8s::client(&config.kubernetes).await?),
+            false => None,
+        };
+        let reviews = kube
+            .clone()
+            .map(|c| Reviews::new(c, &config.kubernetes.rbac, metrics.kubernetes.clone()));
         let ctx = Arc::new(Context::new(
             Snapshot::empty(config.clone()),
             TokenCache::new(&config.token_cache),
             metrics.proxy.clone(),
             audit,
+            reviews,
         ));
         let control = Arc::new(Control::new(
             ctx,
@@ -82,6 +96,7 @@ impl Agent {
             metrics.providers.clone(),
             Readiness::default(),
             &config,
+            kube.clone(),
         ));
         let (admin_drain, watch) = drain::channel();
         let status = Arc::new(Status {
@@ -94,6 +109,7 @@ impl Agent {
         tracing::info!(admin = %admin_addr, "nodeward started");
         Ok(Self {
             control,
+            kube,
             metrics,
             admin_addr,
             admin_drain,
@@ -103,6 +119,11 @@ impl Agent {
 
     pub fn control(&self) -> &Arc<Control> {
         &self.control
+    }
+
+    /// The Kubernetes API client, when the configuration asks for the API.
+    pub fn kube(&self) -> Option<&kube::Client> {
+        self.kube.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

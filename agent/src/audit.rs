@@ -3,7 +3,8 @@
 //!
 //! Two paths with the same line shape
 //! (`{"timestamp","level","target":"audit", request_id, workload, method, path,
-//! decision, reason, detail, rule, iss, sub, email, client, latency_us}`; an
+//! decision, reason, detail, rule, iss, sub, email, k8s_user, k8s_groups,
+//! client, latency_us}`; an
 //! absent optional field is left out):
 //!
 //! - The binary makes an [`Audit`] writing to stdout ([`Audit::writer`]): the worker
@@ -20,13 +21,20 @@
 //!   through `tracing` under the target `audit`, so a subscriber sees them.
 //!
 //! The handle is owned (the proxy's context holds it), not a global.
+//!
+//! [`AuditMetrics`] shows whether the writer keeps up: the bytes waiting in
+//! the batch and how often a request had to wait for room. Both are read from
+//! the sink at scrape time; the per-request path only counts its waits, which
+//! happen on the slow path alone.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
+use prometheus::{IntCounter, IntGauge, Registry};
 
 use crate::authz::Decision;
 
@@ -41,7 +49,7 @@ pub struct Record<'a> {
 }
 
 /// The fields of one audit line, borrowed from the request and the decision.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Fields<'a> {
     pub request_id: &'a str,
     pub workload: &'a str,
@@ -54,6 +62,9 @@ pub struct Fields<'a> {
     pub iss: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub email: Option<&'a str>,
+    /// The Kubernetes user an RBAC rule asked about, and its groups (comma-separated).
+    pub k8s_user: Option<&'a str>,
+    pub k8s_groups: Option<String>,
     pub client: SocketAddr,
     pub latency_us: u64,
 }
@@ -74,6 +85,8 @@ impl<'a> Fields<'a> {
             iss: token.map(|t| t.iss.as_str()),
             sub: token.and_then(|t| t.sub.as_deref()),
             email: token.and_then(|t| t.email()),
+            k8s_user: d.kube_user.as_ref().map(|u| u.username.as_str()),
+            k8s_groups: d.kube_user.as_ref().map(|u| u.groups.join(",")),
             client: r.client,
             latency_us: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
         }
@@ -132,6 +145,8 @@ impl Audit {
                 iss = f.iss,
                 sub = f.sub,
                 email = f.email,
+                k8s_user = f.k8s_user,
+                k8s_groups = f.k8s_groups.as_deref(),
                 client = %f.client,
                 latency_us = f.latency_us,
             ),
@@ -159,6 +174,8 @@ pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
         ("iss", f.iss),
         ("sub", f.sub),
         ("email", f.email),
+        ("k8s_user", f.k8s_user),
+        ("k8s_groups", f.k8s_groups.as_deref()),
     ] {
         if let Some(v) = value {
             field(out, name, v);
@@ -208,6 +225,17 @@ pub struct Sink {
     room: Condvar,
     out: Mutex<Box<dyn Write + Send>>,
     limits: Limits,
+    /// Pushes that found the batch over the cap and waited for the writer.
+    waits: AtomicU64,
+}
+
+/// What [`AuditMetrics`] reads from a sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of whole lines in the batch, not yet handed to the output.
+    pub buffered: usize,
+    /// Pushes that had to wait for room under [`Limits::cap`], since start.
+    pub waits: u64,
 }
 
 #[derive(Default)]
@@ -233,6 +261,14 @@ impl Sink {
             room: Condvar::new(),
             out: Mutex::new(out),
             limits,
+            waits: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            buffered: lock(&self.state).buf.len(),
+            waits: self.waits.load(Ordering::Relaxed),
         }
     }
 
@@ -240,7 +276,12 @@ impl Sink {
     pub fn push(&self, lines: &[u8]) {
         let mut st = lock(&self.state);
         // A line longer than the cap still goes in, alone.
+        let mut waited = false;
         while !st.closed && !st.buf.is_empty() && st.buf.len() + lines.len() > self.limits.cap {
+            if !waited {
+                waited = true;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+            }
             st.waiting += 1;
             st = self.room.wait(st).unwrap_or_else(PoisonError::into_inner);
             st.waiting -= 1;
@@ -345,6 +386,47 @@ impl Drop for Guard {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// `nodeward_audit_buffered_bytes` and `nodeward_audit_backpressure_waits_total`,
+/// brought up to date from the installed sink at scrape time.
+pub struct AuditMetrics {
+    buffered: IntGauge,
+    waits: IntCounter,
+    /// Two concurrent scrapes must not both add the same waits to the counter.
+    observing: Mutex<()>,
+}
+
+impl AuditMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        let buffered = IntGauge::new(
+            "nodeward_audit_buffered_bytes",
+            "Audit log bytes waiting for the writer thread (sampled at scrape time)",
+        )?;
+        let waits = IntCounter::new(
+            "nodeward_audit_backpressure_waits_total",
+            "Requests that waited for the audit writer because its buffer was full (slow stdout)",
+        )?;
+        r.register(Box::new(buffered.clone()))?;
+        r.register(Box::new(waits.clone()))?;
+        Ok(Self {
+            buffered,
+            waits,
+            observing: Mutex::new(()),
+        })
+    }
+
+    /// Brings the series up to date from `audit`'s writer (nothing to show
+    /// when its lines go through `tracing`).
+    pub fn observe(&self, audit: &Audit) {
+        self.observe_stats(audit.sink.as_ref().map(|s| s.stats()).unwrap_or_default());
+    }
+
+    fn observe_stats(&self, s: Stats) {
+        let _one_at_a_time = lock(&self.observing);
+        self.buffered.set(i64::try_from(s.buffered).unwrap_or(i64::MAX));
+        self.waits.inc_by(s.waits.saturating_sub(self.waits.get()));
     }
 }
 

@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-use crate::config::Mode;
+use crate::config::{KubernetesRbac, Mode};
+use crate::k8s::identity::{self, KubeUser};
+use crate::k8s::review::{Attributes, Reviews};
 use crate::policy::{Action, Policy};
 use crate::provider::Providers;
 use crate::reason::Reason;
+use crate::snapshot::Target;
 use crate::token::{self, Found, Sources, TokenError};
 use crate::token_cache::{Entry, TokenCache};
 
@@ -56,6 +59,8 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// The verified token, when one was presented and valid for this workload.
     pub token: Option<Presented>,
+    /// The Kubernetes user a `kubernetes_rbac` rule asked about.
+    pub kube_user: Option<Arc<KubeUser>>,
 }
 
 impl Decision {
@@ -66,6 +71,7 @@ impl Decision {
             detail: None,
             rule: Some(rule),
             token,
+            kube_user: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl Decision {
             detail: Some(detail),
             rule,
             token: None,
+            kube_user: None,
         }
     }
 
@@ -100,6 +107,9 @@ pub struct Verifier<'a> {
     pub cache: &'a TokenCache,
     pub max_token_bytes: usize,
     pub counters: Option<&'a CacheCounters>,
+    /// The API server's reviews (TokenReview, SubjectAccessReview), when
+    /// the agent has a Kubernetes client.
+    pub reviews: Option<&'a Reviews>,
 }
 
 impl Verifier<'_> {
@@ -120,7 +130,7 @@ impl Verifier<'_> {
             let v = &e.verified;
             let current = self
                 .providers
-                .by_issuer(&v.iss)
+                .by_name(v.provider_name())
                 .is_some_and(|p| Arc::ptr_eq(p, &v.provider) && p.still_trusts(&v.key));
             if current {
                 if let Some(c) = self.counters {
@@ -144,6 +154,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
+    /// The called workload (what RBAC attributes name).
+    pub target: &'a Target,
 }
 
 pub async fn decide(v: &Verifier<'_>, sources: &Sources, policy: &Policy, req: Request<'_>) -> Decision {
@@ -170,21 +182,27 @@ pub async fn decide(v: &Verifier<'_>, sources: &Sources, policy: &Policy, req: R
     }
     let checked = match sources.find(req.headers, req.query) {
         None => None,
-        Some(Err(why)) => Some(Err(TokenError::BadHeader(why.into()))),
+        Some(Err(why)) => {
+            let e = TokenError::BadHeader(why.into());
+            Some(Err((e.reason(), e.to_string())))
+        }
         Some(Ok(Found { token, source })) => Some(
-            v.verify(&token)
-                .await
-                .and_then(|entry| {
-                    let v = &entry.verified;
-                    let expected = if policy.audiences.is_empty() {
-                        &v.provider.cfg.audiences
-                    } else {
-                        &policy.audiences
-                    };
-                    v.check_audience(expected)?;
-                    Ok(entry)
-                })
-                .map(|entry| Presented { entry, source }),
+            match v.verify(&token).await.and_then(|entry| {
+                let t = &entry.verified;
+                let expected = if policy.audiences.is_empty() {
+                    &t.provider.cfg.audiences
+                } else {
+                    &policy.audiences
+                };
+                t.check_audience(expected)?;
+                Ok(entry)
+            }) {
+                Ok(entry) => match v.reviewed(&token, &entry).await {
+                    Ok(()) => Ok(Presented { entry, source }),
+                    Err(refused) => Err(refused),
+                },
+                Err(e) => Err((e.reason(), e.to_string())),
+            },
         ),
     };
     match (&rule.action, checked) {
@@ -196,13 +214,160 @@ pub async fn decide(v: &Verifier<'_>, sources: &Sources, policy: &Policy, req: R
             Some(rule_name),
             rule.mode,
         ),
-        (_, Some(Err(e))) => Decision::deny(e.reason(), e.to_string(), Some(rule_name), rule.mode),
-        (_, Some(Ok(presented))) => match rule.authorize(&presented.entry.verified) {
-            Ok(()) => Decision::allow(Reason::Authorized, rule_name, Some(presented)),
-            Err(refusal) => Decision {
-                token: Some(presented),
-                ..Decision::deny(refusal.reason, refusal.detail, Some(rule_name), rule.mode)
-            },
+        (_, Some(Err((reason, detail)))) => Decision::deny(reason, detail, Some(rule_name), rule.mode),
+        (Action::Require { rbac, .. }, Some(Ok(presented))) => {
+            let refused = match rule.authorize(&presented.entry.verified) {
+                Err(r) => Some((r.reason, r.detail, None)),
+                Ok(()) => match rbac.as_ref() {
+                    None => None,
+                    Some(r) => v.rbac(&presented.entry, r, &req).await.err(),
+                },
+            };
+            match refused {
+                None => Decision {
+                    kube_user: presented.entry.kube_user.get().and_then(|u| u.as_ref().ok()).cloned(),
+                    ..Decision::allow(Reason::Authorized, rule_name, Some(presented))
+                },
+                Some((reason, detail, kube_user)) => Decision {
+                    token: Some(presented),
+                    kube_user,
+                    ..Decision::deny(reason, detail, Some(rule_name), rule.mode)
+                },
+            }
+        }
+        (Action::Deny, Some(Ok(_))) => Decision::deny(
+            Reason::RuleDenies,
+            format!("rule {} denies every request it matches", rule.name),
+            Some(rule_name),
+            rule.mode,
+        ),
+    }
+}
+
+/// A refusal: its reason, detail, and the Kubernetes user asked about.
+type Refused = (Reason, String, Option<Arc<KubeUser>>);
+
+impl Verifier<'_> {
+    /// For providers with `token_review`: the API server still authenticates
+    /// the token (the pod or secret it is bound to exists). Fails closed.
+    async fn reviewed(&self, token: &str, entry: &Entry) -> Result<(), (Reason, String)> {
+        let p = &entry.verified.provider.cfg;
+        if !p.token_review {
+            return Ok(());
+        }
+        let Some(reviews) = self.reviews else {
+            return Err((
+                Reason::TokenReviewUnavailable,
+                "TokenReview needs the Kubernetes API, which this agent has no client for".into(),
+            ));
+        };
+        match reviews.token(token, &p.audiences, p.token_review_ttl).await {
+            Ok(s) if s.authenticated => Ok(()),
+            Ok(s) => Err((
+                Reason::TokenRevoked,
+                format!("the API server no longer authenticates this token: {}", s.error),
+            )),
+            Err(e) => Err((Reason::TokenReviewUnavailable, format!("TokenReview failed: {e}"))),
+        }
+    }
+
+    /// The cluster's RBAC for the caller as a Kubernetes user.
+    async fn rbac(&self, entry: &Entry, rbac: &KubernetesRbac, req: &Request<'_>) -> Result<(), Refused> {
+        let user = entry
+            .kube_user
+            .get_or_init(|| {
+                let t = &entry.verified;
+                identity::user_of(t, &t.provider.cfg).map(Arc::new)
+            })
+            .clone()
+            .map_err(|e| (Reason::KubernetesUserInvalid, e.to_string(), None))?;
+        let attrs = attributes(rbac, req);
+        let Some(reviews) = self.reviews else {
+            return Err((
+                Reason::RbacUnavailable,
+                "RBAC decisions need the Kubernetes API, which this agent has no client for".into(),
+                Some(user),
+            ));
+        };
+        match reviews.access(user.clone(), attrs.clone()).await {
+            Ok(a) if a.allowed => Ok(()),
+            Ok(a) => Err((
+                Reason::RbacDenied,
+                format!(
+                    "the cluster's RBAC does not allow user {} (groups {}) {attrs}: {}",
+                    user.username,
+                    user.groups.join(","),
+                    if a.reason.is_empty() {
+                        "no RBAC policy matched"
+                    } else {
+                        a.reason.as_str()
+                    }
+                ),
+                Some(user),
+            )),
+            Err(e) => Err((
+                Reason::RbacUnavailable,
+                format!("SubjectAccessReview for {attrs} failed: {e}"),
+                Some(user),
+            )),
+        }
+    }
+}
+
+/// The verb a method stands for in RBAC (as kube-rbac-proxy maps it).
+fn verb(m: &Method) -> String {
+    match *m {
+        Method::GET | Method::HEAD => "get".into(),
+        Method::POST => "create".into(),
+        Method::PUT => "update".into(),
+        Method::PATCH => "patch".into(),
+        Method::DELETE => "delete".into(),
+        ref other => other.as_str().to_ascii_lowercase(),
+    }
+}
+
+/// The rule's attributes for this request, placeholders filled in.
+fn attributes(rbac: &KubernetesRbac, req: &Request<'_>) -> Attributes {
+    let verb = rbac.verb.clone().unwrap_or_else(|| verb(req.method));
+    match &rbac.resource {
+        Some(r) => Attributes::Resource {
+            verb,
+            group: fill(&r.group, req.target),
+            resource: fill(&r.resource, req.target),
+            subresource: fill(&r.subresource, req.target),
+            namespace: fill(&r.namespace, req.target),
+            name: fill(&r.name, req.target),
+        },
+        None => Attributes::NonResource {
+            verb,
+            path: req.path.to_string(),
         },
     }
+}
+
+/// `{namespace}`, `{pod}`, `{workload}`, `{label:KEY}` of the called workload.
+fn fill(template: &str, t: &Target) -> String {
+    if !template.contains('{') {
+        return template.to_string();
+    }
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else { break };
+        let name = &rest[start + 1..start + end];
+        let value = match name {
+            "namespace" => t.namespace.as_str(),
+            "pod" => t.pod.as_deref().unwrap_or_default(),
+            "workload" => t.workload.as_str(),
+            _ => name
+                .strip_prefix("label:")
+                .and_then(|k| t.labels.get(k))
+                .map_or("", String::as_str),
+        };
+        out.push_str(value);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -21,7 +21,8 @@ use crate::config::{Config, Unbound, select_policy};
 use crate::k8s::binding::{self, Binding, PodPolicy};
 use crate::k8s::catalog::{Catalog, Compiler};
 use crate::k8s::policies::{PolicyObject, PolicyObjects};
-use crate::k8s::{PodWatch, PodWorkload};
+use crate::k8s::review::Reviews;
+use crate::k8s::{KubeMetrics, PodWorkload};
 use crate::policy::Action;
 use crate::provider::{Provider, Providers};
 use crate::proxy;
@@ -121,7 +122,7 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
             if !k8s.enabled {
                 return Err(ExplainError::KubernetesDisabled);
             }
-            let client = PodWatch::client(k8s).await?;
+            let client = crate::k8s::client(k8s).await?;
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), ns);
             let p = api.get(pod).await.map_err(|source| ExplainError::Api {
                 pod: name.clone(),
@@ -207,10 +208,27 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
     let method = Method::from_bytes(probe.method.as_bytes()).map_err(|_| ExplainError::Method(probe.method.into()))?;
     let pod = pod_workload(&config, subject).await?;
     let cache = TokenCache::new(&config.token_cache);
+    // With the Kubernetes API (in-cluster, or `kubernetes.kubeconfig`), RBAC
+    // rules and TokenReviews are asked live; without it they say they cannot
+    // be decided offline (rbac_unavailable / token_review_unavailable).
+    let kube = if config.kubernetes.api() {
+        match crate::k8s::client(&config.kubernetes).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API client: RBAC rules cannot be decided offline");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let reviews = kube
+        .clone()
+        .map(|c| Reviews::new(c, &config.kubernetes.rbac, KubeMetrics::unregistered()));
     let mut providers = Providers::default();
     for p in &config.providers {
         let metrics = crate::provider::ProviderMetrics::unregistered(&p.name);
-        let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, metrics)?);
+        let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, metrics, kube.as_ref())?);
         if probe.token.is_some() && !provider.is_ready() {
             let _ = provider.refresh().await;
         }
@@ -263,11 +281,12 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
         cache: &cache,
         max_token_bytes: snap.limits().max_token_bytes,
         counters: None,
+        reviews: reviews.as_ref(),
     };
     let admitted = proxy::admit(
         &verifier,
         &snap.sources,
-        &wl.policy,
+        wl,
         &mut parts,
         std::net::IpAddr::from([127, 0, 0, 1]),
         false,
@@ -291,8 +310,13 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
             let what = match &r.action {
                 Action::Anonymous => "allow anonymous".to_string(),
                 Action::Deny => "deny".to_string(),
-                Action::Require { providers, claims } => format!(
-                    "require token{}{}",
+                Action::Require {
+                    providers,
+                    claims,
+                    source,
+                    rbac,
+                } => format!(
+                    "require token{}{}{}{}",
                     if providers.is_empty() {
                         String::new()
                     } else {
@@ -302,7 +326,17 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
                         String::new()
                     } else {
                         format!(" with {} claim condition(s)", claims.len())
-                    }
+                    },
+                    if source.is_some() {
+                        ", from listed service accounts"
+                    } else {
+                        ""
+                    },
+                    if rbac.is_some() {
+                        ", allowed by the cluster's RBAC"
+                    } else {
+                        ""
+                    },
                 ),
             };
             let hit = if r.matches(&method, &admitted.path) {
@@ -342,6 +376,9 @@ impl std::fmt::Display for Explanation {
         writeln!(f, "workload: {}", self.workload)?;
         writeln!(f, "policy:   {}", self.policy)?;
         writeln!(f, "path:     {}", self.path)?;
+        if let Some(u) = &d.kube_user {
+            writeln!(f, "k8s user: {} groups={}", u.username, u.groups.join(","))?;
+        }
         writeln!(f, "rule:     {}", d.rule.as_deref().unwrap_or("(none matched)"))?;
         if let Some(t) = &d.token {
             let v = &t.entry.verified;

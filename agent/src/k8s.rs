@@ -19,9 +19,11 @@ pub mod binding;
 pub mod catalog;
 pub mod crd;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod podns;
 pub mod policies;
+pub mod review;
 pub mod status;
 pub mod watch;
 
@@ -100,43 +102,48 @@ pub struct PodWatch {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl PodWatch {
-    /// A client from `kubernetes.kubeconfig`, else in-cluster, else `$KUBECONFIG`.
-    pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
-        let mut config = match &k.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+/// The agent's API client: from `kubernetes.kubeconfig`, else in-cluster,
+/// else `$KUBECONFIG`. One per process, shared by the pod watch, the
+/// service-account providers and the reviews.
+pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
+    let mut config = match &k.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
                     path: path.clone(),
                     source,
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|source| KubeError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(KubeError::Infer)?,
-        };
-        // The watcher retries with its own backoff and counts each failure;
-        // the client's own retries (up to 15 on a 503) would hide an outage
-        // from the metrics and the logs for minutes.
-        config.default_retry = false;
-        kube::Client::try_from(config).map_err(KubeError::Client)
-    }
+                })?
+        }
+        None => kube::Config::infer().await.map_err(KubeError::Infer)?,
+    };
+    // The watcher retries with its own backoff and counts each failure;
+    // the client's own retries (up to 15 on a 503) would hide an outage
+    // from the metrics and the logs for minutes.
+    config.default_retry = false;
+    kube::Client::try_from(config).map_err(KubeError::Client)
+}
 
+impl PodWatch {
     /// Starts the watches, the controller, the status writer and the event
-    /// poster for `sink`.
-    pub async fn start<S: PodSink>(sink: Arc<S>, metrics: KubeMetrics) -> Result<Self, KubeError> {
+    /// poster for `sink`, on the agent's one client.
+    pub async fn start<S: PodSink>(
+        sink: Arc<S>,
+        client: kube::Client,
+        metrics: KubeMetrics,
+    ) -> Result<Self, KubeError> {
         let config = sink.config();
         let k = &config.kubernetes;
         let node = k.node_name.clone().ok_or(KubeError::NoNodeName)?;
-        let client = Self::client(k).await?;
         let resolver = PodNsResolver::new(&k.proc_root, &k.cgroup_root);
         Ok(Self::start_with(sink, metrics, client, node, resolver))
     }
 
-    /// [`PodWatch::start`] with the client, node and namespace finder given
+    /// [`PodWatch::start`] with the node and namespace finder given
     /// (the tests run several "nodes" against one fake API).
     pub fn start_with<S: PodSink>(
         sink: Arc<S>,

@@ -174,20 +174,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             // Signal handlers first: a SIGTERM while the agent starts (a
             // rolling update) must still drain, not kill the process.
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            // Likewise SIGHUP: its default action would kill a starting agent.
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             // Audit lines on stdout through a batching writer; the guard
             // flushes what is buffered when `run` returns.
             let (audit, _audit_flush) = Audit::writer(Box::new(std::io::stdout()), AuditLimits::default())
                 .context("cannot start the audit writer")?;
             let agent = Arc::new(Agent::start(c, audit).await?);
-            let pods = if kubernetes {
-                let metrics = agent.metrics().kubernetes.clone();
-                Some(PodWatch::start(agent.control().clone(), metrics).await?)
-            } else {
-                None
+            let pods = match (kubernetes, agent.kube()) {
+                (true, Some(client)) => {
+                    let metrics = agent.metrics().kubernetes.clone();
+                    Some(PodWatch::start(agent.control().clone(), client.clone(), metrics).await?)
+                }
+                _ => None,
             };
             let reloader = Reloader::new(&config, Some(text));
             tokio::select! {
-                _ = reloader.run(agent.control(), reload_interval) => {}
+                _ = reloader.run(agent.control(), reload_interval, Some(hup)) => {}
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }

@@ -4,6 +4,7 @@
 
 use prometheus::{Encoder, Registry};
 
+use crate::audit::AuditMetrics;
 use crate::control::ControlMetrics;
 use crate::k8s::KubeMetrics;
 use crate::provider::ProviderMetricFamilies;
@@ -15,6 +16,7 @@ pub struct Metrics {
     pub control: ControlMetrics,
     pub providers: ProviderMetricFamilies,
     pub kubernetes: KubeMetrics,
+    pub audit: AuditMetrics,
 }
 
 impl Metrics {
@@ -30,6 +32,7 @@ impl Metrics {
             control: ControlMetrics::register(&registry)?,
             providers: ProviderMetricFamilies::register(&registry)?,
             kubernetes: KubeMetrics::register(&registry)?,
+            audit: AuditMetrics::register(&registry)?,
             registry,
         })
     }

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method};
 
-use crate::config::{ClaimCondition, ClaimPath, ForwardClaim, Mode, PolicyConfig, RuleAction, RuleConfig};
+use crate::config::{
+    ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, RuleAction, RuleConfig, Source,
+};
+use crate::k8s::identity::ServiceAccountCaller;
 use crate::path::PathOptions;
 use crate::reason::Reason;
 use crate::token::VerifiedToken;
@@ -61,10 +64,13 @@ pub struct Rule {
 #[derive(Debug)]
 pub enum Action {
     Anonymous,
-    /// A valid token from one of `providers` (any when empty) meeting every condition.
+    /// A valid token from one of `providers` (any when empty) meeting every
+    /// condition, from an admitted source, and allowed by RBAC when asked.
     Require {
         providers: Vec<Arc<str>>,
         claims: Vec<(ClaimPath, ClaimCondition)>,
+        source: Option<Box<Source>>,
+        rbac: Option<Box<KubernetesRbac>>,
     },
     Deny,
 }
@@ -179,6 +185,8 @@ impl Rule {
             RuleAction::Require(req) => Action::Require {
                 providers: req.providers.iter().map(|p| p.as_str().into()).collect(),
                 claims: req.claims.iter().map(|(p, c)| (p.clone(), c.clone())).collect(),
+                source: req.source.clone().map(Box::new),
+                rbac: req.kubernetes_rbac.clone().map(Box::new),
             },
         };
         Ok(Self {
@@ -203,7 +211,12 @@ impl Rule {
                 reason: Reason::RuleDenies,
                 detail: format!("rule {} denies every request it matches", self.name),
             }),
-            Action::Require { providers, claims } => {
+            Action::Require {
+                providers,
+                claims,
+                source,
+                ..
+            } => {
                 if !providers.is_empty() && !providers.contains(token.provider_name()) {
                     return Err(Refusal {
                         reason: Reason::ProviderNotAllowed,
@@ -220,10 +233,53 @@ impl Rule {
                         detail,
                     })?;
                 }
-                Ok(())
+                match source {
+                    Some(s) => check_source(s, token),
+                    None => Ok(()),
+                }
             }
         }
     }
+}
+
+/// `source:`: the caller is a service account of the listed namespaces,
+/// service accounts and pods (each list that is set must match).
+fn check_source(s: &Source, token: &VerifiedToken) -> Result<(), Refusal> {
+    let refuse = |detail: String| Refusal {
+        reason: Reason::SourceMismatch,
+        detail,
+    };
+    if token.provider.cfg.kubernetes_service_accounts.is_none() {
+        return Err(refuse(format!(
+            "the caller must be a service account; provider {} is not the cluster's",
+            token.provider_name()
+        )));
+    }
+    let caller = ServiceAccountCaller::of(token).map_err(|e| refuse(e.to_string()))?;
+    let sa = format!("{}/{}", caller.namespace, caller.service_account);
+    if !s.namespaces.is_empty() && !s.namespaces.contains(&caller.namespace) {
+        return Err(refuse(format!(
+            "caller namespace {} is not one of {:?}",
+            caller.namespace, s.namespaces
+        )));
+    }
+    if !s.service_accounts.is_empty() && !s.service_accounts.contains(&sa) {
+        return Err(refuse(format!(
+            "caller service account {sa} is not one of {:?}",
+            s.service_accounts
+        )));
+    }
+    if !s.pods.is_empty() {
+        let pod = caller.pod.as_ref().map(|(p, _)| format!("{}/{p}", caller.namespace));
+        if !pod.as_ref().is_some_and(|p| s.pods.contains(p)) {
+            return Err(refuse(format!(
+                "caller pod {} is not one of {:?}",
+                pod.as_deref().unwrap_or("(not bound to a pod)"),
+                s.pods
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod disk;
 mod fetch;
 mod keyset;
+mod kube;
 mod metrics;
 
 pub use fetch::{FetchError, parse_max_age};
@@ -47,6 +48,14 @@ pub enum ProviderError {
         path: PathBuf,
         why: String,
     },
+    #[error("provider {0}: service-account tokens need a Kubernetes API client")]
+    NoKubernetes(String),
+    #[error("provider {provider}: the API server's issuer is {found:?}, not the pinned {pinned:?}")]
+    IssuerMismatch {
+        provider: String,
+        found: String,
+        pinned: String,
+    },
 }
 
 impl ProviderError {
@@ -54,7 +63,8 @@ impl ProviderError {
         match self {
             Self::Fetch { source, .. } => source.kind(),
             Self::Jwks { .. } => "bad_jwks",
-            Self::Secret { .. } | Self::BadSecret { .. } => "config",
+            Self::Secret { .. } | Self::BadSecret { .. } | Self::NoKubernetes(_) => "config",
+            Self::IssuerMismatch { .. } => "bad_discovery",
         }
     }
 }
@@ -71,7 +81,10 @@ pub struct Provider {
     /// replaces a newer key set (and brings back a removed key).
     fetch_seq: AtomicU64,
     installed_seq: Mutex<u64>,
-    fetcher: fetch::Fetcher,
+    fetcher: Fetcher,
+    /// The issuer tokens must name: configured, or (service accounts) the
+    /// API server's, known after the first discovery or from the disk copy.
+    issuer: ArcSwap<String>,
     disk_file: PathBuf,
     jwks_uri: Mutex<Option<String>>,
     /// Serialises fetches; holds when the last on-demand fetch started.
@@ -83,23 +96,35 @@ impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider")
             .field("name", &self.name)
-            .field("issuer", &self.cfg.issuer)
+            .field("issuer", &self.issuer())
             .finish()
     }
 }
 
 impl Provider {
     /// Builds the provider and loads its disk copy, without touching the network.
+    /// `kube` is the agent's API client (needed by service-account providers).
     pub fn new(
         cfg: ProviderConfig,
         state_dir: &std::path::Path,
         metrics: ProviderMetrics,
+        kube: Option<&::kube::Client>,
     ) -> Result<Self, ProviderError> {
         let name: Arc<str> = cfg.name.as_str().into();
-        let fetcher = fetch::Fetcher::new(&cfg).map_err(|source| ProviderError::Fetch {
-            provider: cfg.name.clone(),
-            source,
-        })?;
+        let fetcher = if cfg.kubernetes_service_accounts.is_some() {
+            let client = kube.ok_or_else(|| ProviderError::NoKubernetes(cfg.name.clone()))?;
+            let r = &cfg.refresh;
+            Fetcher::Kube(kube::KubeFetcher::new(
+                client.clone(),
+                r.fetch_timeout,
+                r.max_response_bytes,
+            ))
+        } else {
+            Fetcher::Http(fetch::Fetcher::new(&cfg).map_err(|source| ProviderError::Fetch {
+                provider: cfg.name.clone(),
+                source,
+            })?)
+        };
         let hs_keys = read_secret(&cfg)?;
         let provider = Self {
             disk_file: disk::path(state_dir, &cfg.name),
@@ -110,12 +135,19 @@ impl Provider {
             fetch_seq: AtomicU64::new(0),
             installed_seq: Mutex::new(0),
             fetcher,
+            issuer: ArcSwap::from_pointee(pinned_issuer(&cfg).unwrap_or_default().to_string()),
             on_demand: tokio::sync::Mutex::new(None),
             metrics,
             cfg,
         };
         provider.load_disk_copy();
         Ok(provider)
+    }
+
+    /// The issuer this provider's tokens name (empty: a service-account
+    /// provider that has not heard from the API server yet).
+    pub fn issuer(&self) -> Arc<String> {
+        self.issuer.load_full()
     }
 
     /// The keys to verify with now: empty when none were ever fetched or the
@@ -187,7 +219,7 @@ impl Provider {
                 return;
             }
         };
-        if snap.issuer != self.cfg.issuer {
+        if pinned_issuer(&self.cfg).is_some_and(|p| p != snap.issuer) {
             tracing::info!(provider = %self.name, "JWKS disk copy belongs to another issuer; ignoring it");
             return;
         }
@@ -199,6 +231,7 @@ impl Provider {
         match KeySet::parse(doc.as_bytes(), &self.cfg.algorithms, None, Some(snap.fetched_at())) {
             Ok(set) => {
                 tracing::info!(provider = %self.name, keys = set.len(), age_s = age(snap.fetched_at()).as_secs(), "loaded JWKS from disk");
+                self.issuer.store(Arc::new(snap.issuer.clone()));
                 self.install(set);
                 if self.cfg.jwks_uri.is_none()
                     && let Ok(mut u) = self.jwks_uri.lock()
@@ -255,12 +288,31 @@ impl Provider {
             source,
         };
         let seq = self.fetch_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let configured = self.cfg.jwks_uri.clone();
-        let (jwks_uri, discovery_age) = match configured {
-            Some(u) => (u, None),
-            None => self.fetcher.discover(&self.cfg.issuer).await.map_err(wrap)?,
+        let (jwks_uri, discovery_age, doc) = match &self.fetcher {
+            Fetcher::Http(f) => {
+                let (uri, age) = match self.cfg.jwks_uri.clone() {
+                    Some(u) => (u, None),
+                    None => f.discover(&self.cfg.issuer).await.map_err(wrap)?,
+                };
+                let doc = f.get(&uri).await.map_err(wrap)?;
+                (uri, age, doc)
+            }
+            Fetcher::Kube(f) => {
+                let (issuer, age) = f.discover().await.map_err(wrap)?;
+                if let Some(pinned) = pinned_issuer(&self.cfg)
+                    && pinned != issuer
+                {
+                    return Err(ProviderError::IssuerMismatch {
+                        provider: self.cfg.name.clone(),
+                        found: issuer,
+                        pinned: pinned.to_string(),
+                    });
+                }
+                let doc = f.get(kube::JWKS_PATH).await.map_err(wrap)?;
+                self.issuer.store(Arc::new(issuer));
+                (kube::JWKS_PATH.to_string(), age, doc)
+            }
         };
-        let doc = self.fetcher.get(&jwks_uri).await.map_err(wrap)?;
         let now = SystemTime::now();
         let previous = self.keys.load_full();
         let set = KeySet::parse(&doc.body, &self.cfg.algorithms, Some(&previous), Some(now)).map_err(|why| {
@@ -292,7 +344,7 @@ impl Provider {
         }
         if let Ok(jwks) = serde_json::from_slice::<serde_json::Value>(&doc.body) {
             let snap = disk::Snapshot {
-                issuer: self.cfg.issuer.clone(),
+                issuer: self.issuer().to_string(),
                 jwks_uri: jwks_uri.clone(),
                 fetched_at: disk::unix(now),
                 jwks,
@@ -326,6 +378,7 @@ impl Provider {
             }
             // Someone fetched recently, before this caller arrived: rate limit.
             if t.elapsed() < self.cfg.refresh.unknown_kid_cooldown {
+                self.metrics.on_demand_rate_limited.inc();
                 return false;
             }
         }
@@ -362,6 +415,20 @@ impl Provider {
     }
 }
 
+/// Where a provider's discovery document and keys come from.
+enum Fetcher {
+    Http(fetch::Fetcher),
+    Kube(kube::KubeFetcher),
+}
+
+/// The issuer `cfg` insists on, if any.
+fn pinned_issuer(cfg: &ProviderConfig) -> Option<&str> {
+    match &cfg.kubernetes_service_accounts {
+        Some(sa) => sa.issuer.as_deref(),
+        None => Some(cfg.issuer.as_str()),
+    }
+}
+
 /// The shared-secret keys of `cfg`: one per configured HS algorithm.
 fn read_secret(cfg: &ProviderConfig) -> Result<Vec<Arc<Key>>, ProviderError> {
     let Some(path) = &cfg.hs_secret_file else {
@@ -392,21 +459,26 @@ fn age(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
 }
 
-/// The providers of the current configuration, by issuer for the request path.
+/// The providers of the current configuration.
 #[derive(Debug, Default)]
 pub struct Providers {
-    by_issuer: HashMap<String, Arc<Provider>>,
     by_name: HashMap<String, Arc<Provider>>,
 }
 
 impl Providers {
     pub fn insert(&mut self, p: Arc<Provider>) {
-        self.by_issuer.insert(p.cfg.issuer.clone(), p.clone());
         self.by_name.insert(p.cfg.name.clone(), p);
     }
 
+    /// The provider whose issuer is exactly `iss`. A scan (a node has a
+    /// handful of providers): a service-account provider learns its issuer
+    /// from the API server, so the issuers are not all known when the
+    /// snapshot is built. Called on cache misses only.
     pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Provider>> {
-        self.by_issuer.get(iss)
+        self.by_name.values().find(|p| {
+            let i = p.issuer();
+            !i.is_empty() && i.as_str() == iss
+        })
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<Provider>> {

@@ -31,6 +31,7 @@ use self::metrics::{ProxyMetrics, WorkloadMetrics};
 use crate::audit::Audit;
 use crate::authz::CacheCounters;
 use crate::drain;
+use crate::k8s::review::Reviews;
 use crate::snapshot::Snapshot;
 use crate::token_cache::TokenCache;
 
@@ -52,10 +53,18 @@ pub struct Context {
     cache_counters: CacheCounters,
     pub request_ids: RequestIds,
     pub audit: Audit,
+    /// TokenReview and SubjectAccessReview, with a Kubernetes API client.
+    pub reviews: Option<Reviews>,
 }
 
 impl Context {
-    pub fn new(snapshot: Snapshot, cache: TokenCache, metrics: ProxyMetrics, audit: Audit) -> Self {
+    pub fn new(
+        snapshot: Snapshot,
+        cache: TokenCache,
+        metrics: ProxyMetrics,
+        audit: Audit,
+        reviews: Option<Reviews>,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             cache,
@@ -63,6 +72,7 @@ impl Context {
             metrics,
             request_ids: RequestIds::default(),
             audit,
+            reviews,
         }
     }
 }

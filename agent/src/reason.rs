@@ -51,6 +51,7 @@ reasons! {
     TokenNotYetValid => "token_not_yet_valid",
     TokenIssuedInFuture => "token_issued_in_future",
     WrongAudience => "wrong_audience",
+    TokenRevoked => "token_revoked",
     // Authenticated (or not needed) but not permitted (403).
     ClaimMismatch => "claim_mismatch",
     ProviderNotAllowed => "provider_not_allowed",
@@ -58,6 +59,12 @@ reasons! {
     RuleDenies => "rule_denies",
     NoMatchingRule => "no_matching_rule",
     NoPolicy => "no_policy",
+    SourceMismatch => "source_mismatch",
+    KubernetesUserInvalid => "kubernetes_user_invalid",
+    RbacDenied => "rbac_denied",
+    // The API server could not be asked (503): fail closed, never a guess.
+    RbacUnavailable => "rbac_unavailable",
+    TokenReviewUnavailable => "token_review_unavailable",
 }
 
 /// How a refusal is answered.
@@ -73,6 +80,8 @@ pub enum Answer {
     BadRequest,
     /// 501: something the proxy does not implement (CONNECT, `OPTIONS *`).
     NotImplemented,
+    /// 503: a decision needs the API server, which did not answer.
+    Unavailable,
 }
 
 impl Reason {
@@ -98,7 +107,9 @@ impl Reason {
             | Self::TokenExpired
             | Self::TokenNotYetValid
             | Self::TokenIssuedInFuture
-            | Self::WrongAudience => Answer::InvalidToken,
+            | Self::WrongAudience
+            | Self::TokenRevoked => Answer::InvalidToken,
+            Self::RbacUnavailable | Self::TokenReviewUnavailable => Answer::Unavailable,
             Self::InvalidPath | Self::InvalidMethod | Self::InvalidHeader => Answer::BadRequest,
             Self::UnsupportedRequest => Answer::NotImplemented,
             Self::Anonymous
@@ -108,7 +119,10 @@ impl Reason {
             | Self::ClaimNotForwardable
             | Self::RuleDenies
             | Self::NoMatchingRule
-            | Self::NoPolicy => Answer::Forbidden,
+            | Self::NoPolicy
+            | Self::SourceMismatch
+            | Self::KubernetesUserInvalid
+            | Self::RbacDenied => Answer::Forbidden,
         }
     }
 }
@@ -120,6 +134,7 @@ impl Answer {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::signal::unix::Signal;
+
 use crate::config::Config;
 use crate::control::Control;
 
@@ -81,9 +83,12 @@ impl Reloader {
         Reload::Rejected(why)
     }
 
-    /// Polls every `interval` and on SIGHUP, until the future is dropped.
-    pub async fn run(mut self, control: &Control, interval: Duration) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    /// Polls every `interval` and on each `hup` (the SIGHUP stream, which
+    /// the caller registers before starting the agent: a SIGHUP's default
+    /// action is to kill the process, so one sent while the agent starts
+    /// must already be caught; it is then applied once `run` begins),
+    /// until the future is dropped.
+    pub async fn run(mut self, control: &Control, interval: Duration, mut hup: Option<Signal>) {
         loop {
             let force = tokio::select! {
                 _ = tokio::time::sleep(interval) => false,

@@ -7,7 +7,7 @@
 //! [`WorkloadSpec`] is one workload as the file or the pod watch describes
 //! it; [`Snapshot::build`] binds each to its policy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +39,18 @@ pub struct Workload {
     pub name: Arc<str>,
     pub policy: Arc<Policy>,
     pub upstream: Upstream,
+    /// What `kubernetes_rbac` placeholders name.
+    pub target: Arc<Target>,
+}
+
+/// The called workload, as RBAC attributes name it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Target {
+    pub workload: String,
+    pub namespace: String,
+    /// The pod's name (pods only).
+    pub pod: Option<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a workload's allowed requests go.
@@ -117,7 +129,16 @@ impl Snapshot {
                 SpecKind::Netns { .. } => Upstream::OriginalDestination,
             };
             let name: Arc<str> = w.name.as_str().into();
-            workloads.insert(name.clone(), Workload { name, policy, upstream });
+            let target = Arc::new(w.target());
+            workloads.insert(
+                name.clone(),
+                Workload {
+                    name,
+                    policy,
+                    upstream,
+                    target,
+                },
+            );
         }
         Ok(Self {
             sources: Sources::compile(config.providers.iter().flat_map(|p| &p.token_from)),
@@ -133,6 +154,11 @@ impl Snapshot {
 pub struct WorkloadSpec {
     pub name: String,
     pub kind: SpecKind,
+    pub labels: BTreeMap<String, String>,
+    /// Pods: their namespace; the file's workloads: `namespace`, else `default`.
+    pub namespace: String,
+    /// Pods: their name.
+    pub pod: Option<String>,
     /// The bound policy's name, or why there is none.
     pub policy: Result<String, String>,
     /// A missing policy means deny-all (pods) rather than an error (the file's workloads).
@@ -170,6 +196,9 @@ impl WorkloadSpec {
         Some(Self {
             name: w.name.clone(),
             kind,
+            labels: w.labels.clone(),
+            namespace: w.namespace.clone().unwrap_or_else(|| "default".into()),
+            pod: None,
             policy: policy.map(|p| p.name.clone()).map_err(|e: Unbound| e.to_string()),
             fail_closed: false,
             resource: None,
@@ -185,6 +214,7 @@ impl WorkloadSpec {
                 (Err(why.clone()), None)
             }
         };
+        let (namespace, pod) = p.name.split_once('/').unwrap_or(("default", p.name.as_str()));
         Self {
             name: p.name.clone(),
             kind: SpecKind::Netns {
@@ -192,9 +222,21 @@ impl WorkloadSpec {
                 ips: p.ips.clone(),
                 ports: p.ports.clone(),
             },
+            labels: p.labels.clone(),
+            namespace: namespace.to_string(),
+            pod: Some(pod.to_string()),
             policy,
             fail_closed: true,
             resource,
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            workload: self.pod.clone().unwrap_or_else(|| self.name.clone()),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            labels: self.labels.clone(),
         }
     }
 

@@ -276,7 +276,7 @@ impl<'t> Jws<'t> {
         let checked = claims::check(&self.claims, provider, now)?;
         Ok(VerifiedToken {
             provider: provider.clone(),
-            iss: provider.cfg.issuer.clone(),
+            iss: provider.issuer().to_string(),
             sub: checked.sub,
             exp: checked.exp,
             audiences: checked.audiences,

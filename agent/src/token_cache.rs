@@ -7,15 +7,19 @@
 //! verified them leaves the JWKS.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::TokenCacheConfig;
+use crate::k8s::identity::{IdentityError, KubeUser};
 use crate::token::VerifiedToken;
 
 pub struct Entry {
     token: Box<str>,
     pub verified: VerifiedToken,
+    /// The Kubernetes user this token stands for, worked out on first need
+    /// (`kubernetes_rbac` rules) and kept as long as the entry.
+    pub kube_user: OnceLock<Result<Arc<KubeUser>, IdentityError>>,
 }
 
 struct ExpireAtExp {
@@ -71,6 +75,7 @@ impl TokenCache {
         let entry = Arc::new(Entry {
             token: token.into(),
             verified,
+            kube_user: OnceLock::new(),
         });
         self.cache.insert(self.key(token), entry.clone());
         entry

@@ -56,7 +56,7 @@ static PROVIDERS: LazyLock<Vec<Arc<Provider>>> = LazyLock::new(|| {
         .into_iter()
         .map(|p| {
             let name = p.name.clone();
-            Arc::new(Provider::new(p, &dir, ProviderMetrics::unregistered(&name)).expect("provider"))
+            Arc::new(Provider::new(p, &dir, ProviderMetrics::unregistered(&name), None).expect("provider"))
         })
         .collect()
 });

@@ -35,6 +35,10 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let cfg = ProviderConfig {
         name: "corp".into(),
         issuer: "https://idp.fuzz.test".into(),
+        kubernetes_service_accounts: None,
+        token_review: false,
+        token_review_ttl: Duration::from_secs(30),
+        claim_mappings: None,
         audiences: vec!["orders".into()],
         audience_claims: vec!["aud".into()],
         jwks_uri: None,
@@ -54,7 +58,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         typ: None,
         token_from: vec![TokenSource::default()],
     };
-    let provider = Arc::new(Provider::new(cfg, &dir, ProviderMetrics::unregistered("corp")).expect("provider"));
+    let provider = Arc::new(Provider::new(cfg, &dir, ProviderMetrics::unregistered("corp"), None).expect("provider"));
     let keys = KeySet::parse(JWKS.as_bytes(), &provider.cfg.algorithms, None, Some(SystemTime::now())).expect("jwks");
     assert_eq!(keys.len(), 3, "{:?}", keys.skipped);
     Fixture { provider, keys }

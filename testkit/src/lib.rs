@@ -236,8 +236,13 @@ impl TestAgent {
 
     /// Starts with a given state directory (to test the disk copy across restarts).
     pub async fn start_in(yaml: &str, state_dir: tempfile::TempDir) -> Self {
+        Self::start_with(yaml, state_dir, Audit::tracing()).await
+    }
+
+    /// Starts with audit lines going to `audit` (e.g. [`AuditCapture`]).
+    pub async fn start_with(yaml: &str, state_dir: tempfile::TempDir, audit: Audit) -> Self {
         let config = Self::config(yaml, state_dir.path());
-        let agent = Agent::start(config, Audit::tracing()).await.expect("agent starts");
+        let agent = Agent::start(config, audit).await.expect("agent starts");
         Self { agent, state_dir }
     }
 
@@ -303,7 +308,72 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Keeps an [`AuditCapture`]'s writer thread running; dropping it flushes.
+pub struct AuditFlush {
+    _guard: Box<dyn Send>,
+}
+
+/// The agent's audit lines, as the binary writes them, kept in memory.
+#[derive(Clone, Default)]
+pub struct AuditCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl AuditCapture {
+    /// An [`Audit`] writing here, and what keeps its writer thread running
+    /// (keep it until the lines are read; dropping it flushes).
+    pub fn audit(&self) -> (Audit, AuditFlush) {
+        let (audit, guard) =
+            Audit::writer(Box::new(self.clone()), nodeward::AuditLimits::default()).expect("audit writer");
+        (
+            audit,
+            AuditFlush {
+                _guard: Box::new(guard),
+            },
+        )
+    }
+
+    /// Every line so far, parsed (the writer flushes every few ms; this
+    /// waits, bounded, until at least `n` lines are there).
+    pub async fn lines(&self, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let lines = self.parsed();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.parsed()
+    }
+
+    fn parsed(&self) -> Vec<Value> {
+        let bytes = self.0.lock().expect("audit capture").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// Everything written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("audit capture")).into_owned()
+    }
+}
+
+impl std::io::Write for AuditCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("audit capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
+pub mod process;
 pub mod shaped;
+mod static_files;
+pub mod wire;
+
+pub use static_files::StaticFiles;

@@ -32,7 +32,9 @@ pub async fn client(api: &FakeKubeApi, dir: &Path) -> kube::Client {
         kubeconfig: Some(api.write_kubeconfig(dir)),
         ..Default::default()
     };
-    PodWatch::client(&k).await.expect("client from the fake's kubeconfig")
+    nodeward::k8s::client(&k)
+        .await
+        .expect("client from the fake's kubeconfig")
 }
 
 /// An opted-in pod of this node, Running with `ip`.

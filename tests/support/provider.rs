@@ -1,7 +1,9 @@
-//! Shared by the JWKS tests (`jwks.rs`, `provider_failures.rs`): the example
+//! Shared by the JWKS tests (`jwks.rs`, `provider_failures.rs`,
+//! `token_trust.rs`): the example
 //! config with test-sized refresh bounds, a one-request helper, and a
 //! scripted provider that serves a real dev IdP's documents or misbehaves on
-//! demand (slow, garbage, huge, trickling, failing) — per endpoint.
+//! demand (slow, garbage, huge, trickling, failing, redirecting) — per
+//! endpoint.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
@@ -78,6 +80,8 @@ pub enum Script {
     Chunked { total: usize },
     /// A first byte, then one more every 100 ms, never ending.
     Trickle,
+    /// `302 Found` to this URL.
+    Redirect(String),
 }
 
 /// A provider on loopback whose discovery and JWKS endpoints follow scripts,
@@ -114,6 +118,8 @@ impl ScriptedIdp {
                                 jwks_requests.fetch_add(1, Ordering::Relaxed);
                                 (jwks.lock().expect("script").clone(), idp.jwks())
                             }
+                            // Always the live JWKS: a target for redirects.
+                            "/live/jwks" => (Script::Live, idp.jwks()),
                             _ => (Script::Status(404), Value::Null),
                         };
                         Ok::<_, Infallible>(answer(script, doc).await)
@@ -204,6 +210,14 @@ async fn answer(script: Script, doc: Value) -> http::Response<ChanBody> {
             fixed(&mut resp, &tx, Bytes::from_static(b"{}"));
         }
         Script::Body(b) => fixed(&mut resp, &tx, b),
+        Script::Redirect(to) => {
+            *resp.status_mut() = http::StatusCode::FOUND;
+            resp.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_str(&to).expect("location"),
+            );
+            fixed(&mut resp, &tx, Bytes::new());
+        }
         Script::Chunked { total } => {
             tokio::spawn(async move {
                 let chunk = Bytes::from(vec![b' '; 16 * 1024]);

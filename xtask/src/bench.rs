@@ -21,7 +21,7 @@
 //! expected statuses — never timings.
 
 mod baseline;
-mod chart;
+pub(crate) mod chart;
 pub(crate) mod env;
 mod pernode;
 mod procfs;

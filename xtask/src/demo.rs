@@ -16,7 +16,7 @@
 //! comparing (`check`), which both demos share.
 
 mod check;
-mod env;
+pub(crate) mod env;
 mod node;
 mod reverse_proxy;
 mod script;
@@ -53,7 +53,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
 /// reports it (so CARGO_TARGET_DIR and friends are honoured). The agent's
 /// build script compiles the BPF program from source, so the toolchain for
 /// it comes first.
-fn build() -> anyhow::Result<PathBuf> {
+pub(crate) fn build() -> anyhow::Result<PathBuf> {
     ensure_bpf_toolchain()?;
     crate::bench::env::build_release("nodeward")
 }

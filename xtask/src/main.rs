@@ -13,10 +13,12 @@
 //!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 //! - `soak`: a bounded soak with reloads and key rotations; see `soak.rs`.
 //! - `crds`: the IdentityPolicy CRD from the agent's types; see `crds.rs`.
+//! - `observe`: alerts, dashboard and metrics against a real Prometheus; see `observe.rs`.
 
 mod bench;
 mod crds;
 mod demo;
+mod observe;
 mod proc;
 mod soak;
 mod steering_bench;
@@ -52,6 +54,11 @@ commands:
   crds [--check]  write the IdentityPolicy CRD generated from the Rust types
                   to deploy/base/crds/ (--check: fail when the committed file
                   differs)
+  observe [--duration D] [--no-ebpf] [--screenshot PNG] | --files | --sync
+                  (root) the alert rules (promtool check/test rules), the
+                  dashboard, and a live run: nodeward under traffic scraped by
+                  a real Prometheus; checks series, promtool check metrics,
+                  every dashboard query and the alerts; renders the dashboard
   help            this text";
 
 fn main() -> ExitCode {
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
         Some("bench-steering") => steering_bench::run(&rest),
         Some("soak") => soak::run(&rest),
         Some("crds") => crds::run(&rest),
+        Some("observe") => observe::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -20,6 +20,8 @@ fn fields() -> Fields<'static> {
         iss: Some("https://idp.example"),
         sub: Some("alice"),
         email: Some("alice@example.com"),
+        k8s_user: Some("oidc:alice@example.com"),
+        k8s_groups: Some("oidc:admins,system:authenticated".into()),
         client: "127.0.0.1:40000".parse().expect("addr"),
         latency_us: 1234,
     }
@@ -56,6 +58,8 @@ fn every_field_is_written_with_its_type() {
             "iss": "https://idp.example",
             "sub": "alice",
             "email": "alice@example.com",
+            "k8s_user": "oidc:alice@example.com",
+            "k8s_groups": "oidc:admins,system:authenticated",
             "client": "127.0.0.1:40000",
             "latency_us": 1234,
         })
@@ -70,13 +74,15 @@ fn absent_optional_fields_are_left_out() {
         iss: None,
         sub: None,
         email: None,
+        k8s_user: None,
+        k8s_groups: None,
         client: "[::1]:8080".parse().expect("addr"),
         latency_us: u64::MAX,
         ..fields()
     };
     let (_, v) = line(&f);
     let obj = v.as_object().expect("object");
-    for absent in ["detail", "rule", "iss", "sub", "email"] {
+    for absent in ["detail", "rule", "iss", "sub", "email", "k8s_user", "k8s_groups"] {
         assert!(!obj.contains_key(absent), "{absent} is left out: {v}");
     }
     assert_eq!(v["client"], "[::1]:8080");
@@ -244,6 +250,49 @@ fn a_slow_output_holds_producers_back_at_the_cap_and_loses_nothing() {
     assert!(
         writes.iter().all(|&w| w <= limits.cap + longest),
         "no batch grew past the cap: {writes:?}"
+    );
+    // ~11 KB through a 1 KiB cap at one 20 ms write per batch: producers waited.
+    let stats = sink.stats();
+    assert!(stats.waits > 0, "the waits are counted: {stats:?}");
+    assert!(
+        stats.waits <= (threads * per_thread) as u64,
+        "at most one wait per line pushed: {stats:?}"
+    );
+    assert_eq!(stats.buffered, 0, "everything was written on shutdown");
+}
+
+#[test]
+fn a_fast_output_never_makes_a_producer_wait() {
+    let out = Out::default();
+    let sink = Arc::new(Sink::new(Box::new(out.clone()), Limits::default()));
+    let guard = Guard::start(sink.clone()).expect("writer thread");
+    for i in 0..1000 {
+        sink.push(&numbered(0, i, 40));
+    }
+    drop(guard);
+    assert_eq!(sink.stats().waits, 0, "4 MiB of room for 60 KB of lines");
+}
+
+#[test]
+fn metrics_follow_the_sink_without_counting_a_wait_twice() {
+    let registry = Registry::new();
+    let m = AuditMetrics::register(&registry).expect("register");
+    m.observe_stats(Stats {
+        buffered: 4096,
+        waits: 3,
+    });
+    m.observe_stats(Stats { buffered: 0, waits: 3 });
+    m.observe_stats(Stats { buffered: 10, waits: 5 });
+    let text = {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut out).expect("encode");
+        String::from_utf8(out).expect("utf8")
+    };
+    assert!(text.contains("nodeward_audit_buffered_bytes 10\n"), "{text}");
+    assert!(text.contains("nodeward_audit_backpressure_waits_total 5\n"), "{text}");
+    assert!(
+        text.contains("# TYPE nodeward_audit_backpressure_waits_total counter"),
+        "{text}"
     );
 }
 

@@ -161,6 +161,9 @@ pub struct WorkloadConfig {
     /// Binds the workload to this policy by name instead of by its labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The Kubernetes namespace it stands for (`{namespace}` in `kubernetes_rbac` rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// The pod watch: pods of this node with the opt-in label become workloads.
@@ -182,6 +185,37 @@ pub struct KubernetesConfig {
     pub proc_root: PathBuf,
     /// The host's cgroup mount, where a pod's processes are found by its UID.
     pub cgroup_root: PathBuf,
+    /// SubjectAccessReview answers for `kubernetes_rbac` rules.
+    pub rbac: RbacConfig,
+}
+
+/// The per-node cache of SubjectAccessReview answers; the API server's
+/// webhook-authorizer defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RbacConfig {
+    /// How long an allowed answer is reused.
+    #[serde(with = "humantime_serde")]
+    pub allow_ttl: Duration,
+    /// How long a denied answer is reused.
+    #[serde(with = "humantime_serde")]
+    pub deny_ttl: Duration,
+    /// A review slower than this fails closed (`rbac_unavailable`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most answers remembered.
+    pub max_entries: u64,
+}
+
+impl Default for RbacConfig {
+    fn default() -> Self {
+        Self {
+            allow_ttl: Duration::from_secs(300),
+            deny_ttl: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+            max_entries: 10_000,
+        }
+    }
 }
 
 impl Default for KubernetesConfig {
@@ -194,11 +228,18 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             proc_root: PathBuf::from("/proc"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            rbac: RbacConfig::default(),
         }
     }
 }
 
 impl KubernetesConfig {
+    /// Whether the agent talks to an API server at all: the pod watch, or an
+    /// explicit kubeconfig (service-account providers, RBAC rules outside a cluster).
+    pub fn api(&self) -> bool {
+        self.enabled || self.kubeconfig.is_some()
+    }
+
     /// The opt-in label as (key, value); validation guarantees the `=`.
     pub fn opt_in(&self) -> (&str, &str) {
         self.opt_in_label

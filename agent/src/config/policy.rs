@@ -80,7 +80,7 @@ pub enum RuleAction {
     /// No token needed (a token, if sent, is still validated for forwarding).
     Anonymous,
     /// A valid token meeting the requirement.
-    Require(Requirement),
+    Require(Box<Requirement>),
     /// Every request the rule matches is refused.
     Deny,
 }
@@ -120,7 +120,7 @@ impl TryFrom<RawRule> for RuleConfig {
         }
         let action = match (r.allow, r.require, r.deny) {
             (Some(Allow::Anonymous), None, false) => RuleAction::Anonymous,
-            (None, Some(req), false) => RuleAction::Require(req),
+            (None, Some(req), false) => RuleAction::Require(Box::new(req)),
             (None, None, true) => RuleAction::Deny,
             _ => {
                 return Err(format!(
@@ -143,7 +143,7 @@ impl From<RuleConfig> for RawRule {
     fn from(r: RuleConfig) -> Self {
         let (allow, require, deny) = match r.action {
             RuleAction::Anonymous => (Some(Allow::Anonymous), None, false),
-            RuleAction::Require(req) => (None, Some(req), false),
+            RuleAction::Require(req) => (None, Some(*req), false),
             RuleAction::Deny => (None, None, true),
         };
         Self {
@@ -167,6 +167,60 @@ pub struct Requirement {
     /// Claim path → condition; all must hold.
     #[serde(default, deserialize_with = "unique_keys")]
     pub claims: BTreeMap<ClaimPath, ClaimCondition>,
+    /// The calling workload, for service-account tokens: its namespace,
+    /// service account or pod (as Istio's `source.namespaces`/`principals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// The cluster's RBAC decides (SubjectAccessReview), for the caller as
+    /// a Kubernetes user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_rbac: Option<KubernetesRbac>,
+}
+
+/// Which service-account callers a rule admits; every listed kind must match.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Namespaces of the calling pod's service account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// `namespace/name` of the calling service account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// `namespace/name` of the calling pod (bound tokens only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+}
+
+/// What the SubjectAccessReview asks about. The verb comes from the method
+/// (GET/HEAD get, POST create, PUT update, PATCH patch, DELETE delete,
+/// others their lower-case name) unless `verb` says otherwise.
+/// Placeholders in the attributes: `{namespace}`, `{pod}`, `{workload}`,
+/// `{label:KEY}` (of the called workload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesRbac {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceAttributes>,
+    /// Ask about the request's normalised path as a non-resource URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_resource: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verb: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAttributes {
+    #[serde(default)]
+    pub group: String,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// What a claim must be: exactly one kind of condition.

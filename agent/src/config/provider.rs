@@ -12,7 +12,28 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct ProviderConfig {
     pub name: String,
     /// Compared byte for byte with the token's `iss` and the discovery document's `issuer`.
+    /// Leave it out for `kubernetes_service_accounts`: the API server says it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub issuer: String,
+    /// The cluster's own service-account tokens: issuer, discovery and JWKS
+    /// come from the API server, fetched with the agent's credentials and CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_service_accounts: Option<ServiceAccounts>,
+    /// Service-account tokens only: also ask the API server (TokenReview)
+    /// that the pod or secret the token is bound to still exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_review: bool,
+    /// How long a TokenReview answer is reused for the same token.
+    #[serde(
+        default = "default_token_review_ttl",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_review_ttl"
+    )]
+    pub token_review_ttl: Duration,
+    /// How this provider's claims become a Kubernetes user for
+    /// `kubernetes_rbac` rules (as the API server's AuthenticationConfiguration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_mappings: Option<ClaimMappings>,
     /// The token's audience must contain at least one of these (a policy's
     /// own `audiences` replace them for its workloads).
     pub audiences: Vec<String>,
@@ -50,6 +71,41 @@ pub struct ProviderConfig {
     /// Where the token is read from: one source or a list, tried in order.
     #[serde(default = "default_sources", with = "one_or_many")]
     pub token_from: Vec<TokenSource>,
+}
+
+fn default_token_review_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn is_default_review_ttl(d: &Duration) -> bool {
+    *d == default_token_review_ttl()
+}
+
+/// `kubernetes_service_accounts: {}`: the cluster's service-account issuer.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccounts {
+    /// The issuer to expect; unset, the API server's discovery document says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+/// Claims → Kubernetes user and groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMappings {
+    pub username: ClaimMapping,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<ClaimMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMapping {
+    pub claim: super::ClaimPath,
+    /// Put before each value (`oidc:`), so IdP names cannot pass for cluster ones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
 }
 
 pub fn default_audience_claims() -> Vec<String> {

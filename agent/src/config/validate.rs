@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::{
-    Config, ConfigError, KubernetesConfig, PolicyConfig, ProviderConfig, RuleAction, RuleConfig, TokenSource, Unbound,
-    WorkloadConfig, select_policy,
+    Config, ConfigError, KubernetesConfig, KubernetesRbac, PolicyConfig, ProviderConfig, RuleAction, RuleConfig,
+    TokenSource, Unbound, WorkloadConfig, select_policy,
 };
 
 /// Headers a claim may not be forwarded as: the agent's own identity headers,
@@ -56,10 +56,26 @@ fn providers(c: &Config) -> Result<(), Invalid> {
         if !names.insert(p.name.as_str()) {
             return Err((key("name"), format!("duplicate provider name {:?}", p.name)));
         }
-        if !issuers.insert(p.issuer.as_str()) {
-            return Err((key("issuer"), format!("two providers share issuer {:?}", p.issuer)));
+        service_accounts(c, p).map_err(|(k, r)| (key(k), r))?;
+        if !p.issuer.is_empty() {
+            if !issuers.insert(p.issuer.as_str()) {
+                return Err((key("issuer"), format!("two providers share issuer {:?}", p.issuer)));
+            }
+            check_url(p, &p.issuer).map_err(|r| (key("issuer"), r))?;
         }
-        check_url(p, &p.issuer).map_err(|r| (key("issuer"), r))?;
+        if let Some(m) = &p.claim_mappings {
+            for (k, prefix) in [("username", Some(&m.username)), ("groups", m.groups.as_ref())]
+                .into_iter()
+                .filter_map(|(k, m)| m.map(|m| (k, &m.prefix)))
+            {
+                if prefix.starts_with("system:") {
+                    return Err((
+                        key(&format!("claim_mappings.{k}.prefix")),
+                        "`system:` names are the cluster's own; the API server refuses them too".into(),
+                    ));
+                }
+            }
+        }
         if let Some(uri) = &p.jwks_uri {
             check_url(p, uri).map_err(|r| (key("jwks_uri"), r))?;
         }
@@ -106,6 +122,36 @@ fn providers(c: &Config) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A provider is an issuer or the cluster's service accounts, never both.
+fn service_accounts<'k>(c: &Config, p: &ProviderConfig) -> Result<(), (&'k str, String)> {
+    match (&p.kubernetes_service_accounts, p.issuer.is_empty()) {
+        (None, true) => Err((
+            "issuer",
+            "set the issuer, or `kubernetes_service_accounts: {}` for the cluster's service-account tokens".into(),
+        )),
+        (None, false) if p.token_review => Err((
+            "token_review",
+            "TokenReview is for service-account tokens (`kubernetes_service_accounts`)".into(),
+        )),
+        (None, false) => Ok(()),
+        (Some(_), false) => Err((
+            "issuer",
+            "a `kubernetes_service_accounts` provider takes its issuer from the API server \
+             (pin it with kubernetes_service_accounts.issuer)"
+                .into(),
+        )),
+        (Some(_), true) if p.jwks_uri.is_some() => Err((
+            "jwks_uri",
+            "the keys of service-account tokens come from the API server".into(),
+        )),
+        (Some(_), true) if !c.kubernetes.api() => Err((
+            "kubernetes_service_accounts",
+            "needs the Kubernetes API: `kubernetes.enabled: true`, or `kubernetes.kubeconfig`".into(),
+        )),
+        (Some(_), true) => Ok(()),
+    }
 }
 
 fn refresh(p: &ProviderConfig) -> Result<(), (&'static str, String)> {
@@ -218,6 +264,108 @@ fn rule(c: &Config, r: &RuleConfig) -> Result<(), Invalid> {
         if !c.providers.iter().any(|q| &q.name == p) {
             return Err((format!("require.providers[{k}]"), format!("no provider named {p:?}")));
         }
+    }
+    // The providers whose tokens this rule can see.
+    let admitted: Vec<&ProviderConfig> = c
+        .providers
+        .iter()
+        .filter(|p| req.providers.is_empty() || req.providers.contains(&p.name))
+        .collect();
+    if let Some(src) = &req.source {
+        if !admitted.iter().any(|p| p.kubernetes_service_accounts.is_some()) {
+            return Err((
+                "require.source".into(),
+                "`source` names service-account callers: list a `kubernetes_service_accounts` provider".into(),
+            ));
+        }
+        for (k, sa) in src.service_accounts.iter().chain(&src.pods).enumerate() {
+            if sa
+                .split_once('/')
+                .is_none_or(|(ns, n)| ns.is_empty() || n.is_empty() || n.contains('/'))
+            {
+                return Err((format!("require.source[{k}]"), format!("{sa:?} must be NAMESPACE/NAME")));
+            }
+        }
+    }
+    if let Some(rbac) = &req.kubernetes_rbac {
+        kubernetes_rbac(c, rbac, &admitted).map_err(|(k, why)| (format!("require.kubernetes_rbac{k}"), why))?;
+    }
+    Ok(())
+}
+
+fn kubernetes_rbac(c: &Config, r: &KubernetesRbac, admitted: &[&ProviderConfig]) -> Result<(), Invalid> {
+    if !c.kubernetes.api() {
+        return Err((
+            String::new(),
+            "RBAC decisions need the Kubernetes API: `kubernetes.enabled: true`, or `kubernetes.kubeconfig`".into(),
+        ));
+    }
+    match (&r.resource, r.non_resource) {
+        (Some(_), true) | (None, false) => {
+            return Err((
+                String::new(),
+                "set exactly one of `resource: {...}` and `non_resource: true`".into(),
+            ));
+        }
+        (Some(res), false) => {
+            if res.resource.is_empty() {
+                return Err((".resource.resource".into(), "must not be empty".into()));
+            }
+            for (k, v) in [
+                ("group", &res.group),
+                ("resource", &res.resource),
+                ("subresource", &res.subresource),
+                ("namespace", &res.namespace),
+                ("name", &res.name),
+            ] {
+                check_placeholders(v).map_err(|why| (format!(".resource.{k}"), why))?;
+            }
+        }
+        (None, true) => {}
+    }
+    if let Some(verb) = &r.verb
+        && (verb.is_empty() || verb.bytes().any(|b| !(b.is_ascii_lowercase() || b == b'*')))
+    {
+        return Err((
+            ".verb".into(),
+            format!("{verb:?} is not a Kubernetes verb (lower case)"),
+        ));
+    }
+    if let Some(p) = admitted
+        .iter()
+        .find(|p| p.kubernetes_service_accounts.is_none() && p.claim_mappings.is_none())
+    {
+        return Err((
+            String::new(),
+            format!(
+                "provider {} has no `claim_mappings`: its tokens cannot become a Kubernetes user \
+                 (add them, or list only mapped providers in `require.providers`)",
+                p.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `{namespace}`, `{pod}`, `{workload}` and `{label:KEY}` are the placeholders there are.
+fn check_placeholders(v: &str) -> Result<(), String> {
+    let mut rest = v;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed placeholder in {v:?}"))?;
+        let name = &rest[start + 1..start + end];
+        let known = matches!(name, "namespace" | "pod" | "workload")
+            || name.strip_prefix("label:").is_some_and(|k| !k.is_empty());
+        if !known {
+            return Err(format!(
+                "unknown placeholder {{{name}}}: use {{namespace}}, {{pod}}, {{workload}} or {{label:KEY}}"
+            ));
+        }
+        rest = &rest[start + end + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("stray '}}' in {v:?}"));
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ pub struct ControlMetrics {
     pub config_reloads: IntCounterVec,
     pub ebpf_connections: IntCounterVec,
     pub enrolment_seconds: prometheus::Histogram,
+    /// `/readyz` as a number, set at scrape time: an alert needs a series, not an HTTP status.
+    pub ready: prometheus::IntGauge,
 }
 
 impl ControlMetrics {
@@ -40,6 +42,11 @@ impl ControlMetrics {
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
         )?;
+        let ready = prometheus::IntGauge::new(
+            "nodeward_ready",
+            "1 when the agent is ready (/readyz answers 200), else 0",
+        )?;
+        r.register(Box::new(ready.clone()))?;
         r.register(Box::new(workloads.clone()))?;
         r.register(Box::new(config_reloads.clone()))?;
         r.register(Box::new(ebpf_connections.clone()))?;
@@ -49,6 +56,7 @@ impl ControlMetrics {
             config_reloads,
             ebpf_connections,
             enrolment_seconds,
+            ready,
         })
     }
 

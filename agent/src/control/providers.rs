@@ -22,6 +22,7 @@ pub(super) fn providers_for(
     running: &HashMap<String, ProviderTask>,
     metrics: &ProviderMetricFamilies,
     config: &Config,
+    kube: Option<&kube::Client>,
 ) -> Result<(Providers, Vec<Arc<Provider>>), ControlError> {
     let mut providers = Providers::default();
     let mut started = Vec::new();
@@ -33,7 +34,7 @@ pub(super) fn providers_for(
             }
             _ => {
                 let m = metrics.for_provider(&p.name);
-                let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, m)?);
+                let provider = Arc::new(Provider::new(p.clone(), &config.state_dir, m, kube)?);
                 providers.insert(provider.clone());
                 started.push(provider);
             }

@@ -90,6 +90,8 @@ pub struct Control {
     host_client: Arc<upstream::Client>,
     /// Bumped after every applied configuration, so the pod watch re-binds pods.
     config_gen: watch::Sender<u64>,
+    /// The API client service-account providers fetch their keys with.
+    kube: Option<kube::Client>,
     unapplied: Mutex<Option<Blocker>>,
     unsynced: Mutex<Option<Blocker>>,
 }
@@ -105,6 +107,7 @@ impl Control {
         provider_metrics: ProviderMetricFamilies,
         readiness: Readiness,
         config: &Config,
+        kube: Option<kube::Client>,
     ) -> Self {
         let unsynced = config
             .kubernetes
@@ -114,6 +117,7 @@ impl Control {
             host_client: client_for(config, None),
             metrics,
             provider_metrics,
+            kube,
             state: tokio::sync::Mutex::new(State::default()),
             enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
             seen: Mutex::new(HashMap::new()),
@@ -196,6 +200,7 @@ impl Control {
         }
         let counters = lock(&self.enroller).counters();
         self.metrics.observe_ebpf(counters, &mut lock(&self.seen));
+        self.metrics.ready.set(i64::from(self.not_ready().is_empty()));
     }
 
     /// Why the agent is not ready; empty when it is.
@@ -283,7 +288,8 @@ impl Control {
 
         // 1-3: everything that can fail for the whole configuration, before the switch.
         let new_listeners = listeners::bind_new_listeners(&st.listeners, &keys).await?;
-        let (providers, started) = providers::providers_for(&st.providers, &self.provider_metrics, &config)?;
+        let (providers, started) =
+            providers::providers_for(&st.providers, &self.provider_metrics, &config, self.kube.as_ref())?;
         let (netns_clients, open_failed) = listeners::open_namespaces(&st.netns_clients, &keys, &config);
 
         // 4. Switch. Requests already running keep the snapshot they loaded.

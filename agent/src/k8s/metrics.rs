@@ -1,8 +1,9 @@
-//! Metrics owned by the pod watch: each watched pod's enrolment state, watch
-//! events by type, API errors, whether the first full pod list has been
-//! applied, IdentityPolicy watch events and status writes.
+//! Metrics owned by the Kubernetes side: each watched pod's enrolment state,
+//! watch events by type, API errors, whether the first full pod list has
+//! been applied, IdentityPolicy watch events and status writes, and the RBAC
+//! (SubjectAccessReview) and TokenReview questions asked of the API server.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The states a watched pod is reported in (`nodeward_kubernetes_pods{state}`).
 pub const POD_STATES: [&str; 5] = ["waiting", "enrolled", "deny_all", "failed", "refused"];
@@ -20,6 +21,13 @@ pub struct KubeMetrics {
     pub policy_watch_events: IntCounterVec,
     /// IdentityPolicy status writes by result: written, conflict (stale, retried), error.
     pub status_writes: IntCounterVec,
+    /// SubjectAccessReviews by result: allowed, denied, error.
+    pub rbac_reviews: IntCounterVec,
+    pub rbac_cache_hits: IntCounter,
+    pub rbac_cache_misses: IntCounter,
+    pub rbac_review_seconds: Histogram,
+    /// TokenReviews by result: authenticated, unauthenticated, error.
+    pub token_reviews: IntCounterVec,
 }
 
 impl KubeMetrics {
@@ -62,10 +70,44 @@ impl KubeMetrics {
         )?;
         r.register(Box::new(policy_watch_events.clone()))?;
         r.register(Box::new(status_writes.clone()))?;
+        let rbac_reviews = IntCounterVec::new(
+            Opts::new(
+                "nodeward_rbac_reviews_total",
+                "SubjectAccessReviews asked of the API server, by result (allowed, denied, error)",
+            ),
+            &["result"],
+        )?;
+        let rbac_cache_hits = IntCounter::new(
+            "nodeward_rbac_cache_hits_total",
+            "RBAC decisions answered from the per-node cache",
+        )?;
+        let rbac_cache_misses = IntCounter::new(
+            "nodeward_rbac_cache_misses_total",
+            "RBAC decisions not in the per-node cache (asked, or joined a review in flight)",
+        )?;
+        let rbac_review_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "nodeward_rbac_review_duration_seconds",
+                "Time the API server took to answer a SubjectAccessReview",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
+        let token_reviews = IntCounterVec::new(
+            Opts::new(
+                "nodeward_token_reviews_total",
+                "TokenReviews asked of the API server, by result (authenticated, unauthenticated, error)",
+            ),
+            &["result"],
+        )?;
         r.register(Box::new(pods.clone()))?;
         r.register(Box::new(watch_events.clone()))?;
         r.register(Box::new(api_errors.clone()))?;
         r.register(Box::new(synced.clone()))?;
+        r.register(Box::new(rbac_reviews.clone()))?;
+        r.register(Box::new(rbac_cache_hits.clone()))?;
+        r.register(Box::new(rbac_cache_misses.clone()))?;
+        r.register(Box::new(rbac_review_seconds.clone()))?;
+        r.register(Box::new(token_reviews.clone()))?;
         Ok(Self {
             pods,
             watch_events,
@@ -73,7 +115,18 @@ impl KubeMetrics {
             synced,
             policy_watch_events,
             status_writes,
+            rbac_reviews,
+            rbac_cache_hits,
+            rbac_cache_misses,
+            rbac_review_seconds,
+            token_reviews,
         })
+    }
+
+    /// Families that belong to no registry (`nodeward explain`).
+    pub fn unregistered() -> Self {
+        #[expect(clippy::unwrap_used, reason = "constant, valid metric definitions")]
+        Self::register(&Registry::new()).unwrap()
     }
 
     /// Reports `workload` (`namespace/pod`) in `state` only; `None` removes its series.

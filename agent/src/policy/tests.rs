@@ -50,7 +50,7 @@ fn provider(name: &str) -> Arc<Provider> {
     ))
     .expect("provider yaml");
     let dir = std::env::temp_dir().join("nodeward-policy-tests-no-state");
-    Arc::new(Provider::new(cfg, &dir, ProviderMetrics::unregistered(name)).expect("provider"))
+    Arc::new(Provider::new(cfg, &dir, ProviderMetrics::unregistered(name), None).expect("provider"))
 }
 
 fn token(provider_name: &str, claims: Value) -> VerifiedToken {
@@ -194,6 +194,7 @@ async fn a_missing_policy_refuses_every_request_with_no_policy() {
         cache: &cache,
         max_token_bytes: 16 * 1024,
         counters: None,
+        reviews: None,
     };
     let sources = crate::token::Sources::compile([]);
     let deny = Policy::deny_all(
@@ -208,6 +209,7 @@ async fn a_missing_policy_refuses_every_request_with_no_policy() {
             path,
             headers: &headers,
             query: None,
+            target: &crate::snapshot::Target::default(),
         };
         let d = crate::authz::decide(&verifier, &sources, &deny, req).await;
         assert_eq!(d.outcome, crate::authz::Outcome::Deny);

@@ -35,6 +35,8 @@ pub enum FetchError {
     Timeout { url: String, timeout: Duration },
     #[error("discovery document at {url}: {why}")]
     Discovery { url: String, why: String },
+    #[error("GET {url}: {why}")]
+    Kube { url: String, why: String },
 }
 
 impl FetchError {
@@ -42,7 +44,7 @@ impl FetchError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::CaFile { .. } | Self::CaParse { .. } | Self::Client(_) => "config",
-            Self::Http { .. } => "network",
+            Self::Http { .. } | Self::Kube { .. } => "network",
             Self::Status { .. } => "status",
             Self::TooLarge { .. } => "too_large",
             Self::Timeout { .. } => "timeout",

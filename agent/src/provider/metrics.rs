@@ -1,5 +1,6 @@
 //! Metrics owned by the provider subsystem: JWKS fetches by result, keys
-//! held, on-demand refetches, and (set at scrape time) key age and readiness.
+//! held, on-demand refetches (made, and refused by the cooldown), and (set at
+//! scrape time) key age and readiness.
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -8,6 +9,7 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opt
 pub struct ProviderMetricFamilies {
     fetches: IntCounterVec,
     on_demand: IntCounterVec,
+    on_demand_rate_limited: IntCounterVec,
     keys: IntGaugeVec,
     age: GaugeVec,
     ready: IntGaugeVec,
@@ -29,6 +31,15 @@ impl ProviderMetricFamilies {
             ),
             &["provider"],
         )?;
+        // The refetches the cooldown refused: a flood of random kids shows up
+        // here (and not as fetches), which is what an operator alerts on.
+        let on_demand_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "nodeward_jwks_on_demand_rate_limited_total",
+                "On-demand refetches refused because one ran within the unknown-kid cooldown",
+            ),
+            &["provider"],
+        )?;
         let keys = IntGaugeVec::new(Opts::new("nodeward_jwks_keys", "Verification keys held"), &["provider"])?;
         let age = GaugeVec::new(
             Opts::new(
@@ -43,12 +54,14 @@ impl ProviderMetricFamilies {
         )?;
         r.register(Box::new(fetches.clone()))?;
         r.register(Box::new(on_demand.clone()))?;
+        r.register(Box::new(on_demand_rate_limited.clone()))?;
         r.register(Box::new(keys.clone()))?;
         r.register(Box::new(age.clone()))?;
         r.register(Box::new(ready.clone()))?;
         Ok(Self {
             fetches,
             on_demand,
+            on_demand_rate_limited,
             keys,
             age,
             ready,
@@ -61,6 +74,7 @@ impl ProviderMetricFamilies {
             fetches: self.fetches.clone(),
             keys: self.keys.with_label_values(&[name]),
             on_demand: self.on_demand.with_label_values(&[name]),
+            on_demand_rate_limited: self.on_demand_rate_limited.with_label_values(&[name]),
             families: self.clone(),
         }
     }
@@ -80,6 +94,7 @@ pub struct ProviderMetrics {
     fetches: IntCounterVec,
     pub keys: IntGauge,
     pub on_demand: IntCounter,
+    pub on_demand_rate_limited: IntCounter,
     families: ProviderMetricFamilies,
 }
 

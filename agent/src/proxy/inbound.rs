@@ -26,8 +26,8 @@ use crate::audit;
 use crate::authz::{self, Decision, Verifier};
 use crate::config::Mode;
 use crate::path;
-use crate::policy::Policy;
 use crate::reason::Reason;
+use crate::snapshot::Workload;
 use crate::token::Sources;
 
 #[derive(Clone)]
@@ -123,11 +123,12 @@ fn check_method(m: &Method) -> Result<(), (Reason, String)> {
 pub async fn admit(
     v: &Verifier<'_>,
     sources: &Sources,
-    policy: &Policy,
+    workload: &Workload,
     parts: &mut Parts,
     peer: IpAddr,
     trusted_peer: bool,
 ) -> Admitted {
+    let policy = &*workload.policy;
     let raw_path = parts.uri.path().to_string();
     if let Err(e) = headers::strip_hop_by_hop(&mut parts.headers) {
         return refused(Reason::InvalidHeader, e.to_string(), &raw_path);
@@ -158,6 +159,7 @@ pub async fn admit(
             path: &normalized.matched,
             headers: &parts.headers,
             query: query.as_deref(),
+            target: &workload.target,
         },
     )
     .await;
@@ -220,10 +222,11 @@ impl Service {
             cache: &ctx.cache,
             max_token_bytes: limits.max_token_bytes,
             counters: Some(&ctx.cache_counters),
+            reviews: ctx.reviews.as_ref(),
         };
         let peer = self.client.ip();
         let trusted = snap.config.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let admitted = admit(&verifier, &snap.sources, &wl.policy, &mut parts, peer, trusted).await;
+        let admitted = admit(&verifier, &snap.sources, wl, &mut parts, peer, trusted).await;
         let decision = &admitted.decision;
         let latency = start.elapsed();
         let m = &self.endpoint.metrics;

@@ -45,6 +45,7 @@ pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
         ),
         Answer::BadRequest => ("bad_request", None),
         Answer::NotImplemented => ("not_implemented", None),
+        Answer::Unavailable => ("temporarily_unavailable", None),
     };
     let body = Body {
         error,

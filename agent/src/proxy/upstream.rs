@@ -104,6 +104,10 @@ impl Client {
                 let (mut parts, body) = resp.into_parts();
                 // An upstream's `Connection` header cannot frame anything here: just clean.
                 let _ = headers::strip_hop_by_hop(&mut parts.headers);
+                // The version is per hop too (RFC 9110 §6.2): an HTTP/1.0
+                // upstream (Python's http.server) must not make the agent
+                // answer its HTTP/1.1 clients as HTTP/1.0.
+                parts.version = http::Version::HTTP_11;
                 Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
             }
             Ok(Err(e)) => Err(classify(e)),

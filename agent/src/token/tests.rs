@@ -29,6 +29,10 @@ fn cfg(issuer: &str) -> ProviderConfig {
     ProviderConfig {
         name: "corp".into(),
         issuer: issuer.into(),
+        kubernetes_service_accounts: None,
+        token_review: false,
+        token_review_ttl: Duration::from_secs(30),
+        claim_mappings: None,
         audiences: vec!["orders".into()],
         audience_claims: default_audience_claims(),
         jwks_uri: None,
@@ -54,7 +58,8 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = cfg(ISSUER);
         edit(dir.path(), &mut c);
-        let provider = Arc::new(Provider::new(c, dir.path(), ProviderMetrics::unregistered("corp")).expect("provider"));
+        let provider =
+            Arc::new(Provider::new(c, dir.path(), ProviderMetrics::unregistered("corp"), None).expect("provider"));
         let keys = KeySet::parse(&jwks(&IDP), &provider.cfg.algorithms, None, Some(SystemTime::now())).expect("jwks");
         assert!(!keys.is_empty(), "skipped: {:?}", keys.skipped);
         Self {
@@ -536,7 +541,7 @@ fn issuer_claim_and_size_limit() {
 fn providers(c: ProviderConfig, dir: &std::path::Path) -> Providers {
     let mut ps = Providers::default();
     ps.insert(Arc::new(
-        Provider::new(c, dir, ProviderMetrics::unregistered("corp")).expect("provider"),
+        Provider::new(c, dir, ProviderMetrics::unregistered("corp"), None).expect("provider"),
     ));
     ps
 }

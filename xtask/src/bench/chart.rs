@@ -16,7 +16,7 @@ const FONT_PATHS: [&str; 2] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 
 /// Registers the font once; plotters keeps a `&'static` reference, hence the leak.
 pub fn load_font() -> anyhow::Result<()> {
