@@ -23,7 +23,8 @@ of them (every problem is listed, not only the first).
    a memory limit; probes point at a port the container declares and, for the
    nodeward image, at a path the agent serves on the admin port its config
    sets; the RBAC grants nothing beyond the pod and IdentityPolicy watches,
-   IdentityPolicy status and events; the agent
+   IdentityPolicy status, events, SubjectAccessReviews, TokenReviews and
+   the service-account issuer's two non-resource URLs; the agent
    drops every capability and adds only the four it needs; the monitors scrape
    a port that exists and honour the agent's labels; the config's paths are
    mounted; every opted-in pod's probe paths are let in anonymously by its
@@ -78,12 +79,21 @@ ALLOWED_RBAC = {
     ("nodeward.io", "identitypolicies/status"): {"patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # kubernetes_rbac rules and token_review: true (docs/kubernetes.md).
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
 }
 REQUIRED_RBAC = {
     ("", "pods"): {"get", "list", "watch"},
     ("nodeward.io", "identitypolicies"): {"get", "list", "watch"},
     ("nodeward.io", "identitypolicies/status"): {"patch"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
 }
+# The service-account issuer's discovery document and keys, read through the
+# API server with the agent's credentials (kubernetes_service_accounts
+# providers); nothing else of the non-resource URLs.
+ALLOWED_NON_RESOURCE_URLS = {"/.well-known/openid-configuration", "/openid/v1/jwks"}
 
 # Each one justified in deploy/base/daemonset.yaml and docs/kubernetes.md.
 ALLOWED_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "BPF"}
@@ -355,9 +365,15 @@ def check_agent_pod(where: str, pod: dict, agent: dict | None, problems: Problem
 
 def check_rbac(where: str, doc: dict, problems: Problems) -> None:
     granted: dict[tuple[str, str], set[str]] = {}
+    granted_urls: set[str] = set()
     for rule in doc.get("rules") or []:
         if rule.get("nonResourceURLs"):
-            problems.add(where, f"nonResourceURLs granted: {rule['nonResourceURLs']}")
+            urls = set(rule["nonResourceURLs"])
+            if urls - ALLOWED_NON_RESOURCE_URLS:
+                problems.add(where, f"nonResourceURLs granted: {sorted(urls - ALLOWED_NON_RESOURCE_URLS)}")
+            if set(rule.get("verbs") or []) - {"get"}:
+                problems.add(where, f"nonResourceURLs: verbs {sorted(set(rule['verbs']) - {'get'})} beyond ['get']")
+            granted_urls.update(urls)
         for group in rule.get("apiGroups") or []:
             for resource in rule.get("resources") or []:
                 verbs = set(rule.get("verbs") or [])
@@ -373,6 +389,8 @@ def check_rbac(where: str, doc: dict, problems: Problems) -> None:
     for key, verbs in REQUIRED_RBAC.items():
         if not verbs <= granted.get(key, set()):
             problems.add(where, f"the agent needs {sorted(verbs)} on {key[1]!r} in group {key[0]!r}")
+    if ALLOWED_NON_RESOURCE_URLS - granted_urls:
+        problems.add(where, f"the agent needs get on nonResourceURLs {sorted(ALLOWED_NON_RESOURCE_URLS - granted_urls)}")
 
 
 def glob_matches(pattern: str, path: str) -> bool:
@@ -670,6 +688,17 @@ def _crd_schema(docs: list[tuple[str, dict]]) -> dict:
     return find(docs, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+def _rbac_non_resource(docs: list[tuple[str, dict]]) -> None:
+    for rule in find(docs, "ClusterRole")["rules"]:
+        if rule.get("nonResourceURLs"):
+            rule["nonResourceURLs"].append("/metrics")
+
+
+def _rbac_no_sar(docs: list[tuple[str, dict]]) -> None:
+    role = find(docs, "ClusterRole")
+    role["rules"] = [r for r in role["rules"] if "subjectaccessreviews" not in r.get("resources", [])]
+
+
 def _rbac_spec_writes(docs: list[tuple[str, dict]]) -> None:
     for rule in find(docs, "ClusterRole")["rules"]:
         if "identitypolicies/status" in rule.get("resources", []):
@@ -723,6 +752,8 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ),
     ("an extra RBAC verb", _rbac_delete, "verbs ['delete']"),
     ("an extra RBAC resource", _rbac_secrets, "'secrets' in group '': not needed"),
+    ("a non-resource URL beyond the issuer's", _rbac_non_resource, "nonResourceURLs granted: ['/metrics']"),
+    ("no SubjectAccessReviews for the agent", _rbac_no_sar, "the agent needs ['create'] on 'subjectaccessreviews'"),
     (
         "an extra capability",
         lambda d: agent_container(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"),
