@@ -231,6 +231,59 @@ async fn two_policies_on_one_pod_are_a_conflict_reported_on_both_and_the_pod_den
     .await;
 }
 
+/// Namespace A's policy never reaches namespace B: not by its selector (even
+/// `{}`), not by an annotation naming it `A/NAME`; the pod of B that only A's
+/// policy would select is deny-all, and A's own pod (the control) is bound.
+#[tokio::test]
+async fn a_policy_never_selects_or_is_named_by_a_pod_of_another_namespace() {
+    let h = Harness::start_with(CONFIG, with_crd).await;
+    let g = policy(
+        &h.api,
+        "team-a",
+        "all",
+        json!({"selector": {}, "ports": [8080], "rules": [{"name": "all", "allow": "anonymous"}]}),
+    );
+    h.pod_with_process(running("team-a", "mine", "10.0.1.1", &[("app", "pay")]).build());
+    // Deny-all closes the pod's declared TCP ports: give them one.
+    h.pod_with_process(
+        running("team-b", "plain", "10.0.1.2", &[("app", "pay")])
+            .container_port(8080)
+            .build(),
+    );
+    h.pod_with_process(
+        running("team-b", "named", "10.0.1.3", &[("app", "pay")])
+            .container_port(8080)
+            .annotation("nodeward.io/policy", "team-a/all")
+            .build(),
+    );
+    h.pod_with_process(
+        running("team-b", "by-name", "10.0.1.4", &[("app", "pay")])
+            .container_port(8080)
+            .annotation("nodeward.io/policy", "all")
+            .build(),
+    );
+    eventually("team-a/mine bound to team-a/all", || {
+        bound_to(h.sink.pod("team-a/mine"), "team-a/all", g)
+    })
+    .await;
+    for pod in ["plain", "named", "by-name"] {
+        eventually(&format!("team-b/{pod} deny-all"), || {
+            h.state("team-b", pod).as_deref() == Some("deny_all")
+        })
+        .await;
+        let p = h.sink.pod(&format!("team-b/{pod}")).map(|p| p.policy);
+        assert!(matches!(p, Some(PodPolicy::Missing(_))), "team-b/{pod}: {p:?}");
+    }
+    let (_, kind, note) = h.until_event("named", "PolicyNotFound").await;
+    assert_eq!(kind, "Warning");
+    assert!(note.contains("no IdentityPolicy team-b/team-a/all"), "{note}");
+    eventually("team-a/all counts only its own pod", || {
+        let s = status(&h.api, "team-a", "all");
+        s["pods"] == 1 && accepted(&s)["status"] == "True"
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_agents_share_one_status_without_fighting() {
     let h = Harness::start_with(CONFIG, with_crd).await;
