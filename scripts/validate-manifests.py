@@ -13,11 +13,18 @@ of them (every problem is listed, not only the first).
 2. ServiceMonitor / PodMonitor / PrometheusRule against the Prometheus
    Operator's CRD schema (the JSON schema of cloudcoil's models, generated
    from the operator's CRDs), made strict the same way: every object that
-   lists its properties refuses the others.
+   lists its properties refuses the others. The project's own CRDs
+   (IdentityPolicy) must be structural (a type on every node, no unions, no
+   properties beside additionalProperties), and every custom resource of a
+   rendered CRD (the example IdentityPolicy) is validated against its
+   openAPIV3Schema, strictly (CEL rules are not evaluated offline: `nodeward
+   check --identity-policy` runs the agent's own parser on them instead).
 3. The project's own rules: every container has CPU and memory requests and
    a memory limit; probes point at a port the container declares and, for the
    nodeward image, at a path the agent serves on the admin port its config
-   sets; the RBAC grants nothing beyond the pod watch and events; the agent
+   sets; the RBAC grants nothing beyond the pod and IdentityPolicy watches,
+   IdentityPolicy status, events, SubjectAccessReviews, TokenReviews and
+   the service-account issuer's two non-resource URLs; the agent
    drops every capability and adds only the four it needs; the monitors scrape
    a port that exists and honour the agent's labels; the config's paths are
    mounted; every opted-in pod's probe paths are let in anonymously by its
@@ -68,10 +75,25 @@ SEVERITIES = {"critical", "warning", "info"}
 # (apiGroup, resource) -> verbs the agent may have. Anything else is an error.
 ALLOWED_RBAC = {
     ("", "pods"): {"get", "list", "watch"},
+    ("nodeward.io", "identitypolicies"): {"get", "list", "watch"},
+    ("nodeward.io", "identitypolicies/status"): {"patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # kubernetes_rbac rules and token_review: true (docs/kubernetes.md).
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
 }
-REQUIRED_RBAC = {("", "pods"): {"get", "list", "watch"}}
+REQUIRED_RBAC = {
+    ("", "pods"): {"get", "list", "watch"},
+    ("nodeward.io", "identitypolicies"): {"get", "list", "watch"},
+    ("nodeward.io", "identitypolicies/status"): {"patch"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+}
+# The service-account issuer's discovery document and keys, read through the
+# API server with the agent's credentials (kubernetes_service_accounts
+# providers); nothing else of the non-resource URLs.
+ALLOWED_NON_RESOURCE_URLS = {"/.well-known/openid-configuration", "/openid/v1/jwks"}
 
 # Each one justified in deploy/base/daemonset.yaml and docs/kubernetes.md.
 ALLOWED_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "BPF"}
@@ -137,6 +159,74 @@ def check_crd(where: str, doc: dict, model: Any, problems: Problems) -> None:
             model.model_validate(doc)
         except pydantic.ValidationError as e:
             problems.add(where, f"{doc['kind']} CRD model: {e}")
+
+
+# === the project's CRDs and their custom resources ===
+
+
+def check_structural(where: str, node: Any, at: str, problems: Problems) -> None:
+    """Kubernetes' structural-schema rules, the ones a generator can break."""
+    if not isinstance(node, dict):
+        return
+    untyped_ok = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+    if "type" not in node and not untyped_ok:
+        problems.add(where, f"CRD schema not structural: {at or '(root)'} has no type")
+    for union in ("oneOf", "anyOf", "allOf", "not", "$ref"):
+        if union in node:
+            problems.add(where, f"CRD schema not structural: {at or '(root)'} uses {union}")
+    if "properties" in node and "additionalProperties" in node:
+        problems.add(where, f"CRD schema not structural: {at} has both properties and additionalProperties")
+    for rule in node.get("x-kubernetes-validations") or []:
+        if not rule.get("rule") or not rule.get("message"):
+            problems.add(where, f"{at}: a CEL validation without a rule or a message")
+    for name, child in (node.get("properties") or {}).items():
+        check_structural(where, child, f"{at}.{name}", problems)
+    if isinstance(node.get("items"), dict):
+        check_structural(where, node["items"], f"{at}[]", problems)
+    if isinstance(node.get("additionalProperties"), dict):
+        check_structural(where, node["additionalProperties"], f"{at}.*", problems)
+
+
+def json_schema_of(openapi: Any) -> Any:
+    """An openAPIV3Schema as a strict JSON Schema: `nullable` allows null,
+    objects that list their properties refuse others (the API server prunes
+    them; `kubectl apply --validate=strict` refuses them)."""
+    if isinstance(openapi, list):
+        return [json_schema_of(v) for v in openapi]
+    if not isinstance(openapi, dict):
+        return openapi
+    out = {k: json_schema_of(v) for k, v in openapi.items() if not k.startswith("x-kubernetes-") and k != "nullable"}
+    if "properties" in out and "additionalProperties" not in out and not openapi.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if openapi.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    out.pop("format", None)
+    return out
+
+
+def crd_schemas(docs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict]:
+    out = {}
+    for _, doc in docs:
+        if doc.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = doc.get("spec") or {}
+        for v in spec.get("versions") or []:
+            schema = (v.get("schema") or {}).get("openAPIV3Schema")
+            if schema:
+                out[(f"{spec.get('group')}/{v.get('name')}", spec.get("names", {}).get("kind"))] = schema
+    return out
+
+
+def check_custom_resource(where: str, doc: dict, schema: dict, problems: Problems) -> None:
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    full = copy.deepcopy(schema)
+    full.setdefault("properties", {})
+    for k in ("apiVersion", "kind", "metadata"):
+        full["properties"][k] = {"type": "object" if k == "metadata" else "string", "x-kubernetes-preserve-unknown-fields": True}
+    validator = jsonschema.Draft202012Validator(json_schema_of(full))
+    for e in sorted(validator.iter_errors({**body, "apiVersion": "", "kind": "", "metadata": {}}), key=lambda e: list(e.path)):
+        path = ".".join(str(p) for p in e.path) or "(top)"
+        problems.add(where, f"{doc['kind']} CRD schema (strict): {path}: {e.message}")
 
 
 # === project rules ===
@@ -275,9 +365,15 @@ def check_agent_pod(where: str, pod: dict, agent: dict | None, problems: Problem
 
 def check_rbac(where: str, doc: dict, problems: Problems) -> None:
     granted: dict[tuple[str, str], set[str]] = {}
+    granted_urls: set[str] = set()
     for rule in doc.get("rules") or []:
         if rule.get("nonResourceURLs"):
-            problems.add(where, f"nonResourceURLs granted: {rule['nonResourceURLs']}")
+            urls = set(rule["nonResourceURLs"])
+            if urls - ALLOWED_NON_RESOURCE_URLS:
+                problems.add(where, f"nonResourceURLs granted: {sorted(urls - ALLOWED_NON_RESOURCE_URLS)}")
+            if set(rule.get("verbs") or []) - {"get"}:
+                problems.add(where, f"nonResourceURLs: verbs {sorted(set(rule['verbs']) - {'get'})} beyond ['get']")
+            granted_urls.update(urls)
         for group in rule.get("apiGroups") or []:
             for resource in rule.get("resources") or []:
                 verbs = set(rule.get("verbs") or [])
@@ -292,7 +388,9 @@ def check_rbac(where: str, doc: dict, problems: Problems) -> None:
                 granted.setdefault((group, resource), set()).update(verbs)
     for key, verbs in REQUIRED_RBAC.items():
         if not verbs <= granted.get(key, set()):
-            problems.add(where, f"the pod watch needs {sorted(verbs)} on {key[1]!r}")
+            problems.add(where, f"the agent needs {sorted(verbs)} on {key[1]!r} in group {key[0]!r}")
+    if ALLOWED_NON_RESOURCE_URLS - granted_urls:
+        problems.add(where, f"the agent needs get on nonResourceURLs {sorted(ALLOWED_NON_RESOURCE_URLS - granted_urls)}")
 
 
 def glob_matches(pattern: str, path: str) -> bool:
@@ -311,8 +409,16 @@ def glob_matches(pattern: str, path: str) -> bool:
     return match(0, 0)
 
 
-def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems) -> None:
-    """An opted-in pod's probes go through nodeward: they must be let in anonymously."""
+def identity_policies(docs: list[tuple[str, dict]]) -> list[dict]:
+    return [d for _, d in docs if d.get("kind") == "IdentityPolicy"]
+
+
+def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems, namespaced: list[dict] | None = None) -> None:
+    """An opted-in pod's probes go through nodeward: they must be let in
+    anonymously by the policy that binds it, found as the agent finds it: the
+    annotation (an IdentityPolicy of the pod's namespace, then the config's),
+    else the one IdentityPolicy of its namespace that selects it, else the
+    one config policy that does."""
     k8s = agent["k8s"]
     key, _, value = k8s.get("opt_in_label", "nodeward.io/enabled=true").partition("=")
     labels = pod["metadata"].get("labels") or {}
@@ -320,18 +426,30 @@ def check_opted_in(where: str, pod: dict, agent: dict, problems: Problems) -> No
         return
     annotation = (pod["metadata"].get("annotations") or {}).get(k8s.get("policy_annotation", "nodeward.io/policy"))
     policies = agent["config"].get("policies") or []
+    ns = pod["metadata"].get("namespace")
+    here = [
+        {**(d.get("spec") or {}), "name": d["metadata"]["name"]}
+        for d in namespaced or []
+        if d["metadata"].get("namespace") == ns
+    ]
+
+    def selecting(candidates: list[dict]) -> list[dict]:
+        return [p for p in candidates if all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())]
+
     if annotation is not None:
-        policy = next((p for p in policies if p.get("name") == annotation), None)
-        if policy is None:
-            problems.add(where, f"annotation names policy {annotation!r}, which the config does not have (deny-all)")
-            return
-    else:
-        policy = next(
-            (p for p in policies if all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())), None
+        policy = next((p for p in here if p["name"] == annotation), None) or next(
+            (p for p in policies if p.get("name") == annotation), None
         )
         if policy is None:
-            problems.add(where, "opted in, but no policy selects its labels: it would be enrolled deny-all")
+            problems.add(where, f"annotation names policy {annotation!r}, which neither {ns} nor the config has (deny-all)")
             return
+    else:
+        found = selecting(here) or selecting(policies)
+        if len(found) != 1:
+            why = "no policy selects its labels" if not found else f"{len(found)} policies select it (a conflict)"
+            problems.add(where, f"opted in, but {why}: it would be enrolled deny-all")
+            return
+        policy = found[0]
     declared = {p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []}
     protected = set(policy.get("ports") or []) | (declared if policy.get("container_ports") else set())
     for c in pod["spec"]["containers"]:
@@ -457,12 +575,19 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
     agent_pod_labels: list[dict] = []
     service_labels = [d["metadata"].get("labels") or {} for _, d in docs if d["kind"] == "Service"]
 
+    own_crds = crd_schemas(docs)
     for where, doc in docs:
         model = CRD_MODELS.get((doc.get("apiVersion"), doc.get("kind")))
+        own = own_crds.get((doc.get("apiVersion"), doc.get("kind")))
         if model is not None:
             check_crd(where, doc, model, problems)
+        elif own is not None:
+            check_custom_resource(where, doc, own, problems)
         else:
             check_builtin(where, doc, problems)
+        if doc.get("kind") == "CustomResourceDefinition" and doc.get("spec", {}).get("group") == "nodeward.io":
+            for v in doc["spec"].get("versions") or []:
+                check_structural(where, (v.get("schema") or {}).get("openAPIV3Schema"), "", problems)
         try:
             if doc.get("kind") in ("ClusterRole", "Role"):
                 check_rbac(where, doc, problems)
@@ -482,7 +607,9 @@ def check_all(docs: list[tuple[str, dict]]) -> tuple[Problems, dict | None]:
                     agent_pod_ports |= {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
                     agent_pod_labels.append(pod["metadata"].get("labels") or {})
                 elif agent is not None:
-                    check_opted_in(where, pod, agent, problems)
+                    ns = pod["metadata"].get("namespace") or doc["metadata"].get("namespace")
+                    pod = {**pod, "metadata": {**pod["metadata"], "namespace": ns}}
+                    check_opted_in(where, pod, agent, problems, identity_policies(docs))
         except (AttributeError, KeyError, TypeError, ValueError, StopIteration) as e:
             problems.add(where, f"malformed, project rules cannot be applied ({type(e).__name__}: {e})")
 
@@ -552,17 +679,38 @@ def _rbac_secrets(docs: list[tuple[str, dict]]) -> None:
     find(docs, "ClusterRole")["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
 
 
+def _no_health_rule_in_identity_policy(docs: list[tuple[str, dict]]) -> None:
+    spec = find(docs, "IdentityPolicy")["spec"]
+    spec["rules"] = [r for r in spec["rules"] if r.get("allow") != "anonymous"]
+
+
+def _crd_schema(docs: list[tuple[str, dict]]) -> dict:
+    return find(docs, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _rbac_non_resource(docs: list[tuple[str, dict]]) -> None:
+    for rule in find(docs, "ClusterRole")["rules"]:
+        if rule.get("nonResourceURLs"):
+            rule["nonResourceURLs"].append("/metrics")
+
+
+def _rbac_no_sar(docs: list[tuple[str, dict]]) -> None:
+    role = find(docs, "ClusterRole")
+    role["rules"] = [r for r in role["rules"] if "subjectaccessreviews" not in r.get("resources", [])]
+
+
+def _rbac_spec_writes(docs: list[tuple[str, dict]]) -> None:
+    for rule in find(docs, "ClusterRole")["rules"]:
+        if "identitypolicies/status" in rule.get("resources", []):
+            rule["resources"].append("identitypolicies")
+
+
 def prometheus_rule(docs: list[tuple[str, dict]]) -> dict:
     return find(docs, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
 
 
 def dashboard_configmap(docs: list[tuple[str, dict]]) -> dict:
     return next(d for _, d in docs if d["kind"] == "ConfigMap" and "nodeward.json" in (d.get("data") or {}))
-
-
-def _no_health_rule(config: dict) -> None:
-    for policy in config["policies"]:
-        policy["rules"] = [r for r in policy["rules"] if r.get("allow") != "anonymous"]
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
@@ -604,6 +752,8 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ),
     ("an extra RBAC verb", _rbac_delete, "verbs ['delete']"),
     ("an extra RBAC resource", _rbac_secrets, "'secrets' in group '': not needed"),
+    ("a non-resource URL beyond the issuer's", _rbac_non_resource, "nonResourceURLs granted: ['/metrics']"),
+    ("no SubjectAccessReviews for the agent", _rbac_no_sar, "the agent needs ['create'] on 'subjectaccessreviews'"),
     (
         "an extra capability",
         lambda d: agent_container(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"),
@@ -614,7 +764,34 @@ MUTATIONS: list[tuple[str, Any, str]] = [
         lambda d: agent_container(d)["securityContext"].update(privileged=True),
         "must not be privileged",
     ),
-    ("probes the policy refuses", lambda d: edit_config(d, _no_health_rule), "the kubelet would get 401"),
+    ("probes the policy refuses", _no_health_rule_in_identity_policy, "the kubelet would get 401"),
+    (
+        "a typo'd field in an IdentityPolicy",
+        lambda d: find(d, "IdentityPolicy")["spec"].update(prots=[8080]),
+        "IdentityPolicy CRD schema (strict): spec",
+    ),
+    (
+        "a wrong type in an IdentityPolicy rule",
+        lambda d: find(d, "IdentityPolicy")["spec"]["rules"][0].update(methods="GET"),
+        "IdentityPolicy CRD schema (strict): spec.rules.0.methods",
+    ),
+    (
+        "an untyped node in the CRD schema",
+        lambda d: _crd_schema(d)["properties"]["spec"]["properties"]["ports"].pop("type"),
+        "not structural: .spec.ports has no type",
+    ),
+    (
+        "a union in the CRD schema",
+        lambda d: _crd_schema(d)["properties"]["spec"]["properties"]["mode"].update(oneOf=[{"enum": ["audit"]}]),
+        "not structural: .spec.mode uses oneOf",
+    ),
+    ("the agent writing IdentityPolicy specs", _rbac_spec_writes, "'identitypolicies' in 'nodeward.io': verbs ['patch']"),
+    (
+        "an opted-in pod no IdentityPolicy selects",
+        lambda d: find(d, "IdentityPolicy")["spec"].update(selector={"app": "other"})
+        or find(d, "Deployment", "echo")["spec"]["template"]["metadata"]["annotations"].clear(),
+        "no policy selects its labels",
+    ),
     (
         "a ServiceMonitor on a missing port",
         lambda d: find(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="metricz"),
@@ -726,6 +903,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rendered", nargs="+", type=Path, help="rendered kustomizations (multi-document YAML)")
     ap.add_argument("--config-out", type=Path, help="write the agent's config from the ConfigMap here")
+    ap.add_argument("--identity-policies-out", type=Path, help="write the rendered IdentityPolicies here (for nodeward check)")
     ap.add_argument("--self-test", action="store_true", help="also prove that each check catches a breakage")
     args = ap.parse_args()
 
@@ -751,10 +929,13 @@ def main() -> int:
     kinds = sorted({d["kind"] for _, d in docs})
     print(
         f"ok: {len(docs)} objects ({', '.join(kinds)}) valid against Kubernetes "
-        f"{' and '.join(KUBERNETES_VERSIONS)} (strict) and the Prometheus Operator CRD schema; project rules hold"
+        f"{' and '.join(KUBERNETES_VERSIONS)} (strict), the Prometheus Operator CRD schema and nodeward's CRD "
+        f"(structural, its custom resources strict); project rules hold"
     )
     if agent is not None and args.config_out is not None:
         args.config_out.write_text(agent["text"])
+    if args.identity_policies_out is not None:
+        args.identity_policies_out.write_text(yaml.safe_dump_all(identity_policies(docs), sort_keys=False))
     if args.self_test:
         return self_test(docs)
     return 0

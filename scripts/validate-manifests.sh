@@ -6,7 +6,9 @@
 #      Prometheus Operator CRD schema for the monitors, and the project's rules
 #      (resources, probes, RBAC, capabilities, config paths), then a self-test
 #      that breaks the manifests one way at a time and sees each caught;
-#   3. `nodeward check` on the agent config held in the ConfigMap.
+#   3. `cargo xtask crds --check`: the committed CRD is what the code generates;
+#   4. `nodeward check` on the agent config held in the ConfigMap, and on the
+#      example IdentityPolicies against it.
 # Installs what it needs when missing: kubectl (Debian's kubernetes-client) and
 # a Python venv with pinned packages under target/. Fails loudly on any error.
 set -euo pipefail
@@ -53,7 +55,11 @@ while IFS= read -r k; do
 done < <(find deploy -name kustomization.yaml | sort)
 [ "${#rendered[@]}" -gt 0 ] || { echo "FAIL: no kustomization found under deploy/" >&2; exit 1; }
 
-"$venv/bin/python" scripts/validate-manifests.py --self-test --config-out "$out/config.yaml" "${rendered[@]}"
+"$venv/bin/python" scripts/validate-manifests.py --self-test --config-out "$out/config.yaml" \
+  --identity-policies-out "$out/identitypolicies.yaml" "${rendered[@]}"
+
+# The committed CRD must be what the agent's Rust types generate.
+cargo xtask crds --check
 
 # The Dockerfile cannot be built here (no registry access for base images):
 # check that what it copies from the build context exists and is not
@@ -120,6 +126,13 @@ if nodeward check --config "$probe" >/dev/null 2>&1; then
   echo "NODE_NAME=validate-manifests nodeward check --config $out/config.yaml (the ConfigMap's config)"
   if ! NODE_NAME=validate-manifests nodeward check --config "$out/config.yaml" >"$out/config.effective.yaml"; then
     echo "FAIL: the ConfigMap's config does not pass nodeward check (above)" >&2
+    exit 1
+  fi
+  # The example IdentityPolicies, through the agent's own parser (what the
+  # CRD's CEL rules cannot say offline: unknown providers, bad globs, ...).
+  echo "nodeward check --config $out/config.yaml --identity-policy $out/identitypolicies.yaml"
+  if ! NODE_NAME=validate-manifests nodeward check --config "$out/config.yaml" --identity-policy "$out/identitypolicies.yaml"; then
+    echo "FAIL: an IdentityPolicy of deploy/ does not pass nodeward check (above)" >&2
     exit 1
   fi
 else

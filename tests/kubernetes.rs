@@ -5,7 +5,9 @@
 //! lets traffic flow unprotected again; deleting it un-enrols it and
 //! unpins its link; a pod naming a missing policy is enrolled deny-all; and
 //! a restarted agent keeps pinned pods fail closed until the first pod list
-//! says which are gone.
+//! says which are gone; an IdentityPolicy re-binds a steered pod live
+//! (requests in flight finish), a refused update keeps its last good rules,
+//! and deleting it hands the pod back to the ConfigMap's policy.
 //!
 //! Root only: each test fails loudly when not root. The tests share kernel
 //! state and run one at a time (a process-wide lock):
@@ -382,5 +384,124 @@ async fn a_restarted_agent_keeps_pods_closed_until_the_first_pod_list() {
     let (s, body) = get(url_b, None).await;
     assert_eq!(s, 200, "b, deleted while the agent was down, is open again: {body}");
     second.stop(true).await;
+    assert!(pins.links().is_empty());
+}
+
+/// An IdentityPolicy in the pod's namespace (the CRD in the fake).
+fn identity_policy(api: &FakeKubeApi, spec: Value) -> i64 {
+    let o = api
+        .apply(&json!({
+            "apiVersion": "nodeward.io/v1alpha1", "kind": "IdentityPolicy",
+            "metadata": {"name": "orders", "namespace": "default"}, "spec": spec,
+        }))
+        .expect("IdentityPolicy applied");
+    o["metadata"]["generation"].as_i64().expect("generation")
+}
+
+fn accepted(api: &FakeKubeApi) -> Value {
+    let o = api
+        .get_object("nodeward.io/v1alpha1", "IdentityPolicy", Some("default"), "orders")
+        .unwrap_or(Value::Null);
+    o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Accepted")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_policy_rebinds_a_steered_pod_live_and_a_bad_update_keeps_its_rules() {
+    require_root("an_identity_policy_rebinds_a_steered_pod_live_and_a_bad_update_keeps_its_rules");
+    let _serial = SERIAL.lock().await;
+    let pins = PinDir::new();
+    let ns = NetnsGuard::new();
+    let _app = echo_in(&ns, 8080);
+    let process = PodProcess::start(&ns);
+    let cgroups = Cgroups::new();
+    let uid = "c0ffee00-0000-4000-8000-000000000003";
+    cgroups.add(uid, process.pid());
+    let api = FakeKubeApi::start().await;
+    api.apply(&<nodeward::k8s::crd::IdentityPolicy as kube::CustomResourceExt>::crd())
+        .expect("the CRD");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let idp = TestIdp::start().await;
+    let yaml = config(&idp.issuer(), &pins.path, &kubeconfig, cgroups.root());
+    let rules = |open: &str| {
+        json!({"selector": {"app": "orders"}, "ports": [8080], "rules": [
+            {"name": "open", "paths": [open], "allow": "anonymous"},
+            {"name": "default", "require": {"providers": ["corp"]}},
+        ]})
+    };
+    let g1 = identity_policy(&api, rules("/v1/**"));
+    api.apply_pod(pod("orders-0", uid, &ns).build());
+    let run = Running::start(&yaml, dir.path()).await;
+    eventually("orders-0 enrolled", || run.pod_state("orders-0", "enrolled")).await;
+    let base = format!("http://{}:8080", ns.pod_ip());
+    let token = idp.token(json!({"aud": "orders", "sub": "alice"}));
+    assert_eq!(
+        get(format!("{base}/v1/x"), None).await.0,
+        200,
+        "the IdentityPolicy's rules"
+    );
+    assert_eq!(get(format!("{base}/v2/x"), None).await.0, 401);
+    let listener = run.agent.workload_addr("default/orders-0");
+
+    // A request in flight while the policy changes finishes normally.
+    let slow = tokio::spawn({
+        let (url, token) = (format!("{base}/slow/1500"), token.clone());
+        async move { get(url, Some(&token)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let g2 = identity_policy(&api, rules("/v2/**"));
+    assert_eq!(g2, g1 + 1);
+    let start = Instant::now();
+    while get(format!("{base}/v2/x"), None).await.0 != 200 {
+        assert!(start.elapsed() < WAIT, "generation 2 never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(format!("{base}/v1/x"), None).await.0, 401);
+    assert_eq!(
+        slow.await.expect("in-flight request").0,
+        200,
+        "in flight across the update"
+    );
+    assert_eq!(
+        run.agent.workload_addr("default/orders-0"),
+        listener,
+        "re-bound, not re-enrolled"
+    );
+    assert_eq!(pins.links().len(), 1);
+
+    // A broken update: refused with its reason; the pod keeps generation 2's rules.
+    let mut broken = rules("/v3/**");
+    broken["rules"][1]["require"]["providers"] = json!(["nope"]);
+    identity_policy(&api, broken);
+    eventually("Accepted=False", || accepted(&api)["status"] == "False").await;
+    assert!(
+        accepted(&api)["message"].as_str().is_some_and(
+            |m| m.contains("spec.rules[1].require.providers[0]") && m.contains("no provider named \"nope\"")
+        ),
+        "{}",
+        accepted(&api)
+    );
+    assert_eq!(
+        get(format!("{base}/v2/x"), None).await.0,
+        200,
+        "the last good rules still serve"
+    );
+    assert_eq!(get(format!("{base}/v3/x"), None).await.0, 401);
+
+    // Deleted: the ConfigMap's policy of the same labels takes over.
+    assert!(api.delete_object("nodeward.io/v1alpha1", "IdentityPolicy", Some("default"), "orders"));
+    let start = Instant::now();
+    while get(format!("{base}/v2/x"), None).await.0 != 401 {
+        assert!(start.elapsed() < WAIT, "the ConfigMap policy never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(format!("{base}/healthz"), None).await.0, 200);
+    run.stop(true).await;
     assert!(pins.links().is_empty());
 }

@@ -10,6 +10,7 @@ mod claim_path;
 mod model;
 mod policy;
 mod provider;
+mod schema;
 mod select;
 mod validate;
 
@@ -74,6 +75,43 @@ impl Config {
         }
         validate::validate(&config, file)?;
         Ok(config)
+    }
+
+    /// A policy given apart from the file (an IdentityPolicy's spec, as
+    /// JSON, `name` from its metadata), parsed and checked by the same code
+    /// as the file's policies against this configuration's providers. Keys
+    /// in errors start at `spec.`; `source` names the object.
+    pub fn parse_policy(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+        source: &Path,
+    ) -> Result<PolicyConfig, ConfigError> {
+        let Some(fields) = spec.as_object() else {
+            return Err(ConfigError::invalid(source, "spec", "must be an object"));
+        };
+        if fields.contains_key("name") {
+            return Err(ConfigError::invalid(
+                source,
+                "spec.name",
+                "unknown field: the policy's name is its metadata.name",
+            ));
+        }
+        let mut fields = fields.clone();
+        fields.insert("name".into(), serde_json::Value::String(name.to_string()));
+        let policy: PolicyConfig =
+            serde_path_to_error::deserialize(serde_json::Value::Object(fields)).map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key == "." {
+                    "spec".to_string()
+                } else {
+                    format!("spec.{key}")
+                };
+                ConfigError::invalid(source, key, strip_location(&e.into_inner().to_string()))
+            })?;
+        validate::policy(self, &policy)
+            .map_err(|(key, reason)| ConfigError::invalid(source, format!("spec.{key}"), reason))?;
+        Ok(policy)
     }
 
     /// The effective configuration, defaults filled in, as YAML.

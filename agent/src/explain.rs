@@ -19,6 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::authz::{Decision, Outcome, Verifier};
 use crate::config::{Config, Unbound, select_policy};
 use crate::k8s::binding::{self, Binding, PodPolicy};
+use crate::k8s::catalog::{Catalog, Compiler};
+use crate::k8s::policies::{PolicyObject, PolicyObjects};
 use crate::k8s::review::Reviews;
 use crate::k8s::{KubeMetrics, PodWorkload};
 use crate::policy::Action;
@@ -121,12 +123,18 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
                 return Err(ExplainError::KubernetesDisabled);
             }
             let client = crate::k8s::client(k8s).await?;
-            let api: kube::Api<Pod> = kube::Api::namespaced(client, ns);
+            let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), ns);
             let p = api.get(pod).await.map_err(|source| ExplainError::Api {
                 pod: name.clone(),
                 source,
             })?;
-            return match binding::bind(&p, k8s, &config.policies) {
+            let catalog = cluster_catalog(config, client, ns)
+                .await
+                .map_err(|source| ExplainError::Api {
+                    pod: name.clone(),
+                    source,
+                })?;
+            return match binding::bind_in(&p, k8s, &catalog, None) {
                 Binding::Enrol(b) => Ok(Some(PodWorkload {
                     name: name.clone(),
                     labels: b.labels,
@@ -166,6 +174,25 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
         ports: Vec::new(),
         netns: PathBuf::new(),
     }))
+}
+
+/// The policies a pod of `namespace` can be bound to: the file's, and the
+/// namespace's IdentityPolicies compiled as the agent compiles them (none
+/// when the CRD is not installed).
+async fn cluster_catalog(config: &Config, client: kube::Client, namespace: &str) -> Result<Catalog, kube::Error> {
+    let resource = crate::k8s::crd::api_resource();
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(client, namespace, &resource);
+    let objects: PolicyObjects = match api.list(&kube::api::ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(PolicyObject::from_dynamic)
+            .map(|o| (o.key(), Arc::new(o)))
+            .collect(),
+        Err(kube::Error::Api(s)) if s.code == 404 => PolicyObjects::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(Compiler::default().catalog(&Arc::new(config.clone()), &objects))
 }
 
 /// One request to explain: its method, target (path and query) and extra headers.

@@ -1,22 +1,30 @@
 //! The Kubernetes pod watch: this node's opted-in pods become steered
-//! workloads. Three tasks:
+//! workloads, bound to the configuration's policies or to the cluster's
+//! IdentityPolicies. Five tasks:
 //!
 //! - `watch`: kube-rs's watcher → complete snapshots of the pod set;
-//! - the controller (here): each snapshot (or configuration reload) → bind
-//!   every pod to its policy (`binding`), find its network namespace
-//!   (`podns`), hand the resulting workloads to the agent (a [`PodSink`];
-//!   `app::Agent` in production), then report each pod's state in metrics,
-//!   logs and Kubernetes Events;
+//! - `policies`: the same for every namespace's IdentityPolicies (`crd`);
+//! - the controller (here): each snapshot (or configuration reload) →
+//!   compile the IdentityPolicies and bind every pod to its policy
+//!   (`catalog`, `binding`), find its network namespace (`podns`), hand the
+//!   resulting workloads to the agent (a [`PodSink`]; `app::Agent` in
+//!   production), then report each pod's state in metrics, logs and
+//!   Kubernetes Events, and each IdentityPolicy's view from this node;
+//! - `status`: writes those views into the IdentityPolicies' status;
 //! - `events`: posts Events, never in the enrolment path's way.
 //!
 //! Enrolling itself is `app` + `enrol`; this module decides what to enrol.
 
 pub mod binding;
+pub mod catalog;
+pub mod crd;
 pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod podns;
+pub mod policies;
 pub mod review;
+pub mod status;
 pub mod watch;
 
 pub use binding::PodPolicy;
@@ -36,8 +44,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, KubernetesConfig};
 use binding::Binding;
+use catalog::Compiler;
 use events::{PodEvents, Reason};
 use podns::PodNsResolver;
+use policies::PolicyObjects;
+use status::{NodeReport, PolicyReport, StatusWriter};
 use watch::{PodSet, WatchTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +129,8 @@ pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, KubeError> {
 }
 
 impl PodWatch {
-    /// Starts the watch, the controller and the event poster for `sink`.
+    /// Starts the watches, the controller, the status writer and the event
+    /// poster for `sink`, on the agent's one client.
     pub async fn start<S: PodSink>(
         sink: Arc<S>,
         client: kube::Client,
@@ -127,21 +139,39 @@ impl PodWatch {
         let config = sink.config();
         let k = &config.kubernetes;
         let node = k.node_name.clone().ok_or(KubeError::NoNodeName)?;
+        let resolver = PodNsResolver::new(&k.proc_root, &k.cgroup_root);
+        Ok(Self::start_with(sink, metrics, client, node, resolver))
+    }
+
+    /// [`PodWatch::start`] with the node and namespace finder given
+    /// (the tests run several "nodes" against one fake API).
+    pub fn start_with<S: PodSink>(
+        sink: Arc<S>,
+        metrics: KubeMetrics,
+        client: kube::Client,
+        node: String,
+        resolver: PodNsResolver,
+    ) -> Self {
+        let config = sink.config();
         // The agent's pod name when the DaemonSet passes it, else one per node.
         let instance = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
         let instance = instance.unwrap_or_else(|| format!("nodeward-{node}"));
         let (events, poster) = PodEvents::start(client.clone(), Some(instance));
         let (tx, rx) = channel::channel(None);
+        let (policy_tx, policy_rx) = channel::channel(None);
         let target = WatchTarget {
-            node,
-            label: k.opt_in_label.clone(),
+            node: node.clone(),
+            label: config.kubernetes.opt_in_label.clone(),
         };
-        let watcher = tokio::spawn(watch::run(client, target, metrics.clone(), tx));
-        let controller = Controller::new(sink, events, metrics, PodNsResolver::new(&k.proc_root, &k.cgroup_root));
-        let controller = tokio::spawn(controller.run(rx));
-        Ok(Self {
-            tasks: vec![watcher, controller, poster],
-        })
+        let watcher = tokio::spawn(watch::run(client.clone(), target, metrics.clone(), tx));
+        let policy_watcher = tokio::spawn(policies::run(client.clone(), metrics.clone(), policy_tx));
+        let controller = Controller::new(sink, events, metrics.clone(), resolver);
+        let writer = StatusWriter::new(client, node, metrics);
+        let writer = tokio::spawn(writer.run(controller.status_reports(), policy_rx.clone()));
+        let controller = tokio::spawn(controller.run(rx, policy_rx));
+        Self {
+            tasks: vec![watcher, policy_watcher, controller, writer, poster],
+        }
     }
 
     /// Stops the tasks. Enrolled pods stay enrolled (their pinned state
@@ -164,6 +194,8 @@ const RETRY: Duration = Duration::from_secs(2);
 struct PodState {
     state: &'static str,
     why: String,
+    /// The event a deny-all pod gets.
+    deny: Reason,
 }
 
 struct Known {
@@ -182,6 +214,10 @@ pub struct Controller<S> {
     known: HashMap<String, Known>,
     /// Some pod's namespace was not found, or its enrolment failed: look again after `RETRY`.
     retry: bool,
+    compiler: Compiler,
+    /// The policy each pod was bound to on the last pass.
+    bound: HashMap<String, PodPolicy>,
+    reports: channel::Sender<Option<Arc<NodeReport>>>,
 }
 
 impl<S: PodSink> Controller<S> {
@@ -194,35 +230,68 @@ impl<S: PodSink> Controller<S> {
             netns: HashMap::new(),
             known: HashMap::new(),
             retry: false,
+            compiler: Compiler::default(),
+            bound: HashMap::new(),
+            reports: channel::channel(None).0,
         }
     }
 
-    /// Reconciles on every snapshot, every configuration change, and (while
-    /// some pod's namespace is missing) every `RETRY`, until the watch ends.
-    pub async fn run(mut self, mut pods: channel::Receiver<Option<Arc<PodSet>>>) {
+    /// This node's view of every IdentityPolicy, after each pass (for the status writer).
+    pub fn status_reports(&self) -> channel::Receiver<Option<Arc<NodeReport>>> {
+        self.reports.subscribe()
+    }
+
+    /// Reconciles on every snapshot of pods or IdentityPolicies, every
+    /// configuration change, and (while some pod's namespace is missing)
+    /// every `RETRY`, until the watches end. Nothing is bound before both
+    /// first lists are complete.
+    pub async fn run(
+        mut self,
+        mut pods: channel::Receiver<Option<Arc<PodSet>>>,
+        mut policies: channel::Receiver<Option<Arc<PolicyObjects>>>,
+    ) {
         let mut config = self.sink.config_changes();
+        // Status writes (every agent's) change the objects too; only a new
+        // spec (generation), a new or deleted object changes a binding.
+        let mut specs_seen = None;
+        let mut dirty = true;
+        // A deadline, not a fresh sleep per wake-up: status changes must not
+        // keep postponing the retry.
+        let mut retry_at = tokio::time::Instant::now();
         loop {
             let snapshot = pods.borrow_and_update().clone();
-            if let Some(set) = snapshot {
-                self.reconcile(&set).await;
+            let objects = policies.borrow_and_update().clone();
+            if let (Some(set), Some(objects)) = (snapshot, objects) {
+                let specs: Vec<(String, String, i64)> = objects
+                    .iter()
+                    .map(|(k, o)| (k.clone(), o.uid.clone(), o.generation))
+                    .collect();
+                if dirty || specs_seen.as_ref() != Some(&specs) {
+                    self.reconcile(&set, &objects).await;
+                    specs_seen = Some(specs);
+                    retry_at = tokio::time::Instant::now() + RETRY;
+                }
             }
+            dirty = true;
             tokio::select! {
                 r = pods.changed() => if r.is_err() { break },
+                r = policies.changed() => if r.is_err() { break } else { dirty = false },
                 r = config.changed() => if r.is_err() { break },
-                () = tokio::time::sleep(RETRY), if self.retry => {}
+                () = tokio::time::sleep_until(retry_at), if self.retry => {}
             }
         }
     }
 
     /// One pass over a complete pod set.
-    pub async fn reconcile(&mut self, set: &PodSet) {
+    pub async fn reconcile(&mut self, set: &PodSet, objects: &PolicyObjects) {
         let config = self.sink.config();
+        let catalog = self.compiler.catalog(&config, objects);
         let mut states: HashMap<String, PodState> = HashMap::new();
         let mut workloads = Vec::new();
         let mut present = HashSet::new();
         self.retry = false;
         for (name, pod) in set {
-            match binding::bind(pod, &config.kubernetes, &config.policies) {
+            match binding::bind_in(pod, &config.kubernetes, &catalog, self.bound.get(name)) {
                 Binding::Waiting(why) => {
                     states.insert(name.clone(), state("waiting", why));
                 }
@@ -237,13 +306,7 @@ impl<S: PodSink> Controller<S> {
                     present.insert(name.clone());
                     match self.netns_of(&b.uid) {
                         Ok(netns) => {
-                            let s = match &b.policy {
-                                PodPolicy::Named(p) => state("enrolled", format!("policy {p}, ports {:?}", b.ports)),
-                                PodPolicy::Missing(why) => {
-                                    state("deny_all", format!("{why}: every request is refused (no_policy)"))
-                                }
-                            };
-                            states.insert(name.clone(), s);
+                            states.insert(name.clone(), bound_state(&b.policy, &b.ports));
                             workloads.push(PodWorkload {
                                 name: name.clone(),
                                 labels: b.labels,
@@ -270,6 +333,8 @@ impl<S: PodSink> Controller<S> {
         }
         let live: HashSet<&str> = set.values().filter_map(|p| p.metadata.uid.as_deref()).collect();
         self.netns.retain(|uid, _| live.contains(uid.as_str()));
+        self.bound = workloads.iter().map(|w| (w.name.clone(), w.policy.clone())).collect();
+        let bindings: Vec<(String, PodPolicy)> = workloads.iter().map(|w| (w.name.clone(), w.policy.clone())).collect();
 
         let failures = self.sink.apply_pods(workloads, present).await;
         // The agent tries a failed enrolment again after a while: come back.
@@ -277,11 +342,54 @@ impl<S: PodSink> Controller<S> {
         for (name, why) in failures {
             states.insert(name, state("failed", why));
         }
+        self.report_policies(&catalog, &bindings, &states);
         self.report(set, states);
         if self.metrics.synced.get() == 0 {
             self.metrics.synced.set(1);
-            tracing::info!(pods = set.len(), "first pod list applied");
+            tracing::info!(pods = set.len(), policies = objects.len(), "first pod list applied");
         }
+    }
+
+    /// This node's view of each IdentityPolicy, for its status.
+    fn report_policies(
+        &self,
+        catalog: &catalog::Catalog,
+        bindings: &[(String, PodPolicy)],
+        states: &HashMap<String, PodState>,
+    ) {
+        let mut out = NodeReport::new();
+        for c in catalog.resources() {
+            out.insert(
+                c.key.clone(),
+                PolicyReport {
+                    generation: c.generation,
+                    accepted: c.verdict.as_ref().map(|_| ()).map_err(Clone::clone),
+                    ..Default::default()
+                },
+            );
+        }
+        for (pod, policy) in bindings {
+            match policy {
+                PodPolicy::Resource(r) if states.get(pod).is_some_and(|s| s.state == "enrolled") => {
+                    if let Some(report) = out.get_mut(&r.key) {
+                        report.pods += 1;
+                        report.applied = report.applied.max(Some(r.generation));
+                    }
+                }
+                PodPolicy::Conflict(keys, _) => {
+                    for key in keys {
+                        let others: Vec<&str> = keys.iter().filter(|k| *k != key).map(String::as_str).collect();
+                        if let Some(report) = out.get_mut(key) {
+                            report
+                                .conflicts
+                                .push(format!("{pod}: also selected by {}", others.join(", ")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.reports.send_replace(Some(Arc::new(out)));
     }
 
     /// The pod's namespace path: the one found before while it is still
@@ -340,8 +448,8 @@ impl<S: PodSink> Controller<S> {
                         .post(pod, Reason::Enrolled, format!("protected by nodeward: {}", now.why));
                 }
                 "deny_all" => {
-                    tracing::warn!(pod = %name, detail = %now.why, "pod enrolled deny-all: its policy is missing");
-                    self.events.post(pod, Reason::PolicyNotFound, now.why.clone());
+                    tracing::warn!(pod = %name, detail = %now.why, "pod enrolled deny-all: no single accepted policy binds it");
+                    self.events.post(pod, now.deny, now.why.clone());
                 }
                 "failed" => {
                     tracing::error!(pod = %name, error = %now.why, "pod not enrolled");
@@ -371,7 +479,33 @@ impl<S: PodSink> Controller<S> {
 }
 
 fn state(state: &'static str, why: String) -> PodState {
-    PodState { state, why }
+    PodState {
+        state,
+        why,
+        deny: Reason::PolicyNotFound,
+    }
+}
+
+/// An enrolled pod's state: bound, or deny-all and why.
+fn bound_state(policy: &PodPolicy, ports: &[u16]) -> PodState {
+    let deny = |reason: Reason, why: &str| PodState {
+        state: "deny_all",
+        why: format!("{why}: every request is refused (no_policy)"),
+        deny: reason,
+    };
+    match policy {
+        PodPolicy::Named(p) => state("enrolled", format!("policy {p}, ports {ports:?}")),
+        PodPolicy::Resource(r) => state(
+            "enrolled",
+            format!(
+                "IdentityPolicy {} (generation {}), ports {ports:?}",
+                r.key, r.generation
+            ),
+        ),
+        PodPolicy::Missing(why) => deny(Reason::PolicyNotFound, why),
+        PodPolicy::Conflict(_, why) => deny(Reason::PolicyConflict, why),
+        PodPolicy::NotAccepted(_, why) => deny(Reason::PolicyNotAccepted, why),
+    }
 }
 
 fn is_protected(s: &PodState) -> bool {

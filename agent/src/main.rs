@@ -32,10 +32,15 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         reload_interval: Duration,
     },
-    /// Validate a config file and print the effective configuration.
+    /// Validate a config file and print the effective configuration; with
+    /// --identity-policy, also check IdentityPolicy manifests against it.
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// A YAML file of IdentityPolicy objects (`---`-separated; other
+        /// kinds are skipped), each checked as the agent checks it; repeatable.
+        #[arg(long = "identity-policy", value_name = "FILE")]
+        identity_policies: Vec<PathBuf>,
     },
     /// Print the decision for one request, the rule that matched and why.
     #[command(group(clap::ArgGroup::new("subject").required(true).args(["workload", "pod", "labels"])))]
@@ -94,11 +99,31 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::Check {
+            config,
+            identity_policies,
+        } => match Config::load(&config) {
+            Ok(c) if identity_policies.is_empty() => {
                 print!("{}", c.to_yaml());
                 eprintln!("{}: ok", config.display());
                 Ok(ExitCode::SUCCESS)
+            }
+            Ok(c) => {
+                let mut failed = false;
+                for file in &identity_policies {
+                    let text =
+                        std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+                    for (what, verdict) in nodeward::k8s::catalog::check_manifests(&c, &text) {
+                        match verdict {
+                            Ok(()) => eprintln!("{}: {what}: ok", file.display()),
+                            Err(e) => {
+                                failed = true;
+                                eprintln!("error: {}: {e}", file.display());
+                            }
+                        }
+                    }
+                }
+                Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, Limits, Unbound, WorkloadConfig, select_policy};
+use crate::config::{Config, Limits, PolicyConfig, Unbound, WorkloadConfig, select_policy};
 use crate::k8s::{PodPolicy, PodWorkload};
 use crate::policy::{Policy, PolicyError};
 use crate::provider::Providers;
@@ -104,6 +104,15 @@ impl Snapshot {
         for p in &config.policies {
             policies.insert(p.name.as_str(), Arc::new(Policy::compile(p)?));
         }
+        // IdentityPolicies travel with their pods (named `ns/name`, which no
+        // policy of the file can be); one compilation per policy version.
+        for w in specs.iter().filter(|w| !skip(w)) {
+            if let Some(p) = &w.resource
+                && !policies.contains_key(p.name.as_str())
+            {
+                policies.insert(p.name.as_str(), Arc::new(Policy::compile(p)?));
+            }
+        }
         let mut workloads = HashMap::new();
         for w in specs.iter().filter(|w| !skip(w)) {
             let policy = match &w.policy {
@@ -154,6 +163,8 @@ pub struct WorkloadSpec {
     pub policy: Result<String, String>,
     /// A missing policy means deny-all (pods) rather than an error (the file's workloads).
     pub fail_closed: bool,
+    /// The IdentityPolicy a pod is bound to (not in the configuration's `policies`).
+    pub resource: Option<Arc<PolicyConfig>>,
 }
 
 /// How a workload's traffic reaches the agent.
@@ -190,14 +201,18 @@ impl WorkloadSpec {
             pod: None,
             policy: policy.map(|p| p.name.clone()).map_err(|e: Unbound| e.to_string()),
             fail_closed: false,
+            resource: None,
         })
     }
 
     pub fn from_pod(p: &PodWorkload, config: &Config) -> Self {
-        let policy = match &p.policy {
-            PodPolicy::Named(n) if config.policies.iter().any(|q| &q.name == n) => Ok(n.clone()),
-            PodPolicy::Named(n) => Err(format!("policy {n:?} does not exist")),
-            PodPolicy::Missing(why) => Err(why.clone()),
+        let (policy, resource) = match &p.policy {
+            PodPolicy::Named(n) if config.policies.iter().any(|q| &q.name == n) => (Ok(n.clone()), None),
+            PodPolicy::Named(n) => (Err(format!("policy {n:?} does not exist")), None),
+            PodPolicy::Resource(r) => (Ok(r.config.name.clone()), Some(r.config.clone())),
+            PodPolicy::Missing(why) | PodPolicy::Conflict(_, why) | PodPolicy::NotAccepted(_, why) => {
+                (Err(why.clone()), None)
+            }
         };
         let (namespace, pod) = p.name.split_once('/').unwrap_or(("default", p.name.as_str()));
         Self {
@@ -212,6 +227,7 @@ impl WorkloadSpec {
             pod: Some(pod.to_string()),
             policy,
             fail_closed: true,
+            resource,
         }
     }
 

@@ -2,7 +2,8 @@
 //! a dev IdP on loopback, an upstream that echoes what it received, and an
 //! in-process agent on ephemeral ports; `netns` has the fixtures of the
 //! root-only network-namespace tests, `cgroup` those of the cgroup
-//! (egress) ones, `kubeapi` a fake Kubernetes API.
+//! (egress) ones, `kubeapi` a fake Kubernetes API, `shaped` providers shaped
+//! like real IdPs (every JWS algorithm, their JWKS and token habits).
 //!
 //! Its own crate, a dev-dependency only, so none of it (nor the dev IdP it
 //! drives) is ever linked into the privileged agent.
@@ -371,6 +372,7 @@ pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
 pub mod process;
+pub mod shaped;
 mod static_files;
 pub mod wire;
 

@@ -1,10 +1,12 @@
 //! `cargo xtask demo`: the project's main job in one command. As root it
 //! builds everything (the BPF toolchain too, when missing), simulates a node
-//! with three pods in network namespaces, runs a dev OpenID provider and
+//! with four pods in network namespaces, runs a dev OpenID provider and
 //! `nodeward run` steering two of the pods' ports into itself with eBPF,
 //! walks through a scripted tour from the host and from inside a pod, prints
-//! what happened to each request and a /metrics excerpt, and removes every
-//! namespace, veth and pinned object it made (`steered`).
+//! what happened to each request and a /metrics excerpt, binds the fourth
+//! pod through an IdentityPolicy of a fake Kubernetes API and shows its
+//! status and a refused one (`policies`), and removes every namespace, veth
+//! and pinned object it made (`steered`).
 //!
 //! `cargo xtask demo --reverse-proxy` is the same idea without root: the
 //! agent as a plain reverse proxy on loopback in front of an echo app
@@ -18,6 +20,7 @@
 mod check;
 pub(crate) mod env;
 mod node;
+mod policies;
 mod reverse_proxy;
 mod script;
 mod steered;

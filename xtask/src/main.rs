@@ -12,9 +12,11 @@
 //! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
 //!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 //! - `soak`: a bounded soak with reloads and key rotations; see `soak.rs`.
+//! - `crds`: the IdentityPolicy CRD from the agent's types; see `crds.rs`.
 //! - `observe`: alerts, dashboard and metrics against a real Prometheus; see `observe.rs`.
 
 mod bench;
+mod crds;
 mod demo;
 mod observe;
 mod proc;
@@ -49,6 +51,9 @@ commands:
                   valid/invalid/anonymous traffic over h1 and h2c, config
                   reloads and key rotations; fails on any wrong decision,
                   lost request or memory growth (CI runs --duration 45s)
+  crds [--check]  write the IdentityPolicy CRD generated from the Rust types
+                  to deploy/base/crds/ (--check: fail when the committed file
+                  differs)
   observe [--duration D] [--no-ebpf] [--screenshot PNG] | --files | --sync
                   (root) the alert rules (promtool check/test rules), the
                   dashboard, and a live run: nodeward under traffic scraped by
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&rest),
         Some("bench-steering") => steering_bench::run(&rest),
         Some("soak") => soak::run(&rest),
+        Some("crds") => crds::run(&rest),
         Some("observe") => observe::run(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");

@@ -13,7 +13,7 @@ use super::claim_path::ClaimPath;
 use super::model::unique_keys;
 use crate::path::PathOptions;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Denials are enforced.
@@ -23,7 +23,7 @@ pub enum Mode {
     Audit,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
@@ -158,7 +158,7 @@ impl From<RuleConfig> for RawRule {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Requirement {
     /// Providers whose tokens are accepted; empty means any configured provider.
@@ -178,7 +178,7 @@ pub struct Requirement {
 }
 
 /// Which service-account callers a rule admits; every listed kind must match.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// Namespaces of the calling pod's service account.
@@ -197,7 +197,7 @@ pub struct Source {
 /// others their lower-case name) unless `verb` says otherwise.
 /// Placeholders in the attributes: `{namespace}`, `{pod}`, `{workload}`,
 /// `{label:KEY}` (of the called workload).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesRbac {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,7 +209,7 @@ pub struct KubernetesRbac {
     pub verb: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceAttributes {
     #[serde(default)]
@@ -307,7 +307,7 @@ pub struct ForwardClaim {
 }
 
 /// How a claim value becomes a header value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// A string as it is; an array of strings joined with `,`; a number or

@@ -35,7 +35,7 @@ pub const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// An invalid key: where and why.
-type Invalid = (String, String);
+pub(super) type Invalid = (String, String);
 
 pub(super) fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
     providers(c)
@@ -208,15 +208,31 @@ fn policies(c: &Config) -> Result<(), Invalid> {
                 format!("empty or duplicate policy name {:?}", p.name),
             ));
         }
-        if p.audiences.iter().any(String::is_empty) {
-            return Err((format!("policies[{i}].audiences"), "audiences must not be empty".into()));
+        if p.name.contains('/') {
+            return Err((
+                format!("policies[{i}].name"),
+                format!(
+                    "{:?}: `/` is reserved for IdentityPolicies, which are addressed as namespace/name",
+                    p.name
+                ),
+            ));
         }
-        for (j, r) in p.rules.iter().enumerate() {
-            rule(c, r).map_err(|(k, reason)| (format!("policies[{i}].rules[{j}].{k}"), reason))?;
-        }
-        forward_claims(p).map_err(|(k, reason)| (format!("policies[{i}].forward_claims.{k}"), reason))?;
+        policy(c, p).map_err(|(k, reason)| (format!("policies[{i}].{k}"), reason))?;
     }
     Ok(())
+}
+
+/// The checks of one policy against the rest of the configuration (its
+/// providers), keys relative to the policy: the file's policies and the
+/// IdentityPolicies of the cluster go through the same ones.
+pub(super) fn policy(c: &Config, p: &PolicyConfig) -> Result<(), Invalid> {
+    if p.audiences.iter().any(String::is_empty) {
+        return Err(("audiences".into(), "audiences must not be empty".into()));
+    }
+    for (j, r) in p.rules.iter().enumerate() {
+        rule(c, r).map_err(|(k, reason)| (format!("rules[{j}].{k}"), reason))?;
+    }
+    forward_claims(p).map_err(|(k, reason)| (format!("forward_claims.{k}"), reason))
 }
 
 fn forward_claims(p: &PolicyConfig) -> Result<(), Invalid> {

@@ -1,26 +1,76 @@
 //! Pod → workload: what the agent should do with one watched pod, from the
-//! pod object and the configured policies alone (pure; finding the pod's
-//! namespace is `podns`, enrolling is `app`).
+//! pod object and the policies it can be bound to alone (pure; the binding
+//! rules are `catalog.rs`, finding the pod's namespace is `podns`, enrolling
+//! is `control`).
 //!
-//! A pod becomes the workload `<namespace>/<pod>` with the pod's labels. Its
-//! policy is the one its annotation names, else the first whose selector
-//! its labels match; when there is none it is still enrolled, fail closed
-//! (every request refused, `no_policy`), on its TCP container ports.
+//! A pod becomes the workload `<namespace>/<pod>` with the pod's labels. When
+//! no single policy binds it (none, a missing one, a conflict, a refused
+//! IdentityPolicy) it is still enrolled, fail closed (every request refused,
+//! `no_policy`), on its TCP container ports.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::config::{KubernetesConfig, PolicyConfig};
+use super::catalog::Catalog;
+use crate::config::{Config, KubernetesConfig, PolicyConfig};
 
 /// The policy a pod is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodPolicy {
+    /// A policy of the configuration file.
     Named(String),
+    /// An IdentityPolicy of the pod's namespace, at one accepted generation.
+    Resource(ResourcePolicy),
     /// No such policy: enrolled deny-all; the text says why.
     Missing(String),
+    /// Several policies select the pod (the IdentityPolicies' `ns/name`s, if
+    /// those are the ones): enrolled deny-all.
+    Conflict(Vec<String>, String),
+    /// The IdentityPolicy (`ns/name`) that would bind it is refused: deny-all.
+    NotAccepted(String, String),
 }
+
+impl PodPolicy {
+    /// Why the pod is enrolled deny-all, if it is.
+    pub fn deny_all(&self) -> Option<&str> {
+        match self {
+            Self::Named(_) | Self::Resource(_) => None,
+            Self::Missing(why) | Self::Conflict(_, why) | Self::NotAccepted(_, why) => Some(why),
+        }
+    }
+
+    /// The policy's name as the snapshot knows it (`ns/name` for an IdentityPolicy).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Named(n) => Some(n),
+            Self::Resource(r) => Some(&r.key),
+            _ => None,
+        }
+    }
+}
+
+/// An IdentityPolicy a pod is bound to: its `ns/name`, the generation and
+/// the policy (named `ns/name`).
+#[derive(Debug, Clone)]
+pub struct ResourcePolicy {
+    pub key: String,
+    pub generation: i64,
+    pub config: Arc<PolicyConfig>,
+}
+
+impl PartialEq for ResourcePolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.generation == other.generation
+            && (Arc::ptr_eq(&self.config, &other.config) || self.config == other.config)
+    }
+}
+
+// A policy holds JSON values, which are never NaN: equality is total.
+impl Eq for ResourcePolicy {}
 
 /// What a pod should become.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +102,14 @@ pub fn workload_name(pod: &Pod) -> String {
     )
 }
 
-pub fn bind(pod: &Pod, k8s: &KubernetesConfig, policies: &[PolicyConfig]) -> Binding {
+/// [`bind_in`] with the configuration's policies only.
+pub fn bind(pod: &Pod, config: &Config) -> Binding {
+    bind_in(pod, &config.kubernetes, &Catalog::from_config(config), None)
+}
+
+/// What `pod` should become with the policies of `catalog`; `previous` is
+/// the policy it was bound to on the last pass.
+pub fn bind_in(pod: &Pod, k8s: &KubernetesConfig, catalog: &Catalog, previous: Option<&PodPolicy>) -> Binding {
     let spec = pod.spec.as_ref();
     if spec.and_then(|s| s.host_network) == Some(true) {
         return Binding::Refused(
@@ -80,32 +137,35 @@ pub fn bind(pod: &Pod, k8s: &KubernetesConfig, policies: &[PolicyConfig]) -> Bin
         .as_ref()
         .and_then(|a| a.get(&k8s.policy_annotation))
         .map(|n| n.trim());
-    let chosen = choose_policy(&labels, annotated, k8s, policies);
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let (policy, chosen) = catalog.choose(namespace, &labels, annotated, previous);
     let container = container_ports(pod);
-    let (policy, ports) = match chosen {
-        Ok(p) => {
+    let mut ports = match &chosen {
+        Some(p) => {
             let mut ports = p.ports.clone();
             if p.container_ports {
                 ports.extend(&container);
             }
-            (PodPolicy::Named(p.name.clone()), ports)
+            ports
         }
-        Err(why) => (PodPolicy::Missing(why), container),
+        None => container,
     };
-    let mut ports = ports;
     ports.sort_unstable();
     ports.dedup();
     if ports.is_empty() {
-        let why = match &policy {
-            PodPolicy::Named(p) => format!(
-                "no ports to protect: policy {p} lists no `ports`{}",
-                if policies.iter().any(|q| &q.name == p && q.container_ports) {
+        let why = match (&chosen, policy.name()) {
+            (Some(p), Some(name)) => format!(
+                "no ports to protect: policy {name} lists no `ports`{}",
+                if p.container_ports {
                     " and the pod declares no TCP containerPort"
                 } else {
                     " (set `container_ports: true` to protect the pod's containerPorts)"
                 }
             ),
-            PodPolicy::Missing(why) => format!("{why}, and the pod declares no TCP containerPort to close"),
+            _ => format!(
+                "{}, and the pod declares no TCP containerPort to close",
+                policy.deny_all().unwrap_or("no policy")
+            ),
         };
         return Binding::Failed(why);
     }
@@ -116,29 +176,6 @@ pub fn bind(pod: &Pod, k8s: &KubernetesConfig, policies: &[PolicyConfig]) -> Bin
         ips,
         ports,
     })
-}
-
-/// The policy for a pod with these labels and this value of the policy
-/// annotation: the annotation names it, else the first whose selector the
-/// labels match; `Err` says why there is none.
-pub fn choose_policy<'p>(
-    labels: &BTreeMap<String, String>,
-    annotated: Option<&str>,
-    k8s: &KubernetesConfig,
-    policies: &'p [PolicyConfig],
-) -> Result<&'p PolicyConfig, String> {
-    match annotated {
-        Some(name) => policies.iter().find(|p| p.name == name).ok_or_else(|| {
-            format!(
-                "policy {name:?} named by annotation {} does not exist",
-                k8s.policy_annotation
-            )
-        }),
-        None => policies
-            .iter()
-            .find(|p| p.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
-            .ok_or_else(|| "no policy selects the pod's labels".to_string()),
-    }
 }
 
 /// `status.podIPs` (both families on dual-stack), else `status.podIP`.

@@ -23,6 +23,10 @@ pub enum Reason {
     Unenrolled,
     EnrolmentFailed,
     PolicyNotFound,
+    /// Several policies select the pod: deny-all.
+    PolicyConflict,
+    /// The IdentityPolicy that would bind the pod is refused: deny-all.
+    PolicyNotAccepted,
     HostNetworkRefused,
 }
 
@@ -33,6 +37,8 @@ impl Reason {
             Self::Unenrolled => "Unenrolled",
             Self::EnrolmentFailed => "EnrolmentFailed",
             Self::PolicyNotFound => "PolicyNotFound",
+            Self::PolicyConflict => "PolicyConflict",
+            Self::PolicyNotAccepted => "PolicyNotAccepted",
             Self::HostNetworkRefused => "HostNetworkRefused",
         }
     }

@@ -1,7 +1,7 @@
 //! Metrics owned by the Kubernetes side: each watched pod's enrolment state,
 //! watch events by type, API errors, whether the first full pod list has
-//! been applied, and the RBAC (SubjectAccessReview) and TokenReview
-//! questions asked of the API server.
+//! been applied, IdentityPolicy watch events and status writes, and the RBAC
+//! (SubjectAccessReview) and TokenReview questions asked of the API server.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -17,6 +17,10 @@ pub struct KubeMetrics {
     pub api_errors: IntCounter,
     /// 1 once the first full pod list of this node has been applied.
     pub synced: IntGauge,
+    /// IdentityPolicy watch events by type.
+    pub policy_watch_events: IntCounterVec,
+    /// IdentityPolicy status writes by result: written, conflict (stale, retried), error.
+    pub status_writes: IntCounterVec,
     /// SubjectAccessReviews by result: allowed, denied, error.
     pub rbac_reviews: IntCounterVec,
     pub rbac_cache_hits: IntCounter,
@@ -50,6 +54,22 @@ impl KubeMetrics {
             "nodeward_kubernetes_synced",
             "1 once the first full pod list of this node has been applied",
         )?;
+        let policy_watch_events = IntCounterVec::new(
+            Opts::new(
+                "nodeward_kubernetes_policy_watch_events_total",
+                "IdentityPolicy watch events by type (applied, deleted, restarted)",
+            ),
+            &["type"],
+        )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "nodeward_kubernetes_status_writes_total",
+                "IdentityPolicy status writes by result (written, conflict: stale and retried, error)",
+            ),
+            &["result"],
+        )?;
+        r.register(Box::new(policy_watch_events.clone()))?;
+        r.register(Box::new(status_writes.clone()))?;
         let rbac_reviews = IntCounterVec::new(
             Opts::new(
                 "nodeward_rbac_reviews_total",
@@ -93,6 +113,8 @@ impl KubeMetrics {
             watch_events,
             api_errors,
             synced,
+            policy_watch_events,
+            status_writes,
             rbac_reviews,
             rbac_cache_hits,
             rbac_cache_misses,

@@ -81,6 +81,18 @@ impl PodBuilder {
         self
     }
 
+    /// A TCP `containerPort` of the first container (a deny-all pod is closed on these).
+    pub fn container_port(mut self, port: i32) -> Self {
+        self.spec().containers[0]
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(k8s_openapi::api::core::v1::ContainerPort {
+                container_port: port,
+                ..Default::default()
+            });
+        self
+    }
+
     pub fn host_network(mut self, on: bool) -> Self {
         self.spec().host_network = Some(on);
         self

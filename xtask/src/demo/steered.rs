@@ -1,7 +1,8 @@
 //! `cargo xtask demo` (root): nodeward steering a simulated node's pods with
-//! eBPF. Three pods (`node`), each a network namespace running an echo app
+//! eBPF. Four pods (`node`), each a network namespace running an echo app
 //! on its pod IP; `orders` and `billing` enrolled with different policies,
-//! `web` not. A dev IdP and `nodeward run` as child processes; the tour of
+//! `web` not, `shop` a Kubernetes pod of the fake API bound later by an
+//! IdentityPolicy (`policies`). A dev IdP and `nodeward run` as child processes; the tour of
 //! `steered_script` from the host and from inside `web`; the program's
 //! counters checked against the traffic sent; then the agent stopped (its
 //! pins stay, so the protected ports fail closed, which the demo shows) and
@@ -24,6 +25,7 @@ use nodeward_testkit::{EchoUpstream, metric};
 use super::check;
 use super::env::{Target, wait_ready};
 use super::node::{Node, Pins};
+use super::policies;
 use super::script::Tokens;
 use super::steered_script::{self, APP_PORT, SIDE_PORT};
 use crate::proc::DevIdp;
@@ -43,11 +45,13 @@ An SK_LOOKUP eBPF program attached to each enrolled pod's network namespace
 hands new connections to the pod's protected ports to the agent's listener
 inside that namespace; the agent validates the bearer JWT, applies that pod's
 policy and forwards allowed requests to the app with the verified identity.
-Here three pods are network namespaces on a bridge, each running an echo app
-that reports what it received; two are enrolled, with different policies.";
+Here four pods are network namespaces on a bridge, each running an echo app
+that reports what it received; two are enrolled, with different policies, and
+the fourth is later bound by an app team's IdentityPolicy.";
 
-/// The pods, in address order; `web` is never enrolled.
-const PODS: [&str; 3] = ["orders", "billing", "web"];
+/// The pods, in address order; `web` is never enrolled; `shop` is a
+/// Kubernetes pod of the fake API, bound by an IdentityPolicy (`policies`).
+const PODS: [&str; 4] = ["orders", "billing", "web", policies::POD];
 /// Local connects take milliseconds; a second tells an answered SYN from a
 /// lost one.
 const DROP_WAIT: Duration = Duration::from_secs(1);
@@ -95,7 +99,9 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
     let [admin_port] = free_ports()?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     let config_path = dir.path().join("nodeward.yaml");
-    let config = config(&idp.issuer, admin_port, &dir.path().join("state"), &pins.path, node)?;
+    let cluster = policies::Cluster::start(node).await?;
+    let mut config = config(&idp.issuer, admin_port, &dir.path().join("state"), &pins.path, node)?;
+    config.push_str(&cluster.config(dir.path())?);
     std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
 
     let mut cmd = Command::new(bin);
@@ -106,7 +112,10 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
     }
     describe(node, pins, &idp, &untrusted, &admin, &config_path);
 
-    let tour = tour(node, &admin, &idp, &untrusted, &agent).await;
+    let tour = match tour(node, &admin, &idp, &untrusted, &agent).await {
+        Ok(failed) => cluster.tour(node, &idp).await.map(|f| f + failed),
+        e => e,
+    };
     if !matches!(tour, Ok(0)) {
         for p in [&agent, &idp.proc, &untrusted.proc] {
             eprintln!("--- {} stderr (last lines) ---\n{}", p.name(), p.stderr_tail(20));
@@ -157,7 +166,16 @@ fn config(issuer: &str, admin: u16, state_dir: &Path, pin_dir: &Path, node: &Nod
 state_dir: {state_dir}
 ebpf: {{pin_dir: {pin_dir}}}
 providers:
-  - {{name: corp, issuer: {issuer}, audiences: [orders, billing]}}
+  - name: corp
+    issuer: {issuer}
+    audiences: [orders, billing]
+    # For `kubernetes_rbac` rules: the corporate user as a Kubernetes user.
+    claim_mappings:
+      username: {{claim: email, prefix: "oidc:"}}
+      groups: {{claim: groups, prefix: "oidc:"}}
+  # The cluster's service-account tokens (the fake API's issuer, `policies`);
+  # policies that accept them name their own audiences.
+  - {{name: cluster, kubernetes_service_accounts: {{}}, audiences: [nodeward]}}
 policies:
   - name: orders
     selector: {{app: orders}}
@@ -194,6 +212,7 @@ fn describe(node: &Node, pins: &Pins, idp: &DevIdp, untrusted: &DevIdp, admin: &
         let (ports, role) = match pod.name {
             "orders" => (":8080 (protected) :9090", "enrolled, policy orders"),
             "billing" => (":8080 (protected)", "enrolled, policy billing"),
+            policies::POD => (":8080", "a Kubernetes pod (fake API), enrolled later"),
             _ => (":8080", "not enrolled"),
         };
         println!(

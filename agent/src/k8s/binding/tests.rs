@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::config::KubernetesConfig;
+use crate::k8s::catalog::Catalog;
 
 fn policies() -> Vec<PolicyConfig> {
     serde_yaml_ng::from_str(
@@ -56,7 +57,7 @@ fn labels_select_the_policy_and_ips_come_from_pod_ips() {
         running(),
     );
     assert_eq!(workload_name(&p), "shop/api-0");
-    let b = bound(bind(&p, &k8s(), &policies()));
+    let b = bound(bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None));
     assert_eq!(b.policy, PodPolicy::Named("orders".into()));
     assert_eq!(b.ports, [8080]);
     assert_eq!(
@@ -78,7 +79,7 @@ fn pod_ip_is_the_fallback_when_pod_ips_is_absent() {
         json!({"phase": "Running", "podIP": "10.1.0.8"}),
     );
     assert_eq!(
-        bound(bind(&p, &k8s(), &policies())).ips,
+        bound(bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None)).ips,
         ["10.1.0.8".parse::<IpAddr>().expect("ip")]
     );
 }
@@ -90,7 +91,7 @@ fn the_annotation_picks_the_policy_over_the_labels() {
         json!({"nodeward.io/policy": "web"}),
         running(),
     );
-    let b = bound(bind(&p, &k8s(), &policies()));
+    let b = bound(bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None));
     assert_eq!(b.policy, PodPolicy::Named("web".into()));
     // web protects its ports plus every TCP containerPort, deduplicated; UDP is left alone.
     assert_eq!(b.ports, [80, 8080, 9090, 15000]);
@@ -102,7 +103,7 @@ fn the_annotation_picks_the_policy_over_the_labels() {
     };
     let p = pod(json!({}), json!({"example.com/policy": "orders"}), running());
     assert_eq!(
-        bound(bind(&p, &custom, &policies())).policy,
+        bound(bind_in(&p, &custom, &Catalog::new(&policies(), &custom), None)).policy,
         PodPolicy::Named("orders".into())
     );
 }
@@ -114,7 +115,7 @@ fn a_missing_policy_is_enrolled_deny_all_on_the_container_ports() {
         json!({"nodeward.io/policy": "ghost"}),
         running(),
     );
-    let b = bound(bind(&p, &k8s(), &policies()));
+    let b = bound(bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None));
     match &b.policy {
         PodPolicy::Missing(why) => assert!(why.contains("\"ghost\"") && why.contains("nodeward.io/policy"), "{why}"),
         other => panic!("{other:?}"),
@@ -122,7 +123,7 @@ fn a_missing_policy_is_enrolled_deny_all_on_the_container_ports() {
     assert_eq!(b.ports, [8080, 9090, 15000]);
 
     let p = pod(json!({"app": "unknown"}), json!({}), running());
-    let b = bound(bind(&p, &k8s(), &policies()));
+    let b = bound(bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None));
     assert_eq!(
         b.policy,
         PodPolicy::Missing("no policy selects the pod's labels".into())
@@ -132,7 +133,7 @@ fn a_missing_policy_is_enrolled_deny_all_on_the_container_ports() {
 #[test]
 fn nothing_to_protect_fails_with_the_reason() {
     let mut p = pod(json!({"app": "portless"}), json!({}), running());
-    match bind(&p, &k8s(), &policies()) {
+    match bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None) {
         Binding::Failed(why) => assert!(why.contains("policy portless lists no `ports`"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -143,7 +144,7 @@ fn nothing_to_protect_fails_with_the_reason() {
             c.ports = None;
         }
     }
-    match bind(&p, &k8s(), &policies()) {
+    match bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None) {
         Binding::Failed(why) => assert!(why.contains("no TCP containerPort"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -159,7 +160,7 @@ fn not_running_or_without_ip_waits() {
         (json!({}), "Unknown"),
     ] {
         let p = pod(json!({"app": "orders"}), json!({}), status);
-        match bind(&p, &k8s(), &policies()) {
+        match bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None) {
             Binding::Waiting(why) => assert!(why.contains(fragment), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -173,7 +174,7 @@ fn host_network_pods_are_refused_even_before_running() {
         if let Some(s) = p.spec.as_mut() {
             s.host_network = Some(true);
         }
-        match bind(&p, &k8s(), &policies()) {
+        match bind_in(&p, &k8s(), &Catalog::new(&policies(), &k8s()), None) {
             Binding::Refused(why) => assert!(why.contains("hostNetwork"), "{why}"),
             other => panic!("{other:?}"),
         }
