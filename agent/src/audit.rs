@@ -2,7 +2,7 @@
 //! naming the caller (iss, sub, email), never the token.
 //!
 //! Two paths with the same line shape
-//! (`{"timestamp","level","target":"audit", request_id, workload, method, path,
+//! (`{"timestamp","level","target":"audit", request_id, trace_id, workload, method, path,
 //! decision, reason, detail, rule, iss, sub, email, k8s_user, k8s_groups,
 //! client, latency_us}`; an
 //! absent optional field is left out):
@@ -37,9 +37,11 @@ use http::{HeaderValue, Method};
 use prometheus::{IntCounter, IntGauge, Registry};
 
 use crate::authz::Decision;
+use crate::trace::TraceId;
 
 pub struct Record<'a> {
     pub request_id: &'a HeaderValue,
+    pub trace_id: Option<&'a TraceId>,
     pub workload: &'a str,
     pub method: &'a Method,
     pub path: &'a str,
@@ -52,6 +54,7 @@ pub struct Record<'a> {
 #[derive(Debug, Clone)]
 pub struct Fields<'a> {
     pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
     pub workload: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -75,6 +78,7 @@ impl<'a> Fields<'a> {
         let token = d.token.as_ref().map(|t| &t.entry.verified);
         Self {
             request_id: r.request_id.to_str().unwrap_or(""),
+            trace_id: r.trace_id.map(TraceId::as_str),
             workload: r.workload,
             method: r.method.as_str(),
             path: r.path,
@@ -135,6 +139,7 @@ impl Audit {
             None => tracing::info!(
                 target: "audit",
                 request_id = f.request_id,
+                trace_id = f.trace_id,
                 workload = f.workload,
                 method = f.method,
                 path = f.path,
@@ -163,6 +168,9 @@ pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
         humantime::format_rfc3339_micros(now)
     );
     field(out, "request_id", f.request_id);
+    if let Some(t) = f.trace_id {
+        field(out, "trace_id", t);
+    }
     field(out, "workload", f.workload);
     field(out, "method", f.method);
     field(out, "path", f.path);

@@ -16,7 +16,8 @@
 //!   sockets created inside pods' network namespaces;
 //! - `control`: applying configurations and pod sets (listeners, providers,
 //!   enrolment); `readiness`, `drain`;
-//! - `admin`, `metrics`, `audit`, `logging`: what operators see;
+//! - `admin`, `metrics`, `audit`, `logging`, `trace`: what operators see
+//!   (`trace`: W3C trace context kept or started per request);
 //! - `k8s`: the Kubernetes pod watch (this node's opted-in pods → workloads);
 //! - `reload`, `explain`: the file watcher and `nodeward explain`;
 //! - `app`: wiring (only `main` and the testkit use it).
@@ -47,6 +48,7 @@ mod reload;
 mod snapshot;
 pub mod token;
 mod token_cache;
+pub mod trace;
 
 pub use app::{Agent, AgentError};
 pub use audit::{Audit, Fields as AuditFields, Limits as AuditLimits, Record as AuditRecord, format_line};

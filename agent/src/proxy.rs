@@ -34,6 +34,7 @@ use crate::drain;
 use crate::k8s::review::Reviews;
 use crate::snapshot::Snapshot;
 use crate::token_cache::TokenCache;
+use crate::trace::Traces;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -52,6 +53,7 @@ pub struct Context {
     pub metrics: ProxyMetrics,
     cache_counters: CacheCounters,
     pub request_ids: RequestIds,
+    pub traces: Traces,
     pub audit: Audit,
     /// TokenReview and SubjectAccessReview, with a Kubernetes API client.
     pub reviews: Option<Reviews>,
@@ -71,6 +73,7 @@ impl Context {
             cache_counters: metrics.cache_counters(),
             metrics,
             request_ids: RequestIds::default(),
+            traces: Traces::default(),
             audit,
             reviews,
         }

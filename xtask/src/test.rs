@@ -1,5 +1,7 @@
 //! `cargo xtask test`: the project's test command, and what CI runs. Format
-//! check, clippy with warnings denied, then every test of the workspace's
+//! check, the module structure (`scripts/module-graph.py`: no dependency
+//! cycle among the agent's modules, no product file over 500 lines), clippy
+//! with warnings denied, then every test of the workspace's
 //! default members (not `--workspace`: the BPF crate only builds for the BPF
 //! target, through the agent's build script); the first failure stops the
 //! run and its exit code becomes ours. The root-only tests (network
@@ -15,8 +17,12 @@ use crate::{cargo, workspace_root};
 pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
     let root = workspace_root();
     interop_prerequisites(&root)?;
-    let steps: [(&str, Command); 3] = [
+    let steps: [(&str, Command); 4] = [
         ("format", with_args(cargo(), &["fmt", "--all", "--", "--check"])),
+        (
+            "module structure (no cycle, no product file over 500 lines)",
+            with_args(Command::new("python3"), &["scripts/module-graph.py", "--quiet"]),
+        ),
         (
             "lints",
             with_args(cargo(), &["clippy", "--all-targets", "--", "-D", "warnings"]),

@@ -10,6 +10,7 @@ use super::*;
 fn fields() -> Fields<'static> {
     Fields {
         request_id: "0a1b2c3d-000000000001",
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         workload: "orders",
         method: "GET",
         path: "/orders",
@@ -58,6 +59,7 @@ fn every_field_is_written_with_its_type() {
             "iss": "https://idp.example",
             "sub": "alice",
             "email": "alice@example.com",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             "k8s_user": "oidc:alice@example.com",
             "k8s_groups": "oidc:admins,system:authenticated",
             "client": "127.0.0.1:40000",
@@ -69,6 +71,7 @@ fn every_field_is_written_with_its_type() {
 #[test]
 fn absent_optional_fields_are_left_out() {
     let f = Fields {
+        trace_id: None,
         detail: None,
         rule: None,
         iss: None,
@@ -82,7 +85,16 @@ fn absent_optional_fields_are_left_out() {
     };
     let (_, v) = line(&f);
     let obj = v.as_object().expect("object");
-    for absent in ["detail", "rule", "iss", "sub", "email", "k8s_user", "k8s_groups"] {
+    for absent in [
+        "trace_id",
+        "detail",
+        "rule",
+        "iss",
+        "sub",
+        "email",
+        "k8s_user",
+        "k8s_groups",
+    ] {
         assert!(!obj.contains_key(absent), "{absent} is left out: {v}");
     }
     assert_eq!(v["client"], "[::1]:8080");

@@ -41,6 +41,35 @@ pub struct Config {
     /// else those headers are replaced with what nodeward saw.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    pub traces: TraceConfig,
+}
+
+/// W3C trace context (`traceparent`/`tracestate`): what the agent does with
+/// a client's trace and when it starts one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Keep a client's valid `traceparent` (and its `tracestate`). `false`
+    /// at an edge whose clients' traces should not be continued: every
+    /// request then starts a new trace (when `start`) or carries none.
+    pub accept: bool,
+    /// Start a trace when a request carries no valid `traceparent`, so every
+    /// audit line, refusal and forwarded request has a trace id.
+    pub start: bool,
+    /// The sampled flag of the traces the agent starts (the app's
+    /// parent-based sampler records them when set).
+    pub sampled: bool,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            accept: true,
+            start: true,
+            sampled: true,
+        }
+    }
 }
 
 /// eBPF steering (workloads with `netns`).

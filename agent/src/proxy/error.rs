@@ -7,6 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::metrics::UpstreamFailure;
 use super::{ProxyBody, respond};
+use crate::trace::TraceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -66,7 +67,7 @@ impl ProxyError {
         matches!(self, Self::ClientBody)
     }
 
-    pub fn respond(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
-        respond::error(self.status(), self.reason(), &self.to_string(), request_id)
+    pub fn respond(&self, request_id: &HeaderValue, trace: Option<&TraceId>) -> Response<ProxyBody> {
+        respond::error(self.status(), self.reason(), &self.to_string(), request_id, trace)
     }
 }

@@ -213,7 +213,7 @@ impl Service {
         let request_id = ctx.request_ids.for_request(req.headers());
         let Some(wl) = snap.workloads.get(&*self.endpoint.workload) else {
             // The workload left the configuration while this connection was open.
-            return (ProxyError::WorkloadRemoved.respond(&request_id), false);
+            return (ProxyError::WorkloadRemoved.respond(&request_id, None), false);
         };
         let (mut parts, body) = req.into_parts();
         let limits = snap.limits();
@@ -227,6 +227,8 @@ impl Service {
         let peer = self.client.ip();
         let trusted = snap.config.trusted_proxies.iter().any(|n| n.contains(&peer));
         let admitted = admit(&verifier, &snap.sources, wl, &mut parts, peer, trusted).await;
+        // After admit's hop-by-hop stripping: what is traced is what is forwarded.
+        let trace = ctx.traces.for_request(&mut parts.headers, &snap.config.traces);
         let decision = &admitted.decision;
         let latency = start.elapsed();
         let m = &self.endpoint.metrics;
@@ -234,6 +236,7 @@ impl Service {
         m.decision_seconds.observe(latency.as_secs_f64());
         ctx.audit.log(&audit::Record {
             request_id: &request_id,
+            trace_id: trace.as_ref(),
             workload: &wl.name,
             method: &parts.method,
             path: &admitted.path,
@@ -243,7 +246,7 @@ impl Service {
         });
 
         if !decision.outcome.lets_through() {
-            return (respond::refusal(decision, &request_id), false);
+            return (respond::refusal(decision, &request_id, trace.as_ref()), false);
         }
         let declared_too_large = parts
             .headers
@@ -252,7 +255,7 @@ impl Service {
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > limits.max_body_bytes);
         if declared_too_large {
-            return (ProxyError::BodyTooLarge.respond(&request_id), false);
+            return (ProxyError::BodyTooLarge.respond(&request_id, trace.as_ref()), false);
         }
         let target = wl.upstream.target(self.local);
         let result = match upstream_request(parts, admitted.target, target, &request_id) {
@@ -273,7 +276,7 @@ impl Service {
                     m.upstream_error(kind).inc();
                     tracing::debug!(workload = %wl.name, error = %e, "upstream request failed");
                 }
-                (e.respond(&request_id), e.client_gave_up())
+                (e.respond(&request_id, trace.as_ref()), e.client_gave_up())
             }
         }
     }

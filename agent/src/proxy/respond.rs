@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::ProxyBody;
 use crate::authz::Decision;
 use crate::reason::Answer;
+use crate::trace::TraceId;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -18,13 +19,16 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
     request_id: &'a str,
+    /// The W3C trace id the request carried or was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sub: Option<&'a str>,
 }
 
 /// The refusal of a denied request: 401/403 with the RFC 6750 challenge,
 /// 400/501 for requests that cannot be matched as sent.
-pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
+pub fn refusal(d: &Decision, request_id: &HeaderValue, trace: Option<&TraceId>) -> Response<ProxyBody> {
     let detail = d.detail.as_deref().unwrap_or("denied");
     let answer = d.reason.answer();
     let (error, challenge) = match answer {
@@ -53,6 +57,7 @@ pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
         detail,
         rule: d.rule.as_deref(),
         request_id: request_id.to_str().unwrap_or(""),
+        trace_id: trace.map(TraceId::as_str),
         sub: d.sub(),
     };
     let mut resp = json(answer.status(), &body, request_id);
@@ -63,7 +68,13 @@ pub fn refusal(d: &Decision, request_id: &HeaderValue) -> Response<ProxyBody> {
 }
 
 /// A plain error answer (upstream down, too slow, body too large).
-pub fn error(status: StatusCode, reason: &str, detail: &str, request_id: &HeaderValue) -> Response<ProxyBody> {
+pub fn error(
+    status: StatusCode,
+    reason: &str,
+    detail: &str,
+    request_id: &HeaderValue,
+    trace: Option<&TraceId>,
+) -> Response<ProxyBody> {
     let error = status
         .canonical_reason()
         .unwrap_or("error")
@@ -77,6 +88,7 @@ pub fn error(status: StatusCode, reason: &str, detail: &str, request_id: &Header
             detail,
             rule: None,
             request_id: request_id.to_str().unwrap_or(""),
+            trace_id: trace.map(TraceId::as_str),
             sub: None,
         },
         request_id,
