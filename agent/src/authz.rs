@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::config::{KubernetesRbac, Mode};
-use crate::k8s::identity::{self, KubeUser};
+use crate::identity::{self, KubeUser};
 use crate::k8s::review::{Attributes, Reviews};
 use crate::policy::{Action, Policy};
 use crate::provider::Providers;

@@ -34,6 +34,7 @@ mod control;
 mod drain;
 pub mod ebpf;
 mod explain;
+pub mod identity;
 pub mod k8s;
 mod logging;
 mod metrics;

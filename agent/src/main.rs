@@ -173,9 +173,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let kubernetes = c.kubernetes.enabled;
             // Signal handlers first: a SIGTERM while the agent starts (a
             // rolling update) must still drain, not kill the process.
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             // Likewise SIGHUP: its default action would kill a starting agent.
+            // (HUP before TERM: a test that sees TERM handled may send HUP.)
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             // Audit lines on stdout through a batching writer; the guard
             // flushes what is buffered when `run` returns.
             let (audit, _audit_flush) = Audit::writer(Box::new(std::io::stdout()), AuditLimits::default())

@@ -15,7 +15,7 @@ use http::{HeaderName, Method};
 use crate::config::{
     ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, RuleAction, RuleConfig, Source,
 };
-use crate::k8s::identity::ServiceAccountCaller;
+use crate::identity::ServiceAccountCaller;
 use crate::path::PathOptions;
 use crate::reason::Reason;
 use crate::token::VerifiedToken;

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::TokenCacheConfig;
-use crate::k8s::identity::{IdentityError, KubeUser};
+use crate::identity::{IdentityError, KubeUser};
 use crate::token::VerifiedToken;
 
 pub struct Entry {

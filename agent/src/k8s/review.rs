@@ -17,9 +17,9 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use super::identity::KubeUser;
 use super::metrics::KubeMetrics;
 use crate::config::RbacConfig;
+use crate::identity::KubeUser;
 
 /// What is asked: a resource or a non-resource URL, and the verb.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
