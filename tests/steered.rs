@@ -408,7 +408,8 @@ workloads:
     agent.wait_ready().await;
     assert_eq!(pins.links().len(), 1, "one pinned link for the payments namespace");
     let pod = payments.pod_ip();
-    let token = |ns: &str, sa: &str, aud: &str| api.service_account_token(ns, sa, None, &[aud], Duration::from_secs(3600));
+    let token =
+        |ns: &str, sa: &str, aud: &str| api.service_account_token(ns, sa, None, &[aud], Duration::from_secs(3600));
     let orders = token("shop", "orders", "nodeward");
 
     // By namespace: shop is admitted, dev is not, another audience is no caller.
@@ -447,7 +448,11 @@ workloads:
             .filter(|r| r.spec.user.as_deref() == Some(user))
             .count()
     };
-    assert_eq!(asked("system:serviceaccount:shop:orders"), 1, "one review, then the cache");
+    assert_eq!(
+        asked("system:serviceaccount:shop:orders"),
+        1,
+        "one review, then the cache"
+    );
     assert_eq!(asked("system:serviceaccount:shop:billing"), 1);
     let attrs = api
         .subject_access_reviews()
@@ -471,7 +476,10 @@ workloads:
     );
     assert_eq!(metric(&m, "nodeward_rbac_reviews_total{result=\"allowed\"}"), Some(1.0));
     assert_eq!(metric(&m, "nodeward_rbac_reviews_total{result=\"denied\"}"), Some(1.0));
-    assert!(metric(&m, "nodeward_rbac_cache_hits_total").is_some_and(|n| n >= 2.0), "{m}");
+    assert!(
+        metric(&m, "nodeward_rbac_cache_hits_total").is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
 
     agent.agent.unenrol_all_and_shutdown().await;
     assert!(pins.links().is_empty(), "un-enrolling unpins the link");
