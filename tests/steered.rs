@@ -2,7 +2,8 @@
 //! namespaces: a simulated pod's inbound connections are steered into the
 //! agent, authenticated, and forwarded with the verified identity; a killed
 //! agent fails closed and a restarted one takes over the pinned state; many
-//! workloads enrol and un-enrol without leaks.
+//! workloads enrol and un-enrol without leaks; service-account callers and
+//! RBAC (issue 12, against the fake Kubernetes API) on the steered path.
 //!
 //! Root only: each test fails loudly when not root. Tests in this file share
 //! kernel state and run one at a time (a process-wide lock).
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodeward::netns::listener_in;
+use nodeward_testkit::kubeapi::FakeKubeApi;
 use nodeward_testkit::netns::{NetnsGuard, PinDir, open_fds, require_root};
 use nodeward_testkit::wire::free_port;
 use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
@@ -338,4 +340,147 @@ async fn one_hundred_workloads_enrol_unenrol_and_reenrol_without_leaks() {
         "fd leak: {fds_before} before, {fds_after} after"
     );
     println!("enrolled 100 workloads in {enrol_100:?}");
+}
+
+/// RBAC for the steered service-account test: the service account
+/// `shop/orders` may `get` the `payments` service's proxy subresource in `shop`.
+const ORDERS_MAY_CALL_PAYMENTS: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: payments-caller}
+rules:
+  - apiGroups: [""]
+    resources: ["services/proxy"]
+    resourceNames: ["payments"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: payments-callers, namespace: shop}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: payments-caller}
+subjects:
+  - {kind: ServiceAccount, name: orders, namespace: shop}
+"#;
+
+/// Issue 12 on the steered path: service-account tokens minted by the (fake)
+/// API server, checked against its discovery and JWKS, decide by namespace
+/// and by the cluster's RBAC for connections the SK_LOOKUP program steered
+/// from the pod's IP into the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steered_service_account_callers_by_namespace_and_rbac() {
+    require_root("steered_service_account_callers_by_namespace_and_rbac");
+    let _serial = SERIAL.lock().await;
+    let pins = PinDir::new();
+    let payments = NetnsGuard::new();
+    let _app = echo_in(&payments, 8080);
+    let api = FakeKubeApi::start().await;
+    api.apply_yaml(ORDERS_MAY_CALL_PAYMENTS).expect("RBAC objects");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let yaml = format!(
+        r#"admin: 127.0.0.1:0
+ebpf: {{pin_dir: {pins}}}
+kubernetes: {{kubeconfig: {kubeconfig}}}
+providers:
+  - {{name: cluster, kubernetes_service_accounts: {{}}, audiences: [nodeward]}}
+policies:
+  - name: payments
+    selector: {{app: payments}}
+    ports: [8080]
+    rules:
+      - name: from-shop
+        paths: ["/internal/**"]
+        require: {{providers: [cluster], source: {{namespaces: [shop]}}}}
+      - name: api-by-rbac
+        paths: ["/api/**"]
+        require:
+          providers: [cluster]
+          kubernetes_rbac:
+            resource: {{group: "", resource: services, subresource: proxy, namespace: "{{namespace}}", name: "{{workload}}"}}
+workloads:
+  - {{name: payments, namespace: shop, labels: {{app: payments}}, netns: {netns}}}
+"#,
+        pins = pins.path.display(),
+        kubeconfig = kubeconfig.display(),
+        netns = payments.path.display(),
+    );
+    let agent = TestAgent::start(&yaml).await;
+    agent.wait_ready().await;
+    assert_eq!(pins.links().len(), 1, "one pinned link for the payments namespace");
+    let pod = payments.pod_ip();
+    let token =
+        |ns: &str, sa: &str, aud: &str| api.service_account_token(ns, sa, None, &[aud], Duration::from_secs(3600));
+    let orders = token("shop", "orders", "nodeward");
+
+    // By namespace: shop is admitted, dev is not, another audience is no caller.
+    let (s, body) = get(format!("http://{pod}:8080/internal/charge"), Some(&orders)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["headers"]["x-nodeward-sub"],
+        json!(["system:serviceaccount:shop:orders"])
+    );
+    assert_eq!(body["headers"]["host"], json!([format!("{pod}:8080")]));
+    let (s, body) = get(
+        format!("http://{pod}:8080/internal/charge"),
+        Some(&token("dev", "orders", "nodeward")),
+    )
+    .await;
+    assert_eq!((s, body["reason"].as_str()), (403, Some("source_mismatch")), "{body}");
+    let (s, body) = get(
+        format!("http://{pod}:8080/internal/charge"),
+        Some(&token("shop", "orders", "vault")),
+    )
+    .await;
+    assert_eq!((s, body["reason"].as_str()), (401, Some("wrong_audience")), "{body}");
+
+    // By RBAC: the bound service account is allowed (asked once, then
+    // cached), another one of the same namespace is denied.
+    for _ in 0..3 {
+        let (s, body) = get(format!("http://{pod}:8080/api/charges"), Some(&orders)).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let billing = token("shop", "billing", "nodeward");
+    let (s, body) = get(format!("http://{pod}:8080/api/charges"), Some(&billing)).await;
+    assert_eq!((s, body["reason"].as_str()), (403, Some("rbac_denied")), "{body}");
+    let asked = |user: &str| {
+        api.subject_access_reviews()
+            .iter()
+            .filter(|r| r.spec.user.as_deref() == Some(user))
+            .count()
+    };
+    assert_eq!(
+        asked("system:serviceaccount:shop:orders"),
+        1,
+        "one review, then the cache"
+    );
+    assert_eq!(asked("system:serviceaccount:shop:billing"), 1);
+    let attrs = api
+        .subject_access_reviews()
+        .last()
+        .and_then(|r| r.spec.resource_attributes.clone())
+        .expect("resource attributes");
+    assert_eq!(
+        (attrs.namespace.as_deref(), attrs.name.as_deref(), attrs.verb.as_deref()),
+        (Some("shop"), Some("payments"), Some("get")),
+        "placeholders filled from the steered workload"
+    );
+
+    let m = agent.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "nodeward_ebpf_connections_total{verdict=\"steered\",workload=\"payments\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the requests were steered: {m}"
+    );
+    assert_eq!(metric(&m, "nodeward_rbac_reviews_total{result=\"allowed\"}"), Some(1.0));
+    assert_eq!(metric(&m, "nodeward_rbac_reviews_total{result=\"denied\"}"), Some(1.0));
+    assert!(
+        metric(&m, "nodeward_rbac_cache_hits_total").is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
+
+    agent.agent.unenrol_all_and_shutdown().await;
+    assert!(pins.links().is_empty(), "un-enrolling unpins the link");
 }

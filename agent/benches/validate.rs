@@ -9,11 +9,16 @@
 //!    excess goes; `aws-lc-rs pre-parsed key` is the floor for a verifier
 //!    that parses its keys once.
 //! 3. `policy/20 rules`: rule match + authorize, target < 2 µs.
+//! 4. `rbac/*`: a `kubernetes_rbac` decision already answered by the API
+//!    server (the SubjectAccessReview cache hit, with the key built per
+//!    request as the request path builds it), part of issue 12's target of
+//!    ≤ 1 µs of agent CPU per request over the same request without the
+//!    rule (`cargo xtask bench` measures the whole of it end to end).
 //!
 //! `cargo bench -p nodeward --bench validate` runs everything in about two
 //! minutes; pass a filter (`-- verify/ES256`) to run less.
 //!
-//! No network: keys reach the provider through its on-disk JWKS copy, the
+//! No network beyond loopback: keys reach the provider through its on-disk JWKS copy, the
 //! same path a restarted agent takes. Should that ever stop installing keys,
 //! the setup falls back to one real refresh from a dev IdP on loopback.
 
@@ -36,12 +41,16 @@ use http::Method;
 use serde_json::{Map, Value, json};
 
 use nodeward::Policy;
-use nodeward::config::{Config, TokenCacheConfig};
+use nodeward::config::{Config, KubernetesConfig, RbacConfig, TokenCacheConfig};
+use nodeward::identity::KubeUser;
+use nodeward::k8s::metrics::KubeMetrics;
+use nodeward::k8s::review::{Attributes, Reviews};
 use nodeward::provider::{KeySet, Provider, ProviderMetrics, Providers};
 use nodeward::token::{Jws, VerifiedToken};
 use nodeward::{TokenCache, Verifier};
 use nodeward_dev_idp::{DevIdp, MintRequest};
 use nodeward_testkit::TestIdp;
+use nodeward_testkit::kubeapi::FakeKubeApi;
 
 /// The default `limits.max_token_bytes`.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -476,11 +485,77 @@ fn policy(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
+/// The bench user may `get` the `orders` service's proxy subresource in `shop`.
+const RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: orders-caller}
+rules:
+  - {apiGroups: [""], resources: ["services/proxy"], resourceNames: ["orders"], verbs: ["get"]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: orders-callers, namespace: shop}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: orders-caller}
+subjects:
+  - {kind: User, name: "oidc:bench@example.com", apiGroup: rbac.authorization.k8s.io}
+"#;
+
+fn rbac(c: &mut Criterion) {
+    // The fake API server answers the one review; its task runs only while
+    // the runtime is driven (block_on), which is all it needs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, reviews) = rt.block_on(async {
+        let api = FakeKubeApi::start().await;
+        api.apply_yaml(RBAC).expect("RBAC objects");
+        let k = KubernetesConfig {
+            kubeconfig: Some(api.write_kubeconfig(dir.path())),
+            ..KubernetesConfig::default()
+        };
+        let client = nodeward::k8s::client(&k).await.expect("client of the fake API");
+        let reviews = Reviews::new(client, &RbacConfig::default(), KubeMetrics::unregistered());
+        (api, reviews)
+    });
+    let user = Arc::new(KubeUser {
+        username: "oidc:bench@example.com".into(),
+        uid: None,
+        groups: vec!["oidc:users".into(), "system:authenticated".into()],
+        extra: Default::default(),
+    });
+    let attrs = Attributes::Resource {
+        verb: "get".into(),
+        group: String::new(),
+        resource: "services".into(),
+        subresource: "proxy".into(),
+        namespace: "shop".into(),
+        name: "orders".into(),
+    };
+    let first = rt
+        .block_on(reviews.access(&user, &attrs))
+        .expect("the fake answers the review");
+    assert!(first.allowed, "{}", first.reason);
+
+    let mut g = c.benchmark_group("rbac");
+    g.bench_function("Reviews::access (hit)", |b| {
+        b.iter(|| {
+            let a = ready(reviews.access(black_box(&user), black_box(&attrs))).expect("cached");
+            assert!(a.allowed);
+        });
+    });
+    g.finish();
+    assert_eq!(api.subject_access_reviews().len(), 1, "every lookup was a cache hit");
+}
+
 fn benches(c: &mut Criterion) {
     let fx = Fixture::new();
     cached(c, &fx);
     uncached(c, &fx);
     policy(c, &fx);
+    rbac(c);
 }
 
 criterion_group! {

@@ -289,7 +289,7 @@ impl Verifier<'_> {
                 Some(user),
             ));
         };
-        match reviews.access(user.clone(), attrs.clone()).await {
+        match reviews.access(&user, &attrs).await {
             Ok(a) if a.allowed => Ok(()),
             Ok(a) => Err((
                 Reason::RbacDenied,

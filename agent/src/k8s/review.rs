@@ -7,7 +7,7 @@
 //! never a stale or guessed answer: the caller fails closed. Errors are not
 //! cached.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash as _, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,17 +99,31 @@ pub enum ReviewError {
     Evaluation(String),
 }
 
-#[derive(Clone, Hash, PartialEq, Eq)]
-struct AccessKey {
+/// One remembered RBAC answer and the question it answers. The cache is
+/// keyed by a 64-bit hash of (user, attributes) so that a hit borrows the
+/// question instead of building an owned key per request; the stored
+/// question is compared on every hit (a collision is a miss, not an answer).
+struct Answer {
     user: Arc<KubeUser>,
     attrs: Attributes,
+    access: Arc<Access>,
+}
+
+impl Answer {
+    fn answers(&self, user: &Arc<KubeUser>, attrs: &Attributes) -> bool {
+        (Arc::ptr_eq(&self.user, user) || self.user == *user) && self.attrs == *attrs
+    }
 }
 
 struct AccessExpiry(RbacConfig);
 
-impl moka::Expiry<AccessKey, Arc<Access>> for AccessExpiry {
-    fn expire_after_create(&self, _: &AccessKey, v: &Arc<Access>, _: Instant) -> Option<Duration> {
-        Some(if v.allowed { self.0.allow_ttl } else { self.0.deny_ttl })
+impl moka::Expiry<u64, Arc<Answer>> for AccessExpiry {
+    fn expire_after_create(&self, _: &u64, v: &Arc<Answer>, _: Instant) -> Option<Duration> {
+        Some(if v.access.allowed {
+            self.0.allow_ttl
+        } else {
+            self.0.deny_ttl
+        })
     }
 }
 
@@ -123,7 +137,7 @@ impl moka::Expiry<u64, Arc<TokenStatus>> for TokenExpiry {
 
 pub struct Reviews {
     client: kube::Client,
-    access: moka::future::Cache<AccessKey, Arc<Access>>,
+    access: moka::future::Cache<u64, Arc<Answer>>,
     tokens: moka::future::Cache<u64, Arc<TokenStatus>>,
     hasher: foldhash::quality::RandomState,
     timeout: Duration,
@@ -150,19 +164,35 @@ impl Reviews {
 
     /// May `user` do `attrs`? From the cache, else one SubjectAccessReview
     /// shared by every concurrent caller asking the same.
-    pub async fn access(&self, user: Arc<KubeUser>, attrs: Attributes) -> Result<Arc<Access>, Arc<ReviewError>> {
-        let key = AccessKey { user, attrs };
-        if let Some(hit) = self.access.get(&key).await {
+    /// The hit path allocates nothing: the question is hashed and compared
+    /// where it lies, and cloned only to be asked.
+    pub async fn access(&self, user: &Arc<KubeUser>, attrs: &Attributes) -> Result<Arc<Access>, Arc<ReviewError>> {
+        let key = {
+            let mut h = self.hasher.build_hasher();
+            user.hash(&mut h);
+            attrs.hash(&mut h);
+            h.finish()
+        };
+        if let Some(hit) = self.access.get(&key).await
+            && hit.answers(user, attrs)
+        {
             self.metrics.rbac_cache_hits.inc();
-            return Ok(hit);
+            return Ok(hit.access.clone());
         }
         self.metrics.rbac_cache_misses.inc();
-        let ask = self.ask_access(key.clone());
-        self.access.try_get_with(key, ask).await
+        let ask = self.ask_access(user.clone(), attrs.clone());
+        let got = self.access.try_get_with(key, ask).await?;
+        if got.answers(user, attrs) {
+            Ok(got.access.clone())
+        } else {
+            // Another question with the same hash filled the entry: ask this one, uncached.
+            let own = self.ask_access(user.clone(), attrs.clone()).await.map_err(Arc::new)?;
+            Ok(own.access.clone())
+        }
     }
 
-    async fn ask_access(&self, key: AccessKey) -> Result<Arc<Access>, ReviewError> {
-        let spec = sar_spec(&key.user, &key.attrs);
+    async fn ask_access(&self, user: Arc<KubeUser>, attrs: Attributes) -> Result<Arc<Answer>, ReviewError> {
+        let spec = sar_spec(&user, &attrs);
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let review = SubjectAccessReview {
             spec,
@@ -179,15 +209,19 @@ impl Reviews {
                 match status.evaluation_error.filter(|e| !e.is_empty()) {
                     // An authorizer that could not evaluate and did not allow: no answer to reuse.
                     Some(e) if !status.allowed => Err(ReviewError::Evaluation(e)),
-                    _ => Ok(Arc::new(Access {
-                        allowed: status.allowed,
-                        reason: status.reason.unwrap_or_default(),
+                    _ => Ok(Arc::new(Answer {
+                        user,
+                        attrs,
+                        access: Arc::new(Access {
+                            allowed: status.allowed,
+                            reason: status.reason.unwrap_or_default(),
+                        }),
                     })),
                 }
             }
         };
         let label = match &result {
-            Ok(a) if a.allowed => "allowed",
+            Ok(a) if a.access.allowed => "allowed",
             Ok(_) => "denied",
             Err(_) => "error",
         };

@@ -517,6 +517,62 @@ pub fn steered_config(yaml: &str, netns: &Path, pin_dir: &Path) -> anyhow::Resul
     Ok(serde_yaml_ng::to_string(&doc)?)
 }
 
+/// The namespace the RBAC scenario's workload stands for.
+pub const RBAC_NAMESPACE: &str = "shop";
+
+/// `yaml` (from [`nodeward_config`]) with the cluster's RBAC in the way of
+/// every token-carrying request: the agent talks to the API server of
+/// `kubeconfig`, the provider maps `email` / `groups` to a Kubernetes user
+/// (`oidc:` prefixed, as issue 12's contract shows), the workload stands for
+/// namespace [`RBAC_NAMESPACE`], and the catch-all rule `default` also asks
+/// whether that user may `get` the workload's `services/proxy` — the same
+/// request as without the rule plus one SubjectAccessReview (then cached).
+pub fn rbac_config(yaml: &str, kubeconfig: &Path) -> anyhow::Result<String> {
+    use serde_yaml_ng::Value as Y;
+    let mut doc: Y = serde_yaml_ng::from_str(yaml).context("parsing the nodeward config")?;
+    let patch = |text: &str| serde_yaml_ng::from_str::<Y>(text).context("a constant YAML patch");
+    let map = doc.as_mapping_mut().context("config is not a mapping")?;
+    let mut kube = serde_yaml_ng::Mapping::new();
+    kube.insert("kubeconfig".into(), kubeconfig.to_string_lossy().into_owned().into());
+    map.insert("kubernetes".into(), Y::Mapping(kube));
+    map.get_mut("providers")
+        .and_then(|p| p.get_mut(0))
+        .and_then(Y::as_mapping_mut)
+        .context("config has no provider")?
+        .insert(
+            "claim_mappings".into(),
+            patch(r#"{username: {claim: email, prefix: "oidc:"}, groups: {claim: groups, prefix: "oidc:"}}"#)?,
+        );
+    let rules = map
+        .get_mut("policies")
+        .and_then(|p| p.get_mut(0))
+        .and_then(|p| p.get_mut("rules"))
+        .and_then(Y::as_sequence_mut)
+        .context("config has no policy rules")?;
+    rules
+        .iter_mut()
+        .find(|r| r.get("name").and_then(Y::as_str) == Some("default"))
+        .and_then(|r| r.get_mut("require"))
+        .and_then(Y::as_mapping_mut)
+        .context("config has no rule `default` with `require`")?
+        .insert(
+            "kubernetes_rbac".into(),
+            patch(
+                r#"{resource: {group: "", resource: services, subresource: proxy, namespace: "{namespace}", name: "{workload}"}}"#,
+            )?,
+        );
+    for w in map
+        .get_mut("workloads")
+        .and_then(Y::as_sequence_mut)
+        .context("config has no workloads")?
+    {
+        if let Some(w) = w.as_mapping_mut() {
+            w.insert("namespace".into(), RBAC_NAMESPACE.into());
+        }
+    }
+    Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
 /// `n` distinct loopback ports that were free a moment ago (all held until
 /// all are picked). Like `proc::free_ports`, for a count known at run time.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {

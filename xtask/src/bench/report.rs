@@ -112,6 +112,19 @@ fn paired_ratio(runs: &[RunResult], a: &str, b: &str, f: &dyn Fn(&RunResult) -> 
     Spread::of(ratios)
 }
 
+/// `a - b` per repeat, like [`paired_ratio`].
+fn paired_diff(runs: &[RunResult], a: &str, b: &str, f: &dyn Fn(&RunResult) -> Option<f64>) -> Option<Spread> {
+    let diffs = runs
+        .iter()
+        .filter(|r| r.scenario == a)
+        .filter_map(|ra| {
+            let rb = runs.iter().find(|r| r.scenario == b && r.repeat == ra.repeat)?;
+            Some(f(ra)? - f(rb)?)
+        })
+        .collect();
+    Spread::of(diffs)
+}
+
 fn spread_x(s: &Spread) -> String {
     format!("{:.2}× (min {:.2}, max {:.2})", s.median, s.min, s.max)
 }
@@ -169,6 +182,25 @@ pub fn targets(
             });
         }
         _ => t.push(missing("cache-miss RS256 vs raw verify")),
+    }
+    // CPU s per 10k requests × 100 = µs per request.
+    let cpu_us_of = |r: &RunResult| r.proxy.as_ref().map(|p| p.cpu_s_per_10k * 100.0);
+    match (
+        paired_diff(runs, "nodeward-rbac-cached", "nodeward-cached", &cpu_us_of),
+        cpu_us("nodeward-rbac-cached"),
+        cpu_us("nodeward-cached"),
+    ) {
+        (Some(d), Some(rbac), Some(plain)) => t.push(Target {
+            target: "cached RBAC decision: ≤ 1 µs of agent CPU per request over the same request without the rule"
+                .into(),
+            measured: format!(
+                "{:+.2} µs/request (paired per repeat: min {:+.2}, max {:+.2}); nodeward CPU {rbac:.2} µs/request \
+                 with the rule vs {plain:.2} µs without (medians)",
+                d.median, d.min, d.max
+            ),
+            met: Some(d.median <= 1.0),
+        }),
+        _ => t.push(missing("cached RBAC decision vs the same request without the rule")),
     }
     let largest = pernode.iter().map(|p| p.pods).max();
     let pick = |m: Model| largest.and_then(|n| pernode.iter().find(|p| p.model == m && p.pods == n));

@@ -9,15 +9,22 @@
 //! PIDs to measure. `nodeward-steered-cached` is such a variant: the agent
 //! behind eBPF SK_LOOKUP steering, with its app inside a pod-like network
 //! namespace (root only; skipped with a message otherwise).
+//! `nodeward-rbac-cached` is another: the agent asks the cluster's RBAC
+//! (the testkit's fake Kubernetes API, in this process) about every request,
+//! answered from its SubjectAccessReview cache after the first.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use nodeward_testkit::kubeapi::FakeKubeApi;
 use nodeward_testkit::netns::{NetnsGuard, PinDir};
 use serde::Serialize;
 
-use super::env::{ConfigKnobs, Nginx, NginxRole, Nodeward, Workload, free_ports, nodeward_config, steered_config};
+use super::env::{
+    ConfigKnobs, Nginx, NginxRole, Nodeward, RBAC_NAMESPACE, Workload, free_ports, nodeward_config, rbac_config,
+    steered_config,
+};
 use super::procfs;
 use super::wrk::{self, Load};
 use super::{Bench, Settings};
@@ -40,7 +47,34 @@ pub enum Proxy {
     /// agent forwards to the app (the same nginx `return 200`) listening on
     /// the pod IP inside the namespace. Root only.
     NodewardSteered,
+    /// `nodeward run` in reverse-proxy mode with a `kubernetes_rbac` rule
+    /// (issue 12): the same policy as [`Proxy::Nodeward`] plus one
+    /// SubjectAccessReview per (user, attributes), asked of the testkit's
+    /// fake API server (see [`BENCH_RBAC`]) and then answered from the
+    /// agent's cache for the whole run (allowed answers live 5 min).
+    NodewardRbac,
 }
+
+/// The RBAC objects of `nodeward-rbac-cached`: the benchmark token's mapped
+/// user (`oidc:` + its `email` claim) may `get` the `orders` workload's
+/// `services/proxy` in its namespace.
+const BENCH_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: orders-caller}
+rules:
+  - apiGroups: [""]
+    resources: ["services/proxy"]
+    resourceNames: ["orders"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: orders-callers, namespace: NAMESPACE}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: orders-caller}
+subjects:
+  - {kind: User, name: "oidc:bench@example.com", apiGroup: rbac.authorization.k8s.io}
+"#;
 
 impl Proxy {
     /// Why this proxy cannot run here, if it cannot.
@@ -140,6 +174,15 @@ pub fn all() -> Vec<Scenario> {
             200,
         ),
         s(
+            "nodeward-rbac-cached",
+            "valid token reused, rule asks the cluster's RBAC (cached SubjectAccessReview)",
+            Proxy::NodewardRbac,
+            "GET",
+            "/",
+            Tokens::Reused,
+            200,
+        ),
+        s(
             "nodeward-steered-cached",
             "eBPF-steered to the pod IP, valid token reused (cache hit)",
             Proxy::NodewardSteered,
@@ -201,6 +244,9 @@ pub struct Usage {
 pub struct CacheCounts {
     pub hits: f64,
     pub misses: f64,
+    /// RBAC decisions from the agent's SubjectAccessReview cache, and not.
+    pub rbac_hits: f64,
+    pub rbac_misses: f64,
 }
 
 /// One measured run of one scenario.
@@ -226,6 +272,8 @@ enum Running {
     Nginx(Nginx),
     Nodeward(Nodeward),
     Steered(Box<Steered>),
+    /// The agent and the fake API server it asks (stopped after the agent).
+    Rbac(Nodeward, Box<FakeKubeApi>),
 }
 
 /// The steered scenario's pieces. Fields drop in order after `stop`: the
@@ -245,6 +293,7 @@ impl Running {
             Self::Nginx(n) => n.pids(),
             Self::Nodeward(n) => vec![n.pid],
             Self::Steered(s) => vec![s.agent.pid],
+            Self::Rbac(a, _) => vec![a.pid],
         }
     }
 
@@ -258,7 +307,7 @@ impl Running {
 
     fn agent(&self) -> Option<&Nodeward> {
         match self {
-            Self::Nodeward(a) => Some(a),
+            Self::Nodeward(a) | Self::Rbac(a, _) => Some(a),
             Self::Steered(s) => Some(&s.agent),
             _ => None,
         }
@@ -269,6 +318,11 @@ impl Running {
             Self::Direct => Ok(()),
             Self::Nginx(n) => n.stop(),
             Self::Nodeward(n) => n.stop(),
+            Self::Rbac(agent, api) => {
+                let stopped = agent.stop();
+                drop(api);
+                stopped
+            }
             Self::Steered(s) => {
                 let Steered {
                     agent,
@@ -393,6 +447,25 @@ async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Run
             (Running::Nodeward(agent), addr)
         }
         Proxy::NodewardSteered => start_steered(b, s, dir, admin).await?,
+        Proxy::NodewardRbac => {
+            let api = FakeKubeApi::start().await;
+            api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
+                .context("the RBAC objects for the fake API server")?;
+            let kubeconfig = api.write_kubeconfig(dir);
+            let workloads = [Workload { listen: addr }];
+            let base = nodeward_config(
+                &b.idp.issuer,
+                b.app.addr,
+                admin,
+                &workloads,
+                &dir.join(s.name),
+                &ConfigKnobs::default(),
+            )?;
+            let yaml = rbac_config(&base, &kubeconfig)?;
+            let mut agent = Nodeward::spawn(&b.bin, s.name, dir, &yaml, admin)?;
+            agent.wait_ready(&b.http, &[addr]).await?;
+            (Running::Rbac(agent, Box::new(api)), addr)
+        }
     })
 }
 
@@ -435,13 +508,15 @@ fn peak_rss_kb(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| procfs::status_kb(p, "VmHWM").ok()).sum()
 }
 
-async fn cache_counts(b: &Bench, agent: &Nodeward) -> anyhow::Result<(f64, f64)> {
+async fn cache_counts(b: &Bench, agent: &Nodeward) -> anyhow::Result<CacheCounts> {
     let text = agent.metrics(&b.http).await?;
     let get = |m: &str| nodeward_testkit::metric(&text, m).unwrap_or(0.0);
-    Ok((
-        get("nodeward_token_cache_hits_total"),
-        get("nodeward_token_cache_misses_total"),
-    ))
+    Ok(CacheCounts {
+        hits: get("nodeward_token_cache_hits_total"),
+        misses: get("nodeward_token_cache_misses_total"),
+        rbac_hits: get("nodeward_rbac_cache_hits_total"),
+        rbac_misses: get("nodeward_rbac_cache_misses_total"),
+    })
 }
 
 pub async fn run_one(b: &Bench, set: &Settings, s: &Scenario, repeat: usize) -> anyhow::Result<RunResult> {
@@ -497,17 +572,32 @@ async fn measure(
     )?;
     let (p1, a1, m1) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
     let cache = match (running.agent(), cache_before) {
-        (Some(a), Some((h0, x0))) => {
-            let (h1, x1) = cache_counts(b, a).await?;
+        (Some(a), Some(c0)) => {
+            let c1 = cache_counts(b, a).await?;
             Some(CacheCounts {
-                hits: h1 - h0,
-                misses: x1 - x0,
+                hits: c1.hits - c0.hits,
+                misses: c1.misses - c0.misses,
+                rbac_hits: c1.rbac_hits - c0.rbac_hits,
+                rbac_misses: c1.rbac_misses - c0.rbac_misses,
             })
         }
         _ => None,
     };
 
     check_statuses(s, &run)?;
+    if matches!(s.proxy, Proxy::NodewardRbac) {
+        // What is measured is the cached decision: every request of the
+        // window answered from the RBAC cache, no review asked.
+        let c = cache.as_ref().context("no RBAC cache counts")?;
+        anyhow::ensure!(
+            c.rbac_misses == 0.0 && c.rbac_hits >= run.summary.requests as f64,
+            "{}: {} RBAC cache hits and {} misses for {} requests: not the cached decision",
+            s.name,
+            c.rbac_hits,
+            c.rbac_misses,
+            run.summary.requests
+        );
+    }
     let per_10k = |cpu: f64| {
         if run.summary.requests == 0 {
             0.0
