@@ -142,7 +142,10 @@ impl Verifier<'_> {
         if let Some(c) = self.counters {
             c.misses.inc();
         }
-        let verified = token::validate(token, self.providers, self.max_token_bytes).await?;
+        // Boxed: a validation (and a review below) can wait on a JWKS fetch or
+        // the API server, and their futures are large; inline, every request's
+        // future would carry (and copy) their space even on a cache hit.
+        let verified = Box::pin(token::validate(token, self.providers, self.max_token_bytes)).await?;
         Ok(self.cache.insert(token, verified))
     }
 }
@@ -261,7 +264,7 @@ impl Verifier<'_> {
                 "TokenReview needs the Kubernetes API, which this agent has no client for".into(),
             ));
         };
-        match reviews.token(token, &p.audiences, p.token_review_ttl).await {
+        match Box::pin(reviews.token(token, &p.audiences, p.token_review_ttl)).await {
             Ok(s) if s.authenticated => Ok(()),
             Ok(s) => Err((
                 Reason::TokenRevoked,
@@ -289,7 +292,7 @@ impl Verifier<'_> {
                 Some(user),
             ));
         };
-        match reviews.access(&user, &attrs).await {
+        match Box::pin(reviews.access(&user, &attrs)).await {
             Ok(a) if a.allowed => Ok(()),
             Ok(a) => Err((
                 Reason::RbacDenied,

@@ -23,6 +23,7 @@
 mod baseline;
 pub(crate) mod chart;
 pub(crate) mod env;
+mod instructions;
 mod pernode;
 mod procfs;
 mod report;
@@ -43,6 +44,7 @@ use pernode::Model;
 const USAGE: &str = "\
 usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --pods N,N..]
                          [--keep] [--nodeward BIN] [--out DIR]
+       cargo xtask bench --instructions [--nodeward BIN] [--out DIR]
 
   --quick          one short repeat, N = 10 only (CI's smoke test)
   --scenarios      run only these scenarios (names as in the table)
@@ -50,7 +52,10 @@ usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --p
   --pods N,N..     per-node vs per-pod at these N instead (default 10,50,100; --quick 10)
   --keep           keep the temporary directory (configs, stderr of every process)
   --nodeward BIN   measure this nodeward binary instead of building one (before/after)
-  --out DIR        write results there instead of target/bench";
+  --out DIR        write results there instead of target/bench
+  --instructions   instead of the throughput scenarios: instructions per request of
+                   nodeward's cached path and NGINX's bare hop under valgrind's callgrind
+                   (immune to a shared machine's noise; writes instructions.{json,md})";
 
 /// How long and how hard.
 pub struct Settings {
@@ -111,7 +116,7 @@ impl Settings {
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
-                "--quick" => {}
+                "--quick" | "--instructions" => {}
                 "--no-pernode" => s.pods.clear(),
                 "--pods" => {
                     let list = it.next().context("--pods needs a comma-separated list of N")?;
@@ -193,6 +198,9 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let set = Settings::parse(args)?;
+    if args.iter().any(|a| a == "--instructions") {
+        return count_instructions(set);
+    }
     let started = Instant::now();
     let machine = procfs::machine();
     for (tool, hint) in [("wrk", "wrk"), ("nginx", "nginx libnginx-mod-http-js")] {
@@ -471,4 +479,47 @@ async fn measure_all(b: &Bench, set: &Settings, list: &[scenarios::Scenario]) ->
         }
     }
     Ok((runs, pernode, (baseline, optimized)))
+}
+
+/// `--instructions`: callgrind counts instead of the throughput scenarios.
+fn count_instructions(mut set: Settings) -> anyhow::Result<ExitCode> {
+    let out = set.out.clone().unwrap_or_else(|| target_dir().join("bench"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let bin = match &set.nodeward {
+        Some(bin) => std::path::absolute(bin)?,
+        None => env::build_profile("nodeward", "dist")?,
+    };
+    // Only the reused token is needed.
+    set.pool = 1;
+    let tmp = tempfile::Builder::new()
+        .prefix("nodeward-instructions-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let tmp_path = tmp.path().to_owned();
+    if set.keep {
+        // The callgrind-*/callgrind.out files, for callgrind_annotate.
+        println!("keeping {}", tmp.keep().display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let counts = rt.block_on(async {
+        let b = setup(bin.clone(), None, &set, &tmp_path, out.join("raw")).await?;
+        let counts = instructions::run(&b).await;
+        let Bench { app, idp, .. } = b;
+        let _ = app.stop();
+        let _ = idp.stop();
+        counts
+    })?;
+    let md = instructions::markdown(&counts, &bin);
+    println!("\n{md}");
+    std::fs::write(out.join("instructions.md"), &md)?;
+    std::fs::write(
+        out.join("instructions.json"),
+        serde_json::to_string_pretty(&json!({"nodeward": bin, "counts": counts}))?,
+    )?;
+    println!("wrote {}/instructions.md and instructions.json", out.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -365,3 +365,27 @@ fn the_timestamp_has_microseconds_in_utc() {
     let parsed = humantime::parse_rfc3339(v["timestamp"].as_str().expect("string")).expect("RFC 3339");
     assert!(now.duration_since(parsed).expect("not later") < Duration::from_micros(1));
 }
+
+#[test]
+fn cached_seconds_never_stamp_a_line_with_the_wrong_second() {
+    // Forwards, backwards (a clock step) and within one second, on one thread.
+    let base = UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    for t in [
+        base + Duration::from_micros(999_999),
+        base + Duration::from_micros(1_000_001),
+        base + Duration::from_micros(1_000_002),
+        base - Duration::from_micros(1),
+        base + Duration::from_secs(86_400 * 366),
+    ] {
+        let (_, v) = line_at(&fields(), t);
+        assert_eq!(v["timestamp"], humantime::format_rfc3339_micros(t).to_string());
+    }
+}
+
+fn line_at(f: &Fields<'_>, now: SystemTime) -> (String, Value) {
+    let mut out = Vec::new();
+    format_line(&mut out, f, now);
+    let text = String::from_utf8(out).expect("utf8");
+    let v = serde_json::from_str(&text).expect("a JSON object");
+    (text, v)
+}

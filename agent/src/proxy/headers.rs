@@ -47,20 +47,39 @@ pub struct ListedFraming(pub String);
 /// in any case; `Err` says the client listed a header that routes or frames
 /// the request (a request is refused for it, a response just cleaned).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), ListedFraming> {
+    // One pass over the names first: most messages carry none of these
+    // (a name `Connection` lists can only matter when `Connection` is
+    // there), and a hashed removal per hop-by-hop name costs more than
+    // the scan.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return Ok(());
+    }
     let mut listed: Vec<HeaderName> = Vec::new();
     let mut framing = None;
     for v in headers.get_all(http::header::CONNECTION) {
         for name in v.to_str().unwrap_or_default().split(',') {
-            let name = name.trim().to_ascii_lowercase();
-            if matches!(name.as_str(), "host" | "content-length") {
-                framing.get_or_insert(name.clone());
+            let name = name.trim();
+            // The usual tokens: `close` names no header, `keep-alive` is
+            // hop-by-hop anyway; neither needs a HeaderName made.
+            if name.eq_ignore_ascii_case("close") || name.eq_ignore_ascii_case("keep-alive") || name.is_empty() {
+                continue;
             }
+            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
+                framing.get_or_insert(name.to_ascii_lowercase());
+            }
+            // `from_bytes` lower-cases.
             if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                 listed.push(n);
             }
         }
     }
-    for name in listed.into_iter().chain(HOP_BY_HOP) {
+    // Remove only what is there: one scan instead of a lookup per name.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k) || listed.contains(k))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
     framing.map_or(Ok(()), |name| Err(ListedFraming(name)))
@@ -258,6 +277,64 @@ impl RequestIds {
             return v.clone();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:012x}", self.prefix)).unwrap_or(HeaderValue::from_static("-"))
+        // `{prefix:08x}-{n:012x}`, without the formatting machinery.
+        let mut id = [b'-'; 21];
+        hex_into(&mut id[..8], u64::from(self.prefix));
+        hex_into(&mut id[9..], n);
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+/// `out.len()` lower-case hex digits of `v` (its low bits), most significant first.
+fn hex_into(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_request_ids_are_prefix_and_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x0a1b_2c3d,
+            next: AtomicU64::new(0xfedc_ba98_7654),
+        };
+        let h = HeaderMap::new();
+        assert_eq!(ids.for_request(&h), "0a1b2c3d-fedcba987654");
+        assert_eq!(ids.for_request(&h), "0a1b2c3d-fedcba987655");
+        let mut sent = HeaderMap::new();
+        sent.insert(REQUEST_ID, HeaderValue::from_static("client-id.1"));
+        assert_eq!(ids.for_request(&sent), "client-id.1", "a plain client id is kept");
+        sent.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(
+            ids.for_request(&sent),
+            "0a1b2c3d-fedcba987656",
+            "an odd one is replaced"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_lists_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-app", HeaderValue::from_static("1"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let before = h.clone();
+        assert_eq!(strip_hop_by_hop(&mut h), Ok(()));
+        assert_eq!(h, before, "nothing hop-by-hop: untouched");
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("x-app, keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        assert_eq!(strip_hop_by_hop(&mut h), Ok(()));
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("Host"));
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        assert_eq!(strip_hop_by_hop(&mut h), Err(ListedFraming("host".into())));
+        assert!(h.is_empty(), "removed anyway: {h:?}");
     }
 }

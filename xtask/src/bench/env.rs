@@ -171,7 +171,7 @@ impl Nginx {
     }
 }
 
-fn nginx_conf(role: &NginxRole<'_>, listen: SocketAddr, prefix: &Path) -> anyhow::Result<String> {
+pub fn nginx_conf(role: &NginxRole<'_>, listen: SocketAddr, prefix: &Path) -> anyhow::Result<String> {
     let p = prefix.to_str().context("non-UTF-8 temporary path")?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     // The app gets one worker (a small service); the proxies get one per

@@ -1,0 +1,231 @@
+//! `cargo xtask bench --instructions`: instructions executed per request by
+//! nodeward's cached path and by NGINX's bare `proxy_pass` hop, counted by
+//! valgrind's callgrind (hardware counters are not available in these VMs,
+//! so `perf stat -e instructions` is not an option). Instruction counts do
+//! not move with the load of a shared machine, which wall-clock and CPU
+//! time do: they are the figure to steer by.
+//!
+//! Each proxy runs under `valgrind --tool=callgrind` twice, once for
+//! [`SHORT`] and once for [`LONG`] requests (sequential, one keep-alive
+//! connection, the same token and path as `nodeward-cached`); the difference
+//! of the two totals divided by the difference of the counts is the cost of
+//! one request, with start-up and shutdown cancelled out. NGINX runs with
+//! `master_process off` (one process, so everything it does is counted) and
+//! nodeward with its usual runtime (all threads in one callgrind total).
+//! Both log one line per request, as in the throughput scenarios.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde::Serialize;
+
+use super::Bench;
+use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodeward_config};
+
+/// Requests of the short and the long run.
+pub const SHORT: u64 = 500;
+pub const LONG: u64 = 2500;
+/// Start-up under valgrind is slow (tens of times native).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Count {
+    pub proxy: String,
+    pub short_total: u64,
+    pub long_total: u64,
+    pub per_request: f64,
+}
+
+/// Counts nginx's bare hop and the nodeward binary of `b`.
+pub async fn run(b: &Bench) -> anyhow::Result<Vec<Count>> {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    ensure!(
+        valgrind.is_ok_and(|o| o.status.success()),
+        "valgrind is not installed (Debian: apt-get install valgrind; .ci/run installs it)"
+    );
+    let mut out = Vec::new();
+    for proxy in ["nginx-proxy", "nodeward-cached"] {
+        let mut totals = [0u64; 2];
+        for (i, n) in [SHORT, LONG].into_iter().enumerate() {
+            totals[i] = count(b, proxy, n)
+                .await
+                .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
+            println!("{proxy}: {n} requests → {} instructions in all", totals[i]);
+        }
+        ensure!(
+            totals[1] > totals[0],
+            "{proxy}: the long run executed fewer instructions than the short one"
+        );
+        out.push(Count {
+            proxy: proxy.to_string(),
+            short_total: totals[0],
+            long_total: totals[1],
+            per_request: (totals[1] - totals[0]) as f64 / (LONG - SHORT) as f64,
+        });
+    }
+    Ok(out)
+}
+
+/// One run of `proxy` under callgrind answering `n` requests; its total Ir.
+async fn count(b: &Bench, proxy: &str, n: u64) -> anyhow::Result<u64> {
+    let dir = b.dir.join(format!("callgrind-{proxy}-{n}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let [port, admin] = <[u16; 2]>::try_from(free_ports(2)?).map_err(|_| anyhow::anyhow!("port count"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let outfile = dir.join("callgrind.out");
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", outfile.display()));
+    if proxy == "nginx-proxy" {
+        let conf = dir.join("nginx.conf");
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::write(
+            &conf,
+            nginx_conf(&NginxRole::Proxy { upstream: b.app.addr }, addr, &dir)?,
+        )?;
+        cmd.arg("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .args(["-g", "daemon off; master_process off;"]);
+    } else {
+        let workloads = [Workload { listen: addr }];
+        let yaml = nodeward_config(
+            &b.idp.issuer,
+            b.app.addr,
+            admin,
+            &workloads,
+            &dir.join("state"),
+            &ConfigKnobs::default(),
+        )?;
+        let config = dir.join("nodeward.yaml");
+        std::fs::write(&config, yaml)?;
+        cmd.arg(&b.bin).args(["run", "--config"]).arg(&config);
+    }
+    let stderr = std::fs::File::create(dir.join("stderr"))?;
+    let mut child = Guard(
+        cmd.stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting valgrind")?,
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("http://{addr}/");
+    wait_answering(&client, &url, &b.reused_token, &mut child.0, &dir).await?;
+    // The readiness probe above is one request; the count is the rest.
+    for i in 1..n {
+        let status = client
+            .get(&url)
+            .bearer_auth(&b.reused_token)
+            .send()
+            .await
+            .with_context(|| format!("request {i}"))?
+            .status();
+        ensure!(status == 200, "request {i}: status {status}");
+    }
+    // SIGTERM: nginx exits at once, nodeward drains and exits; callgrind
+    // writes its totals at exit.
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status()?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            ensure!(
+                status.success() || proxy == "nginx-proxy",
+                "exited with {status}: {}",
+                tail(&dir.join("stderr"))
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("did not exit within {START_TIMEOUT:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    total_ir(&outfile)
+}
+
+/// Polls until the proxy answers a request with 200 (bounded).
+async fn wait_answering(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    child: &mut Child,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("exited early ({status}): {}", tail(&dir.join("stderr")));
+        }
+        if let Ok(r) = client.get(url).bearer_auth(token).send().await
+            && r.status() == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no 200 within {START_TIMEOUT:?}: {}", tail(&dir.join("stderr")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind output file: Ir of the
+/// whole run, every thread included.
+pub fn total_ir(file: &PathBuf) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{}: no summary line", file.display()))
+}
+
+fn tail(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Kills the child if a run fails midway.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The markdown table of a run.
+pub fn markdown(counts: &[Count], bin: &Path) -> String {
+    let mut md = format!(
+        "### Instructions per request (callgrind, {SHORT} vs {LONG} sequential requests on one connection)\n\n\
+         nodeward binary: `{}`\n\n| proxy | Ir, {SHORT} requests | Ir, {LONG} requests | instructions per request |\n|---|---|---|---|\n",
+        bin.display()
+    );
+    for c in counts {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.0} |\n",
+            c.proxy, c.short_total, c.long_total, c.per_request
+        ));
+    }
+    if let [nginx, nodeward] = counts {
+        md.push_str(&format!(
+            "\nnodeward's cached path / NGINX's bare hop: **{:.2}×** instructions per request\n",
+            nodeward.per_request / nginx.per_request
+        ));
+    }
+    md
+}
