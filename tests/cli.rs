@@ -294,32 +294,54 @@ fn the_agent_binary_has_no_dev_idp() {
     assert!(!out.status.success(), "`nodeward dev-idp` must not exist");
 }
 
-/// `nodeward run` as a process: one JSON audit line per decision on stdout
-/// naming the caller, never the token; logs on stderr; SIGTERM exits cleanly.
-#[tokio::test]
-async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
+/// The contract example as a file in `dir`, on fixed ports, run as a
+/// process: the agent, its IdP and upstream, and the workload's port. Keep
+/// the whole value alive: dropping it stops the IdP and the upstream.
+struct RunningExample {
+    child: nodeward_testkit::process::AgentProcess,
+    idp: TestIdp,
+    _upstream: nodeward_testkit::EchoUpstream,
+    listen: u16,
+}
+
+async fn run_example(dir: &std::path::Path, args: &[&str]) -> RunningExample {
     use nodeward_testkit::process::AgentProcess;
     use nodeward_testkit::wire::free_port;
-    use nodeward_testkit::{EchoUpstream, client};
 
     let idp = TestIdp::start().await;
-    let upstream = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = nodeward_testkit::EchoUpstream::start().await;
     let (admin, listen) = (free_port(), free_port());
     let yaml = example_config(&idp.issuer(), upstream.addr)
         .replace(
             "admin: 127.0.0.1:0",
-            &format!("admin: 127.0.0.1:{admin}\nstate_dir: {}", dir.path().display()),
+            &format!("admin: 127.0.0.1:{admin}\nstate_dir: {}", dir.display()),
         )
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
-    let file = dir.path().join("nodeward.yaml");
+    let file = dir.join("nodeward.yaml");
     std::fs::write(&file, yaml).expect("write");
     let child = AgentProcess::spawn(
         env!("CARGO_BIN_EXE_nodeward-under-test"),
         &file,
-        &[],
+        args,
         ([127, 0, 0, 1], admin).into(),
     );
+    RunningExample {
+        child,
+        idp,
+        _upstream: upstream,
+        listen,
+    }
+}
+
+/// `nodeward run` as a process: one JSON audit line per decision on stdout
+/// naming the caller, never the token; logs on stderr; SIGTERM exits cleanly.
+#[tokio::test]
+async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
+    use nodeward_testkit::client;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_example(dir.path(), &[]).await;
+    let (child, idp, listen) = (run.child, &run.idp, run.listen);
     child.wait_ready().await;
 
     let token = idp.token(json!({"aud": "orders", "sub": "alice", "email": "alice@example.com", "groups": ["dev"]}));
@@ -376,30 +398,13 @@ async fn run_writes_one_audit_line_per_decision_and_never_the_token() {
 async fn a_sighup_while_starting_does_not_kill_the_agent() {
     use std::time::Duration;
 
-    use nodeward_testkit::process::AgentProcess;
-    use nodeward_testkit::wire::free_port;
-    use nodeward_testkit::{EchoUpstream, client};
+    use nodeward_testkit::client;
 
     const SIGHUP: u32 = 1;
     const SIGTERM: u32 = 15;
-    let idp = TestIdp::start().await;
-    let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (admin, listen) = (free_port(), free_port());
-    let yaml = example_config(&idp.issuer(), upstream.addr)
-        .replace(
-            "admin: 127.0.0.1:0",
-            &format!("admin: 127.0.0.1:{admin}\nstate_dir: {}", dir.path().display()),
-        )
-        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"));
-    let file = dir.path().join("nodeward.yaml");
-    std::fs::write(&file, yaml).expect("write");
-    let child = AgentProcess::spawn(
-        env!("CARGO_BIN_EXE_nodeward-under-test"),
-        &file,
-        &["--reload-interval", "1h"],
-        ([127, 0, 0, 1], admin).into(),
-    );
+    let run = run_example(dir.path(), &["--reload-interval", "1h"]).await;
+    let (child, listen) = (run.child, run.listen);
     // As soon as the first handler is in place, before the agent is up.
     let mut waited = 0;
     while !child.catches(SIGTERM) {

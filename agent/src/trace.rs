@@ -119,12 +119,8 @@ impl Traces {
         {
             return Some(id);
         }
-        if headers.contains_key(TRACEPARENT) {
-            headers.remove(TRACEPARENT);
-        }
-        if headers.contains_key(TRACESTATE) {
-            headers.remove(TRACESTATE);
-        }
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
         if !config.start {
             return None;
         }
