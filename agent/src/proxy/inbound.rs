@@ -7,14 +7,16 @@
 //! 2. metrics and one audit line, whatever the outcome;
 //! 3. the refusal, or the forward (body size-limited and streamed).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -129,13 +131,14 @@ pub async fn admit(
     trusted_peer: bool,
 ) -> Admitted {
     let policy = &*workload.policy;
-    let raw_path = parts.uri.path().to_string();
+    // Borrowed, not copied: admit changes the headers, never the URI.
+    let raw_path = parts.uri.path();
     if let Err(e) = headers::strip_hop_by_hop(&mut parts.headers) {
-        return refused(Reason::InvalidHeader, e.to_string(), &raw_path);
+        return refused(Reason::InvalidHeader, e.to_string(), raw_path);
     }
     headers::strip_identity(&mut parts.headers, policy);
     if let Err((reason, detail)) = check_method(&parts.method) {
-        return refused(reason, detail, &raw_path);
+        return refused(reason, detail, raw_path);
     }
     // `OPTIONS *` (HTTP/1.1) and `:path *` (h2) are about the server, not a resource.
     if raw_path == "*" || parts.uri.path_and_query().is_some_and(|p| p.as_str() == "*") {
@@ -145,11 +148,11 @@ pub async fn admit(
             "*",
         );
     }
-    let normalized = match path::normalize(&raw_path, &policy.path) {
+    let normalized = match path::normalize(raw_path, &policy.path) {
         Ok(n) => n,
-        Err(e) => return refused(Reason::InvalidPath, e.to_string(), &raw_path),
+        Err(e) => return refused(Reason::InvalidPath, e.to_string(), raw_path),
     };
-    let query = parts.uri.query().map(str::to_string);
+    let query = parts.uri.query();
     let mut decision = authz::decide(
         v,
         sources,
@@ -158,7 +161,7 @@ pub async fn admit(
             method: &parts.method,
             path: &normalized.matched,
             headers: &parts.headers,
-            query: query.as_deref(),
+            query,
             target: &workload.target,
         },
     )
@@ -169,7 +172,7 @@ pub async fn admit(
         .as_ref()
         .filter(|_| policy.forward_token)
         .map(|t| t.source);
-    let query = sources.strip(&mut parts.headers, query.as_deref(), keep);
+    let stripped = sources.strip(&mut parts.headers, query, keep);
     headers::set_forwarded(&mut parts.headers, peer, trusted_peer);
     if decision.outcome.lets_through()
         && let Some(t) = &decision.token
@@ -193,12 +196,16 @@ pub async fn admit(
             }
         }
     }
-    let target = match &query {
-        Some(q) => format!("{}?{q}", normalized.forward),
-        None => normalized.forward.clone(),
+    // The common case, a path already normal and a query without token
+    // parameters, reuses the request's own (shared) bytes: no copy, no re-parse.
+    let unchanged = normalized.forward == raw_path && stripped.as_deref() == query;
+    let target = match (unchanged, &stripped) {
+        (true, _) => parts.uri.path_and_query().cloned(),
+        (false, Some(q)) => PathAndQuery::try_from(format!("{}?{q}", normalized.forward)).ok(),
+        (false, None) => PathAndQuery::try_from(normalized.forward.clone()).ok(),
     };
     Admitted {
-        target: PathAndQuery::try_from(target).ok(),
+        target,
         path: normalized.matched,
         decision,
     }
@@ -302,11 +309,32 @@ fn upstream_request(
     }
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(target.to_string())
+        .authority(authority_of(target)?)
         .path_and_query(path)
         .build()
         .map_err(|_| ProxyError::BadTarget)?;
     parts.version = Version::HTTP_11;
     parts.headers.insert(headers::REQUEST_ID, request_id.clone());
     Ok(parts)
+}
+
+/// `target` as a URI authority. A worker forwards to few upstreams (one per
+/// reverse-proxy workload; a steered connection's original destination), so
+/// the last one is kept per thread: formatting and parsing a socket address
+/// cost more than the rest of building the upstream URI.
+fn authority_of(target: SocketAddr) -> Result<Authority, ProxyError> {
+    thread_local! {
+        static LAST: RefCell<Option<(SocketAddr, Authority)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((addr, authority)) = last.as_ref()
+            && *addr == target
+        {
+            return Ok(authority.clone());
+        }
+        let authority =
+            Authority::from_maybe_shared(Bytes::from(target.to_string())).map_err(|_| ProxyError::BadTarget)?;
+        *last = Some((target, authority.clone()));
+        Ok(authority)
+    })
 }
