@@ -343,6 +343,29 @@ async fn the_upstream_gets_the_normalised_path_and_the_query_byte_for_byte() {
         let r = send(proto, addr, "GET", "/orders/x?", &[("authorization", &auth)]).await;
         assert_eq!(r.echoed()["path"], "/orders/x", "{proto:?}");
     }
+    // Absolute-form (RFC 9112 §3.2.2), as a client talking to a proxy
+    // sends it: the upstream still gets an origin-form path and the query,
+    // also when the URI has no path at all.
+    for (target, path, query) in [
+        (
+            format!("http://{addr}/orders/x?{query}"),
+            "/orders/x",
+            Value::from(query),
+        ),
+        (format!("http://{addr}?{query}"), "/", Value::from(query)),
+        (format!("http://{addr}"), "/", Value::Null),
+    ] {
+        let head =
+            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+        let raw = exchange(addr, head.as_bytes(), Duration::from_secs(10)).await;
+        let r = Http1Response::parse(&raw).unwrap_or_else(|| panic!("{target}: no response {raw:?}"));
+        let echo: Value = r.json();
+        assert_eq!(
+            (r.status, &echo["path"], &echo["query"]),
+            (200, &Value::from(path), &query),
+            "{target}: {raw}"
+        );
+    }
 }
 
 /// Standard methods in another case are refused (a rule listing POST must

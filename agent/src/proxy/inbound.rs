@@ -199,10 +199,17 @@ pub async fn admit(
     // The common case, a path already normal and a query without token
     // parameters, reuses the request's own (shared) bytes: no copy, no re-parse.
     let unchanged = normalized.forward == raw_path && stripped.as_deref() == query;
-    let target = match (unchanged, &stripped) {
-        (true, _) => parts.uri.path_and_query().cloned(),
-        (false, Some(q)) => PathAndQuery::try_from(format!("{}?{q}", normalized.forward)).ok(),
-        (false, None) => PathAndQuery::try_from(normalized.forward.clone()).ok(),
+    let rebuilt = || {
+        let target = match &stripped {
+            Some(q) => format!("{}?{q}", normalized.forward),
+            None => normalized.forward.clone(),
+        };
+        PathAndQuery::try_from(target).ok()
+    };
+    // (An absolute-form URI without a path has an empty one: rebuilt with "/".)
+    let target = match parts.uri.path_and_query() {
+        Some(p) if unchanged && p.as_str().starts_with('/') => Some(p.clone()),
+        _ => rebuilt(),
     };
     Admitted {
         target,
