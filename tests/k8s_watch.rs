@@ -480,6 +480,9 @@ async fn the_agent_reports_pods_it_cannot_enrol_and_waits_for_the_first_list() {
         ips: vec!["10.0.0.1".parse().expect("ip")],
         ports: vec![8080],
         netns: netns.into(),
+        uid: format!("uid-{name}"),
+        service_account: "default".into(),
+        cgroup: None,
     };
     let failures = agent
         .control()

@@ -11,6 +11,7 @@ use crate::admin;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::control::{Control, ControlError};
+use crate::credentials::Credentials;
 use crate::drain;
 use crate::k8s::review::Reviews;
 use crate::metrics::Metrics;
@@ -83,12 +84,14 @@ impl Agent {
         let reviews = kube
             .clone()
             .map(|c| Reviews::new(c, &config.kubernetes.rbac, metrics.kubernetes.clone()));
+        let credentials = Credentials::new(kube.clone(), metrics.credentials.clone());
         let ctx = Arc::new(Context::new(
             Snapshot::empty(config.clone()),
             TokenCache::new(&config.token_cache),
             metrics.proxy.clone(),
             audit,
             reviews,
+            credentials,
         ));
         let control = Arc::new(Control::new(
             ctx,

@@ -39,6 +39,9 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use crate::authz::Decision;
 use crate::trace::TraceId;
 
+mod egress;
+pub use egress::EgressRecord;
+
 pub struct Record<'a> {
     pub request_id: &'a HeaderValue,
     pub trace_id: Option<&'a TraceId>,

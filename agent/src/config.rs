@@ -7,6 +7,7 @@
 //! state lives in `snapshot.rs` and `control/`.
 
 mod claim_path;
+mod egress;
 mod model;
 mod policy;
 mod provider;
@@ -15,6 +16,7 @@ mod select;
 mod validate;
 
 pub use claim_path::ClaimPath;
+pub use egress::*;
 pub use model::*;
 pub use policy::*;
 pub use provider::*;
@@ -110,6 +112,7 @@ impl Config {
                 ConfigError::invalid(source, key, strip_location(&e.into_inner().to_string()))
             })?;
         validate::policy(self, &policy)
+            .and_then(|()| validate::resource_policy(&policy))
             .map_err(|(key, reason)| ConfigError::invalid(source, format!("spec.{key}"), reason))?;
         Ok(policy)
     }

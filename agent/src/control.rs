@@ -8,13 +8,16 @@
 //! - `listeners.rs`: what a listener is made from, binding, per-namespace clients;
 //! - `providers.rs`: provider refresh tasks across reloads;
 //! - `enrol.rs`: eBPF enrolment bookkeeping between `ebpf` and the listeners;
+//! - `egress.rs`: outbound enrolment (egress listeners, programs, serving);
 //! - `metrics.rs`: workloads by state, reloads, enrolment latency, eBPF counters.
 //!
 //! It serves nothing itself: listeners run `proxy::serve`.
 
+mod egress;
 mod enrol;
 mod listeners;
 mod metrics;
+mod pods;
 mod providers;
 mod supervisor;
 

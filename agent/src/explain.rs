@@ -142,6 +142,9 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
                     ips: b.ips,
                     ports: b.ports,
                     netns: PathBuf::new(),
+                    uid: b.uid,
+                    service_account: b.service_account,
+                    cgroup: None,
                 })),
                 Binding::Waiting(why) => Err(ExplainError::NotEnrolled {
                     pod: name.clone(),
@@ -173,6 +176,9 @@ async fn pod_workload(config: &Config, subject: &Subject) -> Result<Option<PodWo
         ips: Vec::new(),
         ports: Vec::new(),
         netns: PathBuf::new(),
+        uid: String::new(),
+        service_account: "default".into(),
+        cgroup: None,
     }))
 }
 

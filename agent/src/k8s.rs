@@ -73,6 +73,10 @@ pub struct PodWorkload {
     pub ips: Vec<IpAddr>,
     pub ports: Vec<u16>,
     pub netns: PathBuf,
+    pub uid: String,
+    pub service_account: String,
+    /// The pod's cgroup v2 directory, for egress steering (`None`: not found).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Where the controller delivers the pod workloads: the agent, or a test's recorder.

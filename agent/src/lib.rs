@@ -31,6 +31,7 @@ mod audit;
 mod authz;
 pub mod config;
 mod control;
+pub mod credentials;
 mod drain;
 pub mod ebpf;
 mod explain;

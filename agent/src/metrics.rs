@@ -6,6 +6,7 @@ use prometheus::{Encoder, Registry};
 
 use crate::audit::AuditMetrics;
 use crate::control::ControlMetrics;
+use crate::credentials::CredentialMetrics;
 use crate::k8s::KubeMetrics;
 use crate::provider::ProviderMetricFamilies;
 use crate::proxy::metrics::ProxyMetrics;
@@ -17,6 +18,7 @@ pub struct Metrics {
     pub providers: ProviderMetricFamilies,
     pub kubernetes: KubeMetrics,
     pub audit: AuditMetrics,
+    pub credentials: CredentialMetrics,
 }
 
 impl Metrics {
@@ -33,6 +35,7 @@ impl Metrics {
             providers: ProviderMetricFamilies::register(&registry)?,
             kubernetes: KubeMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
+            credentials: CredentialMetrics::register(&registry)?,
             registry,
         })
     }

@@ -6,6 +6,7 @@
 //! the path `path.rs`; turning a decision into a response is `proxy/`.
 
 mod claims;
+pub mod egress;
 
 use std::sync::Arc;
 
@@ -50,6 +51,8 @@ pub struct Policy {
     /// ambiguous): every request is refused with reason `no_policy`,
     /// whatever its mode.
     pub missing: Option<String>,
+    /// What the workloads' outbound calls carry.
+    pub egress: egress::EgressRules,
 }
 
 #[derive(Debug)]
@@ -110,6 +113,7 @@ impl Policy {
             path: cfg.path,
             forward_token: cfg.forward_token,
             missing: None,
+            egress: egress::EgressRules::compile(&cfg.egress, cfg.egress_fail),
         })
     }
 
@@ -125,6 +129,7 @@ impl Policy {
             path: PathOptions::default(),
             forward_token: false,
             missing: Some(why.into()),
+            egress: egress::EgressRules::default(),
         }
     }
 

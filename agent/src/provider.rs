@@ -10,6 +10,7 @@ mod fetch;
 mod keyset;
 mod kube;
 mod metrics;
+pub mod oauth;
 
 pub use fetch::{FetchError, parse_max_age};
 pub use keyset::{Key, KeySet};
@@ -87,6 +88,8 @@ pub struct Provider {
     issuer: ArcSwap<String>,
     disk_file: PathBuf,
     jwks_uri: Mutex<Option<String>>,
+    /// For outbound tokens (`oauth.rs`): configured, or from discovery.
+    token_endpoint: Mutex<Option<String>>,
     /// Serialises fetches; holds when the last on-demand fetch started.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
     metrics: ProviderMetrics,
@@ -129,6 +132,7 @@ impl Provider {
         let provider = Self {
             disk_file: disk::path(state_dir, &cfg.name),
             jwks_uri: Mutex::new(cfg.jwks_uri.clone()),
+            token_endpoint: Mutex::new(cfg.token_endpoint.clone()),
             name,
             keys: ArcSwap::from_pointee(KeySet::default()),
             hs_keys: ArcSwap::from_pointee(hs_keys),
@@ -292,7 +296,11 @@ impl Provider {
             Fetcher::Http(f) => {
                 let (uri, age) = match self.cfg.jwks_uri.clone() {
                     Some(u) => (u, None),
-                    None => f.discover(&self.cfg.issuer).await.map_err(wrap)?,
+                    None => {
+                        let d = f.discover(&self.cfg.issuer).await.map_err(wrap)?;
+                        self.learn_token_endpoint(d.token_endpoint);
+                        (d.jwks_uri, d.max_age)
+                    }
                 };
                 let doc = f.get(&uri).await.map_err(wrap)?;
                 (uri, age, doc)

@@ -11,6 +11,7 @@ mod error;
 pub mod headers;
 mod inbound;
 pub mod metrics;
+pub mod outbound;
 mod respond;
 pub mod upstream;
 
@@ -30,6 +31,7 @@ use self::headers::RequestIds;
 use self::metrics::{ProxyMetrics, WorkloadMetrics};
 use crate::audit::Audit;
 use crate::authz::CacheCounters;
+use crate::credentials::Credentials;
 use crate::drain;
 use crate::k8s::review::Reviews;
 use crate::snapshot::Snapshot;
@@ -57,6 +59,8 @@ pub struct Context {
     pub audit: Audit,
     /// TokenReview and SubjectAccessReview, with a Kubernetes API client.
     pub reviews: Option<Reviews>,
+    /// The tokens egress calls carry.
+    pub credentials: Credentials,
 }
 
 impl Context {
@@ -66,6 +70,7 @@ impl Context {
         metrics: ProxyMetrics,
         audit: Audit,
         reviews: Option<Reviews>,
+        credentials: Credentials,
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -76,6 +81,7 @@ impl Context {
             traces: Traces::default(),
             audit,
             reviews,
+            credentials,
         }
     }
 }
@@ -93,22 +99,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
     let endpoint = Arc::new(endpoint);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = ctx.snapshot.load().config.limits.clone();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(64))
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = http_builder(&limits);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -145,6 +136,28 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
     if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(workload = %endpoint.workload, "drain timeout: closing remaining connections");
     }
+}
+
+/// The HTTP/1.1 + h2c server of a listener, bounded by `limits` (heads,
+/// header counts, read timeouts, streams, resets).
+fn http_builder(limits: &crate::config::Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(64))
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
 }
 
 /// Connections the kernel queues for `accept` per listener. One agent fronts

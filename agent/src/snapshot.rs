@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, Limits, PolicyConfig, Unbound, WorkloadConfig, select_policy};
+use crate::credentials::{Subject, Want};
 use crate::k8s::{PodPolicy, PodWorkload};
+use crate::policy::egress::Egress;
 use crate::policy::{Policy, PolicyError};
 use crate::provider::Providers;
 use crate::token::Sources;
@@ -41,6 +43,15 @@ pub struct Workload {
     pub upstream: Upstream,
     /// What `kubernetes_rbac` placeholders name.
     pub target: Arc<Target>,
+    /// The policy's egress rules, each with the token this workload's calls
+    /// under it carry (in the policy's order).
+    pub egress: Vec<EgressBinding>,
+}
+
+/// One egress rule as one workload uses it.
+pub struct EgressBinding {
+    pub rule: Arc<Egress>,
+    pub want: Arc<Want>,
 }
 
 /// The called workload, as RBAC attributes name it.
@@ -130,6 +141,16 @@ impl Snapshot {
             };
             let name: Arc<str> = w.name.as_str().into();
             let target = Arc::new(w.target());
+            let subject = w.subject(&name);
+            let egress = policy
+                .egress
+                .rules
+                .iter()
+                .map(|rule| EgressBinding {
+                    rule: rule.clone(),
+                    want: Arc::new(Want::new(subject.clone(), &rule.token)),
+                })
+                .collect();
             workloads.insert(
                 name.clone(),
                 Workload {
@@ -137,6 +158,7 @@ impl Snapshot {
                     policy,
                     upstream,
                     target,
+                    egress,
                 },
             );
         }
@@ -165,6 +187,12 @@ pub struct WorkloadSpec {
     pub fail_closed: bool,
     /// The IdentityPolicy a pod is bound to (not in the configuration's `policies`).
     pub resource: Option<Arc<PolicyConfig>>,
+    /// The service account its egress tokens are requested for.
+    pub service_account: Option<String>,
+    /// Pods: their UID (service-account tokens are bound to the pod).
+    pub uid: Option<String>,
+    /// Steered workloads: the cgroup v2 directory egress steering attaches to.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// How a workload's traffic reaches the agent.
@@ -202,6 +230,9 @@ impl WorkloadSpec {
             policy: policy.map(|p| p.name.clone()).map_err(|e: Unbound| e.to_string()),
             fail_closed: false,
             resource: None,
+            service_account: w.service_account.clone(),
+            uid: None,
+            cgroup: w.cgroup.clone(),
         })
     }
 
@@ -228,6 +259,23 @@ impl WorkloadSpec {
             policy,
             fail_closed: true,
             resource,
+            service_account: Some(p.service_account.clone()),
+            uid: Some(p.uid.clone()),
+            cgroup: p.cgroup.clone(),
+        }
+    }
+
+    /// Who this workload's egress tokens are for.
+    fn subject(&self, name: &Arc<str>) -> Subject {
+        Subject {
+            workload: name.clone(),
+            namespace: self.namespace.as_str().into(),
+            service_account: self.service_account.as_deref().map(Into::into),
+            pod: self
+                .pod
+                .as_deref()
+                .zip(self.uid.as_deref())
+                .map(|(n, u)| (n.into(), u.into())),
         }
     }
 

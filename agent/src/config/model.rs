@@ -193,6 +193,15 @@ pub struct WorkloadConfig {
     /// The Kubernetes namespace it stands for (`{namespace}` in `kubernetes_rbac` rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// eBPF steering mode, outbound identity: the workload's cgroup (v2
+    /// directory) whose connections to the policy's `egress` destinations
+    /// are steered to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// The service account (of `namespace`) its `service_account` and
+    /// `exchange` egress tokens are requested for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// The pod watch: pods of this node with the opt-in label become workloads.

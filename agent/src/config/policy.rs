@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::claim_path::ClaimPath;
+use super::egress::{EgressFail, EgressRule};
 use super::model::unique_keys;
 use crate::path::PathOptions;
 
@@ -58,6 +59,18 @@ pub struct PolicyConfig {
     /// Header name → claim, added to allowed requests.
     #[serde(default, deserialize_with = "unique_keys")]
     pub forward_claims: BTreeMap<String, ForwardClaim>,
+    /// Outbound identity: the calls this policy's (eBPF-steered) workloads
+    /// make to these destinations carry a token the agent obtains for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
+    /// While the agent is down, configured egress is refused (`closed`) or
+    /// goes out directly without a token (`open`).
+    #[serde(default, skip_serializing_if = "is_closed")]
+    pub egress_fail: EgressFail,
+}
+
+fn is_closed(f: &EgressFail) -> bool {
+    *f == EgressFail::Closed
 }
 
 /// One rule: which requests it matches and what it does with them.

@@ -45,6 +45,10 @@ pub struct ProviderConfig {
     /// Skips discovery when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// The OAuth 2.0 token endpoint, for `egress` tokens (client
+    /// credentials, token exchange); unset: from the discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
     /// PEM bundle trusted for this provider's HTTPS endpoints instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,

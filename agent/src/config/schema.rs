@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use super::claim_path::ClaimPath;
+use super::egress::{ClientCredentials, EgressToken, HostPattern, ServiceAccountToken, TokenExchange};
 use super::policy::{ClaimCondition, ForwardClaim, MethodName, Mode, PathGlob, Requirement, RuleConfig};
 
 /// Any JSON value: a claim can be a string, number, boolean, array or object.
@@ -161,6 +162,56 @@ impl JsonSchema for RuleConfig {
             "x-kubernetes-validations": [{
                 "rule": "[has(self.allow), has(self.require), has(self.deny) && self.deny].filter(x, x).size() == 1",
                 "message": "set exactly one of `allow: anonymous`, `require`, `deny: true`",
+            }],
+        })
+    }
+}
+
+impl JsonSchema for HostPattern {
+    fn schema_name() -> Cow<'static, str> {
+        "HostPattern".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": "^(\\*\\.)?[a-z0-9_.:-]+$",
+            "description": "A host name as the application writes it, lower case, without port: exact (`payments.shop`) or `*.` for every name below a domain.",
+        })
+    }
+}
+
+impl JsonSchema for EgressToken {
+    fn schema_name() -> Cow<'static, str> {
+        "EgressToken".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let sa = g.subschema_for::<ServiceAccountToken>();
+        let cc = g.subschema_for::<ClientCredentials>();
+        let ex = g.subschema_for::<TokenExchange>();
+        json_schema!({
+            "type": "object",
+            "description": "Which token the calls carry: exactly one of service_account (TokenRequest for the calling pod's service account, bound to the pod), client_credentials, exchange (RFC 8693). IdentityPolicies may use service_account only: the others name secret files on the node.",
+            "properties": {
+                "service_account": sa,
+                "client_credentials": cc,
+                "exchange": ex,
+            },
+            "additionalProperties": false,
+            "x-kubernetes-validations": [{
+                "rule": "[has(self.service_account), has(self.client_credentials), has(self.exchange)].filter(x, x).size() == 1",
+                "message": "set exactly one of service_account, client_credentials, exchange",
             }],
         })
     }

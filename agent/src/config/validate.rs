@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
+mod egress;
 mod kubernetes;
 
 use super::{
     Config, ConfigError, PolicyConfig, ProviderConfig, RuleAction, RuleConfig, TokenSource, Unbound, WorkloadConfig,
     select_policy,
 };
+pub(super) use egress::resource_policy;
 use kubernetes::{kubernetes_rbac, service_accounts, validate_kubernetes};
 
 /// Headers a claim may not be forwarded as: the agent's own identity headers,
@@ -81,6 +83,9 @@ fn providers(c: &Config) -> Result<(), Invalid> {
         }
         if let Some(uri) = &p.jwks_uri {
             check_url(p, uri).map_err(|r| (key("jwks_uri"), r))?;
+        }
+        if let Some(uri) = &p.token_endpoint {
+            check_url(p, uri).map_err(|r| (key("token_endpoint"), r))?;
         }
         if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
             return Err((
@@ -205,6 +210,7 @@ pub(super) fn policy(c: &Config, p: &PolicyConfig) -> Result<(), Invalid> {
     for (j, r) in p.rules.iter().enumerate() {
         rule(c, r).map_err(|(k, reason)| (format!("rules[{j}].{k}"), reason))?;
     }
+    egress::egress(c, p)?;
     forward_claims(p).map_err(|(k, reason)| (format!("forward_claims.{k}"), reason))
 }
 
@@ -293,6 +299,7 @@ fn workloads(c: &Config) -> Result<(), Invalid> {
                 ));
             }
         };
+        egress::workload(w, policy).map_err(|(k, reason)| (key(&k), reason))?;
         match (w.listen, w.upstream, &w.netns) {
             (Some(listen), Some(_), None) => {
                 if !listens.insert(listen) {
@@ -300,10 +307,10 @@ fn workloads(c: &Config) -> Result<(), Invalid> {
                 }
             }
             (None, None, Some(_)) => {
-                if policy.ports.is_empty() {
+                if policy.ports.is_empty() && policy.egress.is_empty() {
                     return Err((
                         key("netns"),
-                        "the policy selecting this workload lists no `ports` to protect".into(),
+                        "the policy selecting this workload lists no `ports` to protect and no `egress`".into(),
                     ));
                 }
             }

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 
 use prometheus::{HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::ebpf::Counters;
+use crate::ebpf::{Counters, EgressCounters};
 
 #[derive(Clone)]
 pub struct ControlMetrics {
     pub workloads: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub ebpf_connections: IntCounterVec,
+    pub egress_connections: IntCounterVec,
     pub enrolment_seconds: prometheus::Histogram,
     /// `/readyz` as a number, set at scrape time: an alert needs a series, not an HTTP status.
     pub ready: prometheus::IntGauge,
@@ -35,6 +36,13 @@ impl ControlMetrics {
             ),
             &["workload", "verdict"],
         )?;
+        let egress_connections = IntCounterVec::new(
+            Opts::new(
+                "nodeward_ebpf_egress_connections_total",
+                "TCP connect() calls of enrolled workloads seen by the egress programs, by workload and verdict (steered, passed, dropped_fail_closed, passed_fail_open)",
+            ),
+            &["workload", "verdict"],
+        )?;
         let enrolment_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "nodeward_enrolment_duration_seconds",
@@ -50,11 +58,13 @@ impl ControlMetrics {
         r.register(Box::new(workloads.clone()))?;
         r.register(Box::new(config_reloads.clone()))?;
         r.register(Box::new(ebpf_connections.clone()))?;
+        r.register(Box::new(egress_connections.clone()))?;
         r.register(Box::new(enrolment_seconds.clone()))?;
         Ok(Self {
             workloads,
             config_reloads,
             ebpf_connections,
+            egress_connections,
             enrolment_seconds,
             ready,
         })
@@ -73,6 +83,27 @@ impl ControlMetrics {
                 .inc_by(delta(now.passed, before.passed));
             m.with_label_values(&[&name, "dropped_fail_closed"])
                 .inc_by(delta(now.dropped_fail_closed, before.dropped_fail_closed));
+            seen.insert(name, now);
+        }
+    }
+
+    /// The egress programs' counters, as [`Self::observe_ebpf`] does.
+    pub fn observe_egress(&self, now: Vec<(String, EgressCounters)>, seen: &mut HashMap<String, EgressCounters>) {
+        for (name, now) in now {
+            let before = seen.get(&name).copied().unwrap_or_default();
+            let m = &self.egress_connections;
+            for (verdict, a, b) in [
+                ("steered", now.steered, before.steered),
+                ("passed", now.passed, before.passed),
+                (
+                    "dropped_fail_closed",
+                    now.dropped_fail_closed,
+                    before.dropped_fail_closed,
+                ),
+                ("passed_fail_open", now.passed_fail_open, before.passed_fail_open),
+            ] {
+                m.with_label_values(&[&name, verdict]).inc_by(a.saturating_sub(b));
+            }
             seen.insert(name, now);
         }
     }

@@ -5,21 +5,22 @@
 //! configuration untouched; a steered workload that cannot be enrolled
 //! (namespace gone, no capability) fails alone, loudly, and is tried again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::egress::{self, EgressEnroller};
 use super::enrol::{EnrolError, Enroller};
 use super::listeners::{self, ListenKey, Listener, NetnsClients, client_for};
 use super::metrics::ControlMetrics;
 use super::providers::{self, ProviderTask};
 use crate::config::Config;
 use crate::drain;
-use crate::ebpf::Counters;
-use crate::k8s::{PodSink, PodWorkload};
+use crate::ebpf::{Counters, EgressCounters};
+use crate::k8s::PodWorkload;
 use crate::netns::NetnsError;
 use crate::provider::{ProviderError, ProviderMetricFamilies};
 use crate::proxy::{self, Context, Endpoint, upstream};
@@ -57,23 +58,25 @@ pub(super) enum Failure {
 /// while pods are failing; a reload does for the file's workloads).
 const ENROL_RETRY: Duration = Duration::from_secs(10);
 
-struct Failed {
+pub(super) struct Failed {
     key: ListenKey,
-    why: Failure,
+    pub(super) why: Failure,
     at: Instant,
     /// A static workload's failure keeps the agent not ready (a pod's is the pod's problem).
     _blocks: Option<Blocker>,
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     providers: HashMap<String, ProviderTask>,
-    listeners: HashMap<String, Listener>,
+    pub(super) listeners: HashMap<String, Listener>,
     /// Upstream clients of steered workloads, made inside their namespaces.
     netns_clients: NetnsClients,
-    failed: HashMap<String, Failed>,
+    pub(super) failed: HashMap<String, Failed>,
     /// The pod workloads the Kubernetes watch wants enrolled.
-    pods: Vec<PodWorkload>,
+    pub(super) pods: Vec<PodWorkload>,
+    /// Pinned egress state of a previous agent has been reconciled.
+    egress_reconciled: bool,
 }
 
 pub struct Control {
@@ -81,22 +84,24 @@ pub struct Control {
     metrics: ControlMetrics,
     provider_metrics: ProviderMetricFamilies,
     readiness: Readiness,
-    state: tokio::sync::Mutex<State>,
+    pub(super) state: tokio::sync::Mutex<State>,
     /// eBPF enrolment; a std mutex: its operations are short syscalls.
-    enroller: Mutex<Enroller>,
+    pub(super) enroller: Mutex<Enroller>,
+    egress: Mutex<EgressEnroller>,
     /// Last program counters seen per workload, to turn them into counter increments.
     seen: Mutex<HashMap<String, Counters>>,
+    seen_egress: Mutex<HashMap<String, EgressCounters>>,
     bound: Mutex<HashMap<String, SocketAddr>>,
     host_client: Arc<upstream::Client>,
     /// Bumped after every applied configuration, so the pod watch re-binds pods.
-    config_gen: watch::Sender<u64>,
+    pub(super) config_gen: watch::Sender<u64>,
     /// The API client service-account providers fetch their keys with.
     kube: Option<kube::Client>,
     unapplied: Mutex<Option<Blocker>>,
-    unsynced: Mutex<Option<Blocker>>,
+    pub(super) unsynced: Mutex<Option<Blocker>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -120,7 +125,9 @@ impl Control {
             kube,
             state: tokio::sync::Mutex::new(State::default()),
             enroller: Mutex::new(Enroller::new(&config.ebpf.pin_dir)),
+            egress: Mutex::new(EgressEnroller::new(&config.ebpf.pin_dir)),
             seen: Mutex::new(HashMap::new()),
+            seen_egress: Mutex::new(HashMap::new()),
             bound: Mutex::new(HashMap::new()),
             config_gen: watch::channel(0).0,
             unapplied: Mutex::new(Some(readiness.block("configuration not applied yet"))),
@@ -132,46 +139,6 @@ impl Control {
 
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
-    }
-
-    /// After a restart: un-enrol what a previous agent protected that this
-    /// configuration no longer has. What it still has stays protected (and
-    /// dropped, fail closed) until `apply` gives it a listener again.
-    ///
-    /// With the pod watch on, pinned pods cannot be told from gone ones until
-    /// the first full pod list: nothing is un-enrolled here, and
-    /// [`Control::apply_pods`] does it when that list arrives.
-    pub fn adopt_pinned_state(&self, config: &Config) {
-        if config.kubernetes.enabled {
-            tracing::info!("pinned eBPF state is reconciled when the first pod list arrives");
-            return;
-        }
-        let keep: HashSet<String> = config
-            .workloads
-            .iter()
-            .filter(|w| w.netns.is_some())
-            .map(|w| w.name.clone())
-            .collect();
-        self.forget_pinned(&keep);
-    }
-
-    /// Un-enrols pinned workloads (a previous agent's, or pods this one
-    /// could not enrol) that are not in `keep`.
-    fn forget_pinned(&self, keep: &HashSet<String>) {
-        let mut e = lock(&self.enroller);
-        if !e.has_pinned_state() {
-            return;
-        }
-        match e.reconcile(keep) {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(
-                    ?removed,
-                    "un-enrolled workloads that left the configuration while the agent was down"
-                );
-            }
-            Ok(_) => {}
-            Err(err) => tracing::error!(error = %err, "cannot adopt the pinned eBPF state"),
-        }
     }
 
     /// The address a workload's listener actually bound (port 0 resolved;
@@ -200,6 +167,8 @@ impl Control {
         }
         let counters = lock(&self.enroller).counters();
         self.metrics.observe_ebpf(counters, &mut lock(&self.seen));
+        let counters = lock(&self.egress).counters();
+        self.metrics.observe_egress(counters, &mut lock(&self.seen_egress));
         self.metrics.ready.set(i64::from(self.not_ready().is_empty()));
     }
 
@@ -226,60 +195,21 @@ impl Control {
         if current.kubernetes != config.kubernetes && lock(&self.unapplied).is_none() {
             tracing::warn!("changes to the `kubernetes` section take effect on restart");
         }
-        self.apply_locked(&mut st, config).await?;
+        // With the pod watch, pinned pods are known only with its first list.
+        let complete = !config.kubernetes.enabled || lock(&self.unsynced).is_none();
+        self.apply_locked(&mut st, config, complete).await?;
         self.config_gen.send_modify(|g| *g += 1);
         Ok(())
     }
 
-    /// Makes `pods` the pod workloads (the Kubernetes watch's complete set)
-    /// and re-applies the running configuration with them. Pinned state of
-    /// workloads neither configured, in `present`, nor in `pods` is
-    /// un-enrolled: after a restart, pods deleted while the agent was down
-    /// are released only now that the full list is known. Returns, per pod
-    /// that is not enrolled, why.
-    pub async fn apply_pods(&self, pods: Vec<PodWorkload>, present: HashSet<String>) -> HashMap<String, String> {
-        let mut st = self.state.lock().await;
-        let config = (*self.config()).clone();
-        let mut out = HashMap::new();
-        for p in &pods {
-            if config.workloads.iter().any(|w| w.name == p.name) {
-                out.insert(
-                    p.name.clone(),
-                    "a static workload of the configuration file has the same name".to_string(),
-                );
-            }
-        }
-        let mut keep: HashSet<String> = config
-            .workloads
-            .iter()
-            .filter(|w| w.netns.is_some())
-            .map(|w| w.name.clone())
-            .collect();
-        keep.extend(present);
-        keep.extend(pods.iter().map(|p| p.name.clone()));
-        keep.extend(st.listeners.keys().cloned());
-        self.forget_pinned(&keep);
-        st.pods = pods;
-        match self.apply_locked(&mut st, config).await {
-            Ok(()) => {
-                for p in &st.pods {
-                    if let Some(f) = st.failed.get(&p.name) {
-                        out.entry(p.name.clone()).or_insert_with(|| f.why.to_string());
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot apply the pod set");
-                for p in &st.pods {
-                    out.entry(p.name.clone()).or_insert_with(|| e.to_string());
-                }
-            }
-        }
-        lock(&self.unsynced).take();
-        out
-    }
-
-    async fn apply_locked(&self, st: &mut State, config: Config) -> Result<(), ControlError> {
+    /// `complete`: the workload set is whole (no pod watch, or its pod
+    /// list has arrived), so pinned egress state outside it can go.
+    pub(super) async fn apply_locked(
+        &self,
+        st: &mut State,
+        config: Config,
+        complete: bool,
+    ) -> Result<(), ControlError> {
         if self.config().admin != config.admin && lock(&self.unapplied).is_none() {
             tracing::warn!("the admin address changes only on restart");
         }
@@ -332,10 +262,11 @@ impl Control {
             self.start_listener(st, name, key, listener, client);
         }
 
-        // 7. Enrol new or changed steered workloads.
+        // 7. Enrol new or changed steered workloads, then their egress.
         for (name, key) in &keys {
             self.enrol_if_needed(st, &config, name, key, open_failed.get(name));
         }
+        self.apply_egress(st, &specs, complete);
         self.report(st);
         lock(&self.unapplied).take();
         Ok(())
@@ -398,6 +329,32 @@ impl Control {
         }
     }
 
+    fn apply_egress(&self, st: &mut State, specs: &[WorkloadSpec], complete: bool) {
+        let snapshot = self.ctx.snapshot.load();
+        let desired = egress::desired(&snapshot, specs, &st.netns_clients);
+        self.ctx.credentials.retain(|k| {
+            snapshot
+                .workloads
+                .values()
+                .any(|w| w.egress.iter().any(|b| b.want.key() == k))
+        });
+        let mut eg = lock(&self.egress);
+        if complete && !st.egress_reconciled && (eg.has_pinned_state() || !desired.is_empty()) {
+            match eg.reconcile(&desired.keys().cloned().collect()) {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(
+                        ?removed,
+                        "un-enrolled the egress of workloads that left while the agent was down"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot adopt the pinned eBPF egress state"),
+            }
+            st.egress_reconciled = true;
+        }
+        eg.apply(&self.ctx, desired);
+    }
+
     fn report(&self, st: &State) {
         let serving = st.listeners.values().filter(|l| !l.key.steered()).count();
         let enrolled = st.listeners.len() - serving;
@@ -451,9 +408,13 @@ impl Control {
         for l in &listeners {
             l.drain.signal();
         }
+        let egress = lock(&self.egress).stop_serving();
         for l in listeners {
             let _ = l.task.await;
             tracing::debug!(listen = %l.bound, "listener drained");
+        }
+        for task in egress {
+            let _ = task.await;
         }
         providers::stop_all(&mut st.providers);
     }
@@ -461,28 +422,11 @@ impl Control {
     /// Un-enrols every steered workload (an operator's uninstall, or a test's cleanup).
     pub async fn unenrol_all(&self) {
         let st = self.state.lock().await;
+        lock(&self.egress).unenrol_all();
         for (name, l) in &st.listeners {
             if l.key.steered() {
                 self.unenrol(name);
             }
         }
-    }
-}
-
-impl PodSink for Control {
-    fn config(&self) -> Arc<Config> {
-        Control::config(self)
-    }
-
-    fn config_changes(&self) -> watch::Receiver<u64> {
-        self.config_gen.subscribe()
-    }
-
-    fn apply_pods(
-        &self,
-        pods: Vec<PodWorkload>,
-        present: HashSet<String>,
-    ) -> impl std::future::Future<Output = HashMap<String, String>> + Send {
-        Control::apply_pods(self, pods, present)
     }
 }

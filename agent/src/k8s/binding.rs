@@ -87,6 +87,8 @@ pub enum Binding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
     pub uid: String,
+    /// `spec.serviceAccountName` (the API server fills in `default`).
+    pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub policy: PodPolicy,
     pub ips: Vec<IpAddr>,
@@ -152,7 +154,8 @@ pub fn bind_in(pod: &Pod, k8s: &KubernetesConfig, catalog: &Catalog, previous: O
     };
     ports.sort_unstable();
     ports.dedup();
-    if ports.is_empty() {
+    let egress = chosen.as_ref().is_some_and(|p| !p.egress.is_empty());
+    if ports.is_empty() && !egress {
         let why = match (&chosen, policy.name()) {
             (Some(p), Some(name)) => format!(
                 "no ports to protect: policy {name} lists no `ports`{}",
@@ -169,8 +172,13 @@ pub fn bind_in(pod: &Pod, k8s: &KubernetesConfig, catalog: &Catalog, previous: O
         };
         return Binding::Failed(why);
     }
+    let service_account = spec
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
     Binding::Enrol(Bound {
         uid,
+        service_account,
         labels,
         policy,
         ips,

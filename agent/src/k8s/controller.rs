@@ -144,6 +144,7 @@ impl<S: PodSink> Controller<S> {
                     match self.netns_of(&b.uid) {
                         Ok(netns) => {
                             states.insert(name.clone(), bound_state(&b.policy, &b.ports));
+                            let cgroup = self.resolver.cgroup_of(&b.uid);
                             workloads.push(PodWorkload {
                                 name: name.clone(),
                                 labels: b.labels,
@@ -151,6 +152,9 @@ impl<S: PodSink> Controller<S> {
                                 ips: b.ips,
                                 ports: b.ports,
                                 netns,
+                                uid: b.uid,
+                                service_account: b.service_account,
+                                cgroup,
                             });
                         }
                         Err(e) => {

@@ -95,6 +95,16 @@ impl PodNsResolver {
         }
     }
 
+    /// The pod's cgroup in the cgroup v2 hierarchy (`<cgroup_root>` on a
+    /// pure v2 host, `<cgroup_root>/unified` beside v1), where the egress
+    /// programs attach; `None` when it has none there.
+    pub fn cgroup_of(&self, uid: &str) -> Option<PathBuf> {
+        let v2 = [self.cgroup_root.clone(), self.cgroup_root.join("unified")]
+            .into_iter()
+            .find(|b| b.join("cgroup.controllers").is_file())?;
+        relative_dirs(uid).into_iter().map(|r| v2.join(r)).find(|d| d.is_dir())
+    }
+
     /// Namespaces no pod may be taken to be in: the host's (pid 1's) and the
     /// agent's own (`self`, when proc_root is this process's /proc or a host
     /// /proc seen with hostPID). Either may be unreadable (pid 1's without
@@ -114,18 +124,7 @@ impl PodNsResolver {
 
     /// Every place the pod's cgroup may be, most common first.
     fn pod_dirs(&self, uid: &str) -> Vec<PathBuf> {
-        let u = uid.replace('-', "_");
-        let mut relative: Vec<PathBuf> = Vec::new();
-        // systemd driver
-        relative.push(format!("kubepods.slice/kubepods-pod{u}.slice").into());
-        for q in QOS {
-            relative.push(format!("kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{u}.slice").into());
-        }
-        // cgroupfs driver
-        relative.push(format!("kubepods/pod{uid}").into());
-        for q in QOS {
-            relative.push(format!("kubepods/{q}/pod{uid}").into());
-        }
+        let relative = relative_dirs(uid);
         let mut bases = vec![self.cgroup_root.clone()];
         // cgroup v1 (or hybrid): one hierarchy per controller directory.
         if let Ok(entries) = std::fs::read_dir(&self.cgroup_root) {
@@ -153,6 +152,23 @@ impl PodNsResolver {
             .flat_map(|b| relative.iter().map(move |r| b.join(r)))
             .collect()
     }
+}
+
+/// Where a pod's cgroup may be below a hierarchy's root, most common first.
+fn relative_dirs(uid: &str) -> Vec<PathBuf> {
+    let u = uid.replace('-', "_");
+    let mut relative: Vec<PathBuf> = Vec::new();
+    // systemd driver
+    relative.push(format!("kubepods.slice/kubepods-pod{u}.slice").into());
+    for q in QOS {
+        relative.push(format!("kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{u}.slice").into());
+    }
+    // cgroupfs driver
+    relative.push(format!("kubepods/pod{uid}").into());
+    for q in QOS {
+        relative.push(format!("kubepods/{q}/pod{uid}").into());
+    }
+    relative
 }
 
 /// Pids listed in `cgroup.procs` of the container cgroups under `dir` (and

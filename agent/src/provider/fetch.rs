@@ -53,6 +53,13 @@ impl FetchError {
     }
 }
 
+/// What discovery found.
+pub struct Discovered {
+    pub jwks_uri: String,
+    pub token_endpoint: Option<String>,
+    pub max_age: Option<Duration>,
+}
+
 /// A fetched document and how long the provider says it stays fresh.
 pub struct Fetched {
     pub body: Vec<u8>,
@@ -166,9 +173,66 @@ impl Fetcher {
         }
     }
 
-    /// Discovers the JWKS URI from `issuer`, insisting the document names the
-    /// same issuer byte for byte (OpenID Connect Discovery §4.3).
-    pub async fn discover(&self, issuer: &str) -> Result<(String, Option<Duration>), FetchError> {
+    /// POSTs a form (an OAuth 2.0 token request) to `url`, with HTTP Basic
+    /// client authentication when given; answers the status and the body
+    /// (bounded) whatever the status: a refusal's JSON says why. `url` is
+    /// held to the scheme rule: client secrets never go over plain http to
+    /// a host that is not loopback (unless `allow_insecure_http`).
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        let parsed = url::Url::parse(url).map_err(|e| FetchError::Discovery {
+            url: url.to_string(),
+            why: format!("token endpoint is not a URL: {e}"),
+        })?;
+        url_allowed(&parsed, self.allow_insecure_http).map_err(|why| FetchError::Discovery {
+            url: url.to_string(),
+            why: format!("token endpoint: {why}"),
+        })?;
+        let post = async {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form)
+                .finish();
+            let mut req = self
+                .client
+                .post(url)
+                .header("accept", "application/json")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+            if let Some((user, password)) = basic {
+                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(user), Some(enc(password)));
+            }
+            let mut resp = req.send().await.map_err(|source| self.http_error(url, source))?;
+            let status = resp.status().as_u16();
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|source| self.http_error(url, source))? {
+                if body.len() + chunk.len() > self.max_bytes {
+                    return Err(FetchError::TooLarge {
+                        url: url.to_string(),
+                        limit: self.max_bytes,
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, post).await.unwrap_or_else(|_| {
+            Err(FetchError::Timeout {
+                url: url.to_string(),
+                timeout: self.timeout,
+            })
+        })
+    }
+
+    /// Discovers the JWKS URI (and the token endpoint, when the document
+    /// has an acceptable one) from `issuer`, insisting the document names
+    /// the same issuer byte for byte (OpenID Connect Discovery §4.3).
+    pub async fn discover(&self, issuer: &str) -> Result<Discovered, FetchError> {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let doc = self.get(&url).await?;
         let bad = |why: String| FetchError::Discovery { url: url.clone(), why };
@@ -188,7 +252,16 @@ impl Fetcher {
         // document served over https must not send the keys over plain http.
         let parsed = url::Url::parse(jwks_uri).map_err(|e| bad(format!("jwks_uri {jwks_uri:?}: {e}")))?;
         url_allowed(&parsed, self.allow_insecure_http).map_err(|why| bad(format!("jwks_uri {jwks_uri:?}: {why}")))?;
-        Ok((jwks_uri.to_string(), doc.max_age))
+        let token_endpoint = v
+            .get("token_endpoint")
+            .and_then(|t| t.as_str())
+            .filter(|t| url::Url::parse(t).is_ok_and(|u| url_allowed(&u, self.allow_insecure_http).is_ok()))
+            .map(str::to_string);
+        Ok(Discovered {
+            jwks_uri: jwks_uri.to_string(),
+            token_endpoint,
+            max_age: doc.max_age,
+        })
     }
 }
 

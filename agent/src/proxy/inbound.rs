@@ -298,7 +298,7 @@ impl Service {
 
 /// The request head as the upstream gets it: HTTP/1.1 to `target`, with
 /// the admitted path and the request id.
-fn upstream_request(
+pub(super) fn upstream_request(
     mut parts: Parts,
     path: Option<PathAndQuery>,
     target: SocketAddr,

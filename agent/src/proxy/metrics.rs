@@ -15,6 +15,8 @@ pub struct ProxyMetrics {
     decision_seconds: HistogramVec,
     upstream_errors: IntCounterVec,
     connections: IntCounterVec,
+    egress_requests: IntCounterVec,
+    egress_connections: IntCounterVec,
     pub token_cache_hits: IntCounter,
     pub token_cache_misses: IntCounter,
     pub token_cache_entries: IntGauge,
@@ -50,6 +52,20 @@ impl ProxyMetrics {
             Opts::new("nodeward_connections_total", "Client connections accepted by workload"),
             &["workload"],
         )?;
+        let egress_requests = IntCounterVec::new(
+            Opts::new(
+                "nodeward_egress_requests_total",
+                "Outbound requests of enrolled workloads by outcome (sent with a token, sent_app_token, passthrough, refused, upstream_error)",
+            ),
+            &["workload", "outcome"],
+        )?;
+        let egress_connections = IntCounterVec::new(
+            Opts::new(
+                "nodeward_egress_connections_total",
+                "Outbound connections accepted by a workload's egress listener, by whether their destination was known (steered) or not (unsteered: closed)",
+            ),
+            &["workload", "result"],
+        )?;
         let token_cache_hits = IntCounter::new("nodeward_token_cache_hits_total", "Verified-token cache hits")?;
         let token_cache_misses = IntCounter::new("nodeward_token_cache_misses_total", "Verified-token cache misses")?;
         let token_cache_entries = IntGauge::new("nodeward_token_cache_entries", "Tokens in the verified-token cache")?;
@@ -57,6 +73,8 @@ impl ProxyMetrics {
         r.register(Box::new(decision_seconds.clone()))?;
         r.register(Box::new(upstream_errors.clone()))?;
         r.register(Box::new(connections.clone()))?;
+        r.register(Box::new(egress_requests.clone()))?;
+        r.register(Box::new(egress_connections.clone()))?;
         r.register(Box::new(token_cache_hits.clone()))?;
         r.register(Box::new(token_cache_misses.clone()))?;
         r.register(Box::new(token_cache_entries.clone()))?;
@@ -65,6 +83,8 @@ impl ProxyMetrics {
             decision_seconds,
             upstream_errors,
             connections,
+            egress_requests,
+            egress_connections,
             token_cache_hits,
             token_cache_misses,
             token_cache_entries,
@@ -95,6 +115,69 @@ impl ProxyMetrics {
             upstream: self.upstream_errors.clone(),
             upstream_resolved: std::array::from_fn(|_| OnceLock::new()),
         }
+    }
+}
+
+impl ProxyMetrics {
+    /// The handles of one workload's egress listener.
+    pub fn egress(&self, name: &str) -> EgressMetrics {
+        EgressMetrics {
+            name: name.to_string(),
+            requests: self.egress_requests.clone(),
+            resolved: std::array::from_fn(|_| OnceLock::new()),
+            connections: self.egress_connections.with_label_values(&[name, "steered"]),
+            unsteered: self.egress_connections.with_label_values(&[name, "unsteered"]),
+        }
+    }
+}
+
+/// What became of one outbound request (`nodeward_egress_requests_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressOutcome {
+    /// Sent with the token its rule names.
+    Sent,
+    /// Sent with the `Authorization` the application set (the rule keeps it).
+    AppToken,
+    /// No rule for its host: sent unchanged.
+    Passthrough,
+    /// Not sent: no token, or a request that cannot be forwarded.
+    Refused,
+    /// The destination could not be reached or did not answer in time.
+    UpstreamError,
+}
+
+impl EgressOutcome {
+    const ALL: [Self; 5] = [
+        Self::Sent,
+        Self::AppToken,
+        Self::Passthrough,
+        Self::Refused,
+        Self::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::AppToken => "sent_app_token",
+            Self::Passthrough => "passthrough",
+            Self::Refused => "refused",
+            Self::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// One egress listener's handles, resolved on first use per outcome.
+pub struct EgressMetrics {
+    name: String,
+    requests: IntCounterVec,
+    resolved: [OnceLock<IntCounter>; EgressOutcome::ALL.len()],
+    pub connections: IntCounter,
+    pub unsteered: IntCounter,
+}
+
+impl EgressMetrics {
+    pub fn request(&self, o: EgressOutcome) -> &IntCounter {
+        self.resolved[o as usize].get_or_init(|| self.requests.with_label_values(&[&self.name, o.as_str()]))
     }
 }
 

@@ -36,6 +36,7 @@ fn cfg(issuer: &str) -> ProviderConfig {
         audiences: vec!["orders".into()],
         audience_claims: default_audience_claims(),
         jwks_uri: None,
+        token_endpoint: None,
         ca_file: None,
         algorithms: default_algorithms(),
         hs_secret_file: None,
