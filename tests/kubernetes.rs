@@ -14,9 +14,7 @@
 //! `cargo test -p nodeward-tests --test kubernetes -- --test-threads=1`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +23,7 @@ use nodeward::k8s::PodWatch;
 use nodeward::netns::listener_in;
 use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
 use nodeward_testkit::netns::{NetnsGuard, PinDir, require_root};
+use nodeward_testkit::pod::PodProcess;
 use nodeward_testkit::{EchoUpstream, TestAgent, TestIdp, client, metric};
 use serde_json::{Value, json};
 
@@ -33,45 +32,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const NODE: &str = "node-1";
 /// Every wait here is bounded by this.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A process inside a namespace (`ip netns exec NS sleep 600`), the pod's
-/// "container"; killed and reaped on drop.
-struct PodProcess(Child);
-
-impl PodProcess {
-    fn start(ns: &NetnsGuard) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sleep", "600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("ip netns exec sleep");
-        let p = Self(child);
-        // `ip netns exec` enters the namespace, then execs: wait until it has.
-        let want = std::fs::metadata(&ns.path).expect("netns file").ino();
-        let start = Instant::now();
-        while std::fs::metadata(format!("/proc/{}/ns/net", p.pid()))
-            .map(|m| m.ino())
-            .ok()
-            != Some(want)
-        {
-            assert!(start.elapsed() < WAIT, "the pod process never entered {}", ns.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        p
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for PodProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A cgroup tree (systemd driver, cgroup v2 layout) under a temp dir, listing pods' processes.
 struct Cgroups(tempfile::TempDir);

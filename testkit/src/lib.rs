@@ -111,6 +111,7 @@ impl Drop for TestIdp {
 /// `/slow/<ms>` waits that long first; `/status/<code>` answers that status.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
+    requests: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,19 +124,31 @@ impl EchoUpstream {
     /// Serves on an existing listener (e.g. one made inside a network namespace).
     pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("echo addr");
+        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let counted = counted.clone();
                 tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        echo(req)
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
+                        .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Self { addr, task }
+        Self { addr, requests, task }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -371,6 +384,7 @@ impl std::io::Write for AuditCapture {
 pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
+pub mod pod;
 pub mod process;
 pub mod shaped;
 mod static_files;

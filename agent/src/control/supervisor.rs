@@ -280,9 +280,13 @@ impl Control {
         key: &ListenKey,
         open_failed: Option<&Failure>,
     ) {
+        // No ports: an egress-only workload, nothing inbound to protect.
         let ListenKey::Netns { ips, ports, .. } = key else {
             return;
         };
+        if ports.is_empty() {
+            return;
+        }
         let failed_recently = st
             .failed
             .get(name)
