@@ -47,6 +47,7 @@ fn echo_in(ns: &NetnsGuard, port: u16) -> EchoUpstream {
 /// What `curl` in the pod got: its exit code, the status and the body.
 #[derive(Debug)]
 struct Curl {
+    #[expect(dead_code, reason = "read through Debug, in failure messages")]
     stderr: String,
     exit: i32,
     status: u16,
