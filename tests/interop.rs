@@ -197,3 +197,99 @@ async fn oidc_provider_tokens_are_accepted_and_rotation_is_followed() {
     );
     stop_provider(provider).await;
 }
+
+/// Outbound identity with a client's credentials (issue 16): the node's
+/// token cache asks the provider's discovered token endpoint for a
+/// client-credentials token (RFC 8707 `resource`, scope), once for every
+/// caller, and the token is one nodeward itself accepts. A wrong secret is
+/// the provider's refusal, with its error code, never a request without a
+/// token.
+#[tokio::test]
+async fn egress_client_credentials_come_from_the_providers_token_endpoint() {
+    use std::sync::Arc;
+
+    use nodeward::config::EgressRule;
+    use nodeward::credentials::{CredentialMetrics, Credentials, Lookup, Subject, Want};
+    use nodeward::provider::{Provider, ProviderMetrics};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks_file = dir.path().join("jwks.json");
+    let oidc = start_provider(port, &jwks_file, false).await;
+
+    let up = EchoUpstream::start().await;
+    let yaml = config(&issuer, up.addr);
+    let agent = TestAgent::start(&yaml).await;
+    agent.wait_ready().await;
+    let cfg = TestAgent::config(&yaml, dir.path());
+    let provider = Arc::new(
+        Provider::new(
+            cfg.providers[0].clone(),
+            dir.path(),
+            ProviderMetrics::unregistered("panva"),
+            None,
+        )
+        .expect("provider"),
+    );
+    provider.refresh().await.expect("discovery");
+    let secret = dir.path().join("client-secret");
+    let want = |secret_file: &std::path::Path| {
+        let rule: EgressRule = serde_yaml_ng::from_str(&format!(
+            "name: orders\nto: {{ports: [8080]}}\ntoken:\n  client_credentials: {{provider: panva, client_id: nodeward-test, \
+             client_secret_file: {}, scope: \"orders:read\", resource: \"{AUDIENCE}\"}}\n",
+            secret_file.display()
+        ))
+        .expect("rule");
+        let caller = |pod: &str| Subject {
+            workload: format!("shop/{pod}").into(),
+            namespace: "shop".into(),
+            service_account: Some("orders".into()),
+            pod: Some((pod.into(), format!("uid-{pod}").into())),
+        };
+        (
+            Arc::new(Want::new(caller("a"), &rule.token)),
+            Arc::new(Want::new(caller("b"), &rule.token)),
+        )
+    };
+    let creds = Credentials::new(None, CredentialMetrics::unregistered());
+
+    std::fs::write(&secret, "nodeward-test-secret\n").expect("secret");
+    let (a, b) = want(&secret);
+    let (value, lookup) = creds.authorization(&a, Some(&provider)).await.expect("a token");
+    assert_eq!(lookup, Lookup::Miss);
+    let (same, lookup) = creds.authorization(&b, Some(&provider)).await.expect("a token");
+    assert_eq!(
+        (same == value, lookup),
+        (true, Lookup::Hit),
+        "a client's token is shared by its callers"
+    );
+    let resp = client()
+        .get(format!("{}/orders", agent.url("orders")))
+        .header("authorization", value)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "the provider's token passes nodeward's own checks");
+    let echo: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(echo["headers"]["x-client-id"], json!(["nodeward-test"]));
+
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "not-the-secret").expect("secret");
+    let (c, _) = want(&wrong);
+    let err = creds
+        .authorization(&c, Some(&provider))
+        .await
+        .expect_err("wrong secret");
+    assert_eq!(err.kind(), "refused", "{err}");
+    assert!(err.to_string().contains("invalid_client"), "{err}");
+    assert!(
+        !err.to_string().contains("not-the-secret"),
+        "the secret is never in an error: {err}"
+    );
+    stop_provider(oidc).await;
+}

@@ -35,7 +35,8 @@ use crate::provider::Provider;
 /// A token is replaced in the background once this share of its lifetime
 /// has passed (the kubelet refreshes projected tokens at 80 % too).
 const REFRESH_AT: f64 = 0.8;
-/// A token this close to its expiry is not sent: it could expire in flight.
+/// A token this close to its expiry (or within a tenth of its lifetime, if
+/// that is shorter) is not sent: it could expire in flight.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// After a failed fetch, requests for the same token get the same error for
 /// this long instead of asking again.
@@ -100,6 +101,8 @@ pub struct Token {
     header: HeaderValue,
     obtained: Instant,
     expires: Instant,
+    /// `expires` minus the margin: sent until then.
+    usable_until: Instant,
 }
 
 impl Token {
@@ -107,15 +110,17 @@ impl Token {
         let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| CredentialError::NotAHeader)?;
         header.set_sensitive(true);
         let now = Instant::now();
+        let expires = now + lifetime;
         Ok(Self {
             header,
             obtained: now,
-            expires: now + lifetime,
+            expires,
+            usable_until: expires - EXPIRY_MARGIN.min(lifetime / 10),
         })
     }
 
     fn usable(&self, now: Instant) -> bool {
-        now + EXPIRY_MARGIN < self.expires
+        now < self.usable_until
     }
 
     fn refresh_due(&self, now: Instant) -> bool {

@@ -91,7 +91,8 @@ pub(super) async fn obtain(
         EgressToken::Exchange(ex) => exchange(kube, provider_for(&ex.provider)?, &want.subject, ex).await?,
     };
     let lifetime = stated.or_else(|| jwt_lifetime(&token)).unwrap_or(UNSTATED_LIFETIME);
-    if lifetime <= super::EXPIRY_MARGIN {
+    // Not worth keeping (and maybe expired by the time it arrives).
+    if lifetime < Duration::from_secs(2) {
         return Err(FetchError::ExpiresTooSoon(lifetime));
     }
     Ok((token, lifetime))

@@ -159,3 +159,159 @@ pub(super) fn workload(w: &WorkloadConfig, p: &PolicyConfig) -> Result<(), Inval
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = r#"
+kubernetes: {kubeconfig: /etc/kubeconfig}
+providers:
+  - {name: corp, issuer: "https://idp.example.com", audiences: [orders]}
+  - {name: cluster, kubernetes_service_accounts: {}, audiences: [orders]}
+policies:
+  - name: callers
+    selector: {app: caller}
+    egress:
+      - name: payments
+        to: {hosts: [payments], ports: [8080]}
+        token: TOKEN
+workloads:
+  - {name: caller, namespace: shop, service_account: caller, labels: {app: caller}, netns: /run/netns/a, cgroup: /sys/fs/cgroup/a}
+"#;
+
+    fn parse(token: &str, edit: impl Fn(String) -> String) -> Result<Config, ConfigError> {
+        Config::parse_with_env(&edit(BASE.replace("TOKEN", token)), Path::new("f.yaml"), |_| None)
+    }
+
+    fn refused(token: &str, edit: impl Fn(String) -> String) -> (String, String) {
+        match parse(token, edit) {
+            Err(ConfigError::Invalid { key, reason, .. }) => (key, reason),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    const SA: &str = "{service_account: {audience: payments}}";
+
+    #[test]
+    fn the_three_token_kinds_are_accepted() {
+        parse(SA, |s| s).expect("service_account");
+        parse(
+            "{client_credentials: {provider: corp, client_id: c, client_secret_file: /s, scope: a b}}",
+            |s| s,
+        )
+        .expect("client_credentials");
+        parse(
+            "{exchange: {provider: corp, subject_audience: corp, actor_token_file: /t}}",
+            |s| s,
+        )
+        .expect("exchange");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str, &str)> = vec![
+            (
+                SA,
+                Box::new(|s| s.replace("ports: [8080]", "ports: []")),
+                "policies[0].egress[0].to.ports",
+                "at least one",
+            ),
+            (
+                SA,
+                Box::new(|s| s.replace("ports: [8080]", "ports: [8080], addresses: [127.0.0.0/8]")),
+                "policies[0].egress[0].to.addresses",
+                "loopback",
+            ),
+            (
+                "{service_account: {audience: payments, expiration: 1m}}",
+                Box::new(|s| s),
+                "policies[0].egress[0].token.service_account.expiration",
+                "10m",
+            ),
+            (
+                "{client_credentials: {provider: nope, client_id: c, client_secret_file: /s}}",
+                Box::new(|s| s),
+                "policies[0].egress[0].token.client_credentials.provider",
+                "no provider",
+            ),
+            (
+                "{client_credentials: {provider: cluster, client_id: c, client_secret_file: /s}}",
+                Box::new(|s| s),
+                "policies[0].egress[0].token.client_credentials.provider",
+                "no token endpoint",
+            ),
+            (
+                SA,
+                Box::new(|s| {
+                    s.replace("kubernetes: {kubeconfig: /etc/kubeconfig}\n", "").replace(
+                        "  - {name: cluster, kubernetes_service_accounts: {}, audiences: [orders]}\n",
+                        "",
+                    )
+                }),
+                "policies[0].egress[0].token.service_account",
+                "API server",
+            ),
+            (
+                SA,
+                Box::new(|s| s.replace(", cgroup: /sys/fs/cgroup/a", "")),
+                "workloads[0].cgroup",
+                "cgroup",
+            ),
+            (
+                SA,
+                Box::new(|s| s.replace("service_account: caller, ", "")),
+                "workloads[0].service_account",
+                "service account",
+            ),
+            (
+                SA,
+                Box::new(|s| {
+                    s.replace(
+                        "netns: /run/netns/a, cgroup: /sys/fs/cgroup/a",
+                        "listen: 127.0.0.1:1, upstream: 127.0.0.1:2",
+                    )
+                }),
+                "workloads[0].netns",
+                "eBPF",
+            ),
+        ];
+        for (token, edit, key, why) in cases {
+            let (k, reason) = refused(token, edit);
+            assert_eq!(k, key, "{reason}");
+            assert!(reason.contains(why), "{key}: {reason}");
+        }
+        let e = parse(
+            "{service_account: {audience: a}, exchange: {provider: corp, subject_audience: x}}",
+            |s| s,
+        )
+        .expect_err("two kinds");
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+    }
+
+    #[test]
+    fn identity_policies_may_only_use_service_account_tokens() {
+        let config = parse(SA, |s| s).expect("valid");
+        let spec = |token: &str| {
+            serde_json::json!({
+                "egress": [{"name": "x", "to": {"ports": [80]}, "token": serde_yaml_ng::from_str::<serde_json::Value>(token).expect("token")}]
+            })
+        };
+        config
+            .parse_policy("shop/p", &spec(SA), Path::new("IdentityPolicy shop/p"))
+            .expect("service_account is fine");
+        let e = config
+            .parse_policy(
+                "shop/p",
+                &spec("{client_credentials: {provider: corp, client_id: c, client_secret_file: /etc/nodeward/secret}}"),
+                Path::new("IdentityPolicy shop/p"),
+            )
+            .expect_err("a node file");
+        assert!(
+            e.to_string().contains("spec.egress[0].token") && e.to_string().contains("only the agent's configuration"),
+            "{e}"
+        );
+    }
+}
