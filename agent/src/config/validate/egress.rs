@@ -212,7 +212,8 @@ workloads:
 
     #[test]
     fn errors_name_the_key() {
-        let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str, &str)> = vec![
+        type Edit = Box<dyn Fn(String) -> String>;
+        let cases: Vec<(&str, Edit, &str, &str)> = vec![
             (
                 SA,
                 Box::new(|s| s.replace("ports: [8080]", "ports: []")),
