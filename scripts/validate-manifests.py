@@ -82,6 +82,8 @@ ALLOWED_RBAC = {
     # kubernetes_rbac rules and token_review: true (docs/kubernetes.md).
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
+    # egress service_account / exchange tokens: TokenRequest (docs/egress.md).
+    ("", "serviceaccounts/token"): {"create"},
 }
 REQUIRED_RBAC = {
     ("", "pods"): {"get", "list", "watch"},
@@ -89,6 +91,7 @@ REQUIRED_RBAC = {
     ("nodeward.io", "identitypolicies/status"): {"patch"},
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("", "serviceaccounts/token"): {"create"},
 }
 # The service-account issuer's discovery document and keys, read through the
 # API server with the agent's credentials (kubernetes_service_accounts
