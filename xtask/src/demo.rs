@@ -5,8 +5,9 @@
 //! walks through a scripted tour from the host and from inside a pod, prints
 //! what happened to each request and a /metrics excerpt, binds the fourth
 //! pod through an IdentityPolicy of a fake Kubernetes API and shows its
-//! status and a refused one (`policies`), and removes every namespace, veth
-//! and pinned object it made (`steered`).
+//! status and a refused one (`policies`), shows the `web` pod calling
+//! `orders` with an identity it never had to fetch (`outbound`), and removes
+//! every namespace, veth, cgroup and pinned object it made (`steered`).
 //!
 //! `cargo xtask demo --reverse-proxy` is the same idea without root: the
 //! agent as a plain reverse proxy on loopback in front of an echo app
@@ -20,6 +21,7 @@
 mod check;
 pub(crate) mod env;
 mod node;
+mod outbound;
 mod policies;
 mod reverse_proxy;
 mod script;

@@ -25,6 +25,7 @@ use nodeward_testkit::{EchoUpstream, metric};
 use super::check;
 use super::env::{Target, wait_ready};
 use super::node::{Node, Pins};
+use super::outbound;
 use super::policies;
 use super::script::Tokens;
 use super::steered_script::{self, APP_PORT, SIDE_PORT};
@@ -100,7 +101,15 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
     let admin = format!("http://127.0.0.1:{admin_port}");
     let config_path = dir.path().join("nodeward.yaml");
     let cluster = policies::Cluster::start(node).await?;
-    let mut config = config(&idp.issuer, admin_port, &dir.path().join("state"), &pins.path, node)?;
+    let caller = outbound::Caller::new(&cluster.api);
+    let mut config = config(
+        &idp.issuer,
+        admin_port,
+        &dir.path().join("state"),
+        &pins.path,
+        node,
+        &caller,
+    )?;
     config.push_str(&cluster.config(dir.path())?);
     std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
 
@@ -114,6 +123,10 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
 
     let tour = match tour(node, &admin, &idp, &untrusted, &agent).await {
         Ok(failed) => cluster.tour(node, &idp).await.map(|f| f + failed),
+        e => e,
+    };
+    let tour = match tour {
+        Ok(failed) => caller.tour(node, pins, &cluster.api).await.map(|f| f + failed),
         e => e,
     };
     if !matches!(tour, Ok(0)) {
@@ -130,6 +143,7 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
         bail!("nodeward did not exit cleanly on SIGTERM ({status})");
     }
     failed += fail_closed(node, pins).await;
+    failed += caller.fail_closed(node).await?;
     Ok(failed)
 }
 
@@ -155,7 +169,14 @@ fn start_apps(node: &Node) -> anyhow::Result<Vec<EchoUpstream>> {
 
 /// The agent's config: one provider, a policy per enrolled pod, the two
 /// enrolled pods by namespace, pins in the demo's own directory.
-fn config(issuer: &str, admin: u16, state_dir: &Path, pin_dir: &Path, node: &Node) -> anyhow::Result<String> {
+fn config(
+    issuer: &str,
+    admin: u16,
+    state_dir: &Path,
+    pin_dir: &Path,
+    node: &Node,
+    caller: &outbound::Caller,
+) -> anyhow::Result<String> {
     // JSON strings are valid YAML double-quoted scalars: safe for any path.
     let q = |p: &Path| serde_json::to_string(&p.to_string_lossy());
     let (state_dir, pin_dir) = (q(state_dir)?, q(pin_dir)?);
@@ -186,6 +207,9 @@ policies:
         paths: ["/admin/**"]
         methods: [POST, DELETE]
         require: {{providers: [corp], claims: {{groups: {{any_of: [admins]}}}}}}
+      - name: internal
+        paths: ["/internal/**"]
+        require: {{providers: [cluster], source: {{service_accounts: [shop/{caller_sa}]}}}}
       - {{name: default, require: {{providers: [corp]}}}}
     forward_claims: {{x-user-email: email}}
   - name: billing
@@ -196,10 +220,13 @@ policies:
       - name: finance
         require: {{providers: [corp], claims: {{groups: {{any_of: [finance]}}}}}}
     forward_claims: {{x-user-email: email}}
-workloads:
+{caller_policy}workloads:
   - {{name: orders, labels: {{app: orders}}, netns: {orders}}}
   - {{name: billing, labels: {{app: billing}}, netns: {billing}}}
-"#
+{caller_workload}"#,
+        caller_sa = outbound::CALLER,
+        caller_policy = caller.policy(),
+        caller_workload = caller.workload(node)?,
     ))
 }
 
@@ -213,6 +240,7 @@ fn describe(node: &Node, pins: &Pins, idp: &DevIdp, untrusted: &DevIdp, admin: &
             "orders" => (":8080 (protected) :9090", "enrolled, policy orders"),
             "billing" => (":8080 (protected)", "enrolled, policy billing"),
             policies::POD => (":8080", "a Kubernetes pod (fake API), enrolled later"),
+            outbound::CALLER => (":8080", "not enrolled inbound; its calls to orders carry its identity"),
             _ => (":8080", "not enrolled"),
         };
         println!(
@@ -227,7 +255,7 @@ fn describe(node: &Node, pins: &Pins, idp: &DevIdp, untrusted: &DevIdp, admin: &
   nodeward           admin on {admin}; pins in {} (links: {})
   config             {}
 policies (first match wins):
-  orders   /healthz anonymous; POST|DELETE /admin/** group admins; else any valid token from corp
+  orders   /healthz anonymous; POST|DELETE /admin/** group admins; /internal/** service account shop/web; else any valid token from corp
   billing  /healthz anonymous; else group finance
   both forward x-user-email; the app also gets x-nodeward-sub and x-nodeward-iss
 ",
