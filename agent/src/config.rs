@@ -10,6 +10,7 @@ mod claim_path;
 mod model;
 mod policy;
 mod provider;
+mod resource;
 mod schema;
 mod select;
 mod validate;
@@ -18,6 +19,7 @@ pub use claim_path::ClaimPath;
 pub use model::*;
 pub use policy::*;
 pub use provider::*;
+pub use resource::{BearerMethod, METADATA_PATH, ProtectedResourceConfig};
 pub use select::{Unbound, select_policy};
 pub use validate::{RESERVED_HEADERS, bound_policy, url_allowed};
 

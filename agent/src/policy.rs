@@ -6,6 +6,9 @@
 //! the path `path.rs`; turning a decision into a response is `proxy/`.
 
 mod claims;
+mod resource;
+
+pub use resource::ProtectedResource;
 
 use std::sync::Arc;
 
@@ -13,7 +16,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method};
 
 use crate::config::{
-    ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, RuleAction, RuleConfig, Source,
+    ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, ProviderConfig, RuleAction,
+    RuleConfig, Source,
 };
 use crate::identity::ServiceAccountCaller;
 use crate::path::PathOptions;
@@ -32,6 +36,8 @@ pub enum PolicyError {
     },
     #[error("policy {policy}: bad forward_claims header {header:?}")]
     Header { policy: String, header: String },
+    #[error("policy {policy}: protected_resource: {reason}")]
+    Resource { policy: String, reason: String },
 }
 
 #[derive(Debug)]
@@ -41,11 +47,15 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Header → claim, added to allowed requests with a verified token.
     pub forward_claims: Vec<(HeaderName, ForwardClaim)>,
-    /// Audiences this policy's workloads accept instead of the providers' (empty: theirs).
+    /// Audiences this policy's workloads accept instead of the providers'
+    /// (empty: theirs). A protected resource without `audiences` accepts
+    /// exactly its resource identifier (RFC 8707).
     pub audiences: Vec<String>,
     pub path: PathOptions,
     /// Forward the client's verified token upstream.
     pub forward_token: bool,
+    /// The workload is an OAuth protected resource (`protected_resource`).
+    pub resource: Option<ProtectedResource>,
     /// Set for the stand-in of a policy that does not exist (or is
     /// ambiguous): every request is refused with reason `no_policy`,
     /// whatever its mode.
@@ -59,6 +69,9 @@ pub struct Rule {
     methods: Option<Vec<Method>>,
     pub action: Action,
     pub mode: Mode,
+    /// The scopes the rule's claim conditions require, space-separated (a
+    /// protected resource's challenges name them).
+    pub scope: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -83,7 +96,9 @@ pub struct Refusal {
 }
 
 impl Policy {
-    pub fn compile(cfg: &PolicyConfig) -> Result<Self, PolicyError> {
+    /// `providers` are the configuration's: a protected resource publishes
+    /// their issuers.
+    pub fn compile(cfg: &PolicyConfig, providers: &[ProviderConfig]) -> Result<Self, PolicyError> {
         let rules = cfg
             .rules
             .iter()
@@ -101,14 +116,28 @@ impl Policy {
                 Ok((header, c.clone()))
             })
             .collect::<Result<_, _>>()?;
+        let resource = cfg
+            .protected_resource
+            .as_ref()
+            .map(|r| ProtectedResource::compile(r, providers, &cfg.path))
+            .transpose()
+            .map_err(|reason| PolicyError::Resource {
+                policy: cfg.name.clone(),
+                reason,
+            })?;
+        let audiences = match &resource {
+            Some(r) if cfg.audiences.is_empty() => vec![r.resource.clone()],
+            _ => cfg.audiences.clone(),
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             mode: cfg.mode,
             rules,
             forward_claims,
-            audiences: cfg.audiences.clone(),
+            audiences,
             path: cfg.path,
             forward_token: cfg.forward_token,
+            resource,
             missing: None,
         })
     }
@@ -124,6 +153,7 @@ impl Policy {
             audiences: Vec::new(),
             path: PathOptions::default(),
             forward_token: false,
+            resource: None,
             missing: Some(why.into()),
         }
     }
@@ -132,6 +162,11 @@ impl Policy {
     /// ([`crate::path::Normalized::matched`]), if any.
     pub fn matching_rule(&self, method: &Method, path: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(method, path))
+    }
+
+    /// The rule of this name (a decision names the rule that decided).
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.name == name)
     }
 }
 
@@ -189,12 +224,17 @@ impl Rule {
                 rbac: req.kubernetes_rbac.clone().map(Box::new),
             },
         };
+        let scope = match &action {
+            Action::Require { claims, .. } => resource::required_scope(claims),
+            _ => None,
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             paths,
             methods,
             action,
             mode: cfg.mode.unwrap_or(policy.mode),
+            scope,
         })
     }
 
@@ -239,6 +279,19 @@ impl Rule {
                 }
             }
         }
+    }
+}
+
+impl Rule {
+    /// Whether `token` fails one of the rule's conditions on a scope claim
+    /// (a 403 then names the rule's scopes, so the client can step up).
+    pub fn scope_unmet(&self, token: &VerifiedToken) -> bool {
+        let Action::Require { claims, .. } = &self.action else {
+            return false;
+        };
+        claims
+            .iter()
+            .any(|(path, cond)| path.is_scope() && cond.check(path, &token.claims).is_err())
     }
 }
 

@@ -14,7 +14,7 @@ pub mod metrics;
 mod respond;
 pub mod upstream;
 
-pub use inbound::admit;
+pub use inbound::{admit, metadata_request};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 mod kubernetes;
+mod resource;
 
 use super::{
     Config, ConfigError, PolicyConfig, ProviderConfig, RuleAction, RuleConfig, TokenSource, Unbound, WorkloadConfig,
@@ -205,6 +206,7 @@ pub(super) fn policy(c: &Config, p: &PolicyConfig) -> Result<(), Invalid> {
     for (j, r) in p.rules.iter().enumerate() {
         rule(c, r).map_err(|(k, reason)| (format!("rules[{j}].{k}"), reason))?;
     }
+    resource::protected_resource(c, p)?;
     forward_claims(p).map_err(|(k, reason)| (format!("forward_claims.{k}"), reason))
 }
 
