@@ -135,7 +135,11 @@ async fn the_metadata_is_answered_by_the_agent_anonymously_whatever_the_rules() 
         .await
         .expect("request");
     assert_eq!(head.status(), 200);
-    let length: usize = head.headers()["content-length"].to_str().expect("ascii").parse().expect("number");
+    let length: usize = head.headers()["content-length"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number");
     assert_eq!(length, expected.to_string().len());
     assert!(head.bytes().await.expect("body").is_empty());
     // A token does not change the answer, and other methods are refused by the agent.
@@ -281,7 +285,10 @@ async fn a_missing_scope_is_named_so_the_client_can_step_up() {
         .expect("request");
     assert_eq!(resp.status(), 403);
     let challenge = www_authenticate(&resp);
-    assert!(challenge.ends_with(&format!(r#"resource_metadata="{METADATA_URL}""#)), "{challenge}");
+    assert!(
+        challenge.ends_with(&format!(r#"resource_metadata="{METADATA_URL}""#)),
+        "{challenge}"
+    );
 }
 
 #[tokio::test]

@@ -369,6 +369,7 @@ impl std::io::Write for AuditCapture {
 }
 
 pub mod cgroup;
+pub mod interop;
 pub mod kubeapi;
 pub mod netns;
 pub mod process;
