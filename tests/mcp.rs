@@ -12,7 +12,7 @@
 //! Needs Node.js and `npm ci --prefix tests/interop` (`.ci/run` and
 //! `cargo xtask test` do it); without them it fails loudly, never skips.
 
-use nodeward_testkit::interop::{AGENT_CLIENT_ID, NodeServer, free_port, mcp_client};
+use nodeward_testkit::interop::{AGENT_CLIENT_ID, NodeServer, agent_token, free_port, mcp_client};
 use nodeward_testkit::{AuditCapture, TestAgent, client};
 use serde_json::{Value, json};
 
@@ -48,38 +48,9 @@ fn position(
         .unwrap_or_else(|| panic!("the SDK client never made {what} (after exchange {from}): {trace:#?}"))
 }
 
-/// A URI as an `application/x-www-form-urlencoded` value.
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn json_of(resp: reqwest::Response) -> Value {
     let text = resp.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// A client-credentials token of the agent's client for `resource`, asked
-/// for directly (as a misbehaving client would reuse it elsewhere).
-async fn token_for(issuer: &str, resource: &str) -> String {
-    let resp = client()
-        .post(format!("{issuer}/token"))
-        .basic_auth(AGENT_CLIENT_ID, Some("nodeward-agent-secret"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&scope=tools.call&resource={}",
-            form_encode(resource)
-        ))
-        .send()
-        .await
-        .expect("token request");
-    assert_eq!(resp.status(), 200);
-    let body = json_of(resp).await;
-    body["access_token"].as_str().expect("access_token").to_string()
 }
 
 #[tokio::test]
@@ -203,7 +174,9 @@ workloads:
     );
 
     // A token the provider minted for another MCP server is refused here.
-    let foreign = token_for(&issuer, &elsewhere).await;
+    let foreign = agent_token(&issuer, &elsewhere)
+        .await
+        .expect("a token for the other MCP server");
     let resp = client()
         .post(&resource)
         .bearer_auth(&foreign)

@@ -21,6 +21,7 @@ pub const PACKAGES: [&str; 2] = ["oidc-provider", "@modelcontextprotocol/sdk"];
 
 /// The MCP client's credentials at the provider (`oidc-provider.mjs`).
 pub const AGENT_CLIENT_ID: &str = "nodeward-agent";
+const AGENT_CLIENT_SECRET: &str = "nodeward-agent-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InteropError {
@@ -38,6 +39,8 @@ pub enum InteropError {
         status: String,
         stderr: String,
     },
+    #[error("no token from {issuer}: {why}")]
+    Token { issuer: String, why: String },
     #[error("{script} printed no JSON result ({error}): {stdout}")]
     Output {
         script: String,
@@ -173,4 +176,34 @@ pub async fn mcp_client(mcp_url: &str, issuer: &str) -> Result<Value, InteropErr
         error: e.to_string(),
         stdout,
     })
+}
+
+/// A client-credentials token of the agent's client for `resource` (RFC
+/// 8707), asked for directly rather than by the SDK: what a client would
+/// hold for another MCP server.
+pub async fn agent_token(issuer: &str, resource: &str) -> Result<String, InteropError> {
+    let fail = |why: String| InteropError::Token {
+        issuer: issuer.into(),
+        why,
+    };
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("scope", "tools.call")
+        .append_pair("resource", resource)
+        .finish();
+    let resp = crate::client()
+        .post(format!("{issuer}/token"))
+        .basic_auth(AGENT_CLIENT_ID, Some(AGENT_CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
+    let body: Value = serde_json::from_str(&text).map_err(|_| fail(format!("{status}: {text}")))?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| fail(format!("{status}: {text}")))
 }

@@ -52,7 +52,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
 /// The interop tests run panva's oidc-provider and the MCP SDK under Node
 /// and fail loudly (on purpose) when their packages are missing, so install
 /// them first.
-fn interop_prerequisites(root: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn interop_prerequisites(root: &std::path::Path) -> anyhow::Result<()> {
     let dir = root.join("tests/interop");
     if nodeward_testkit::interop::missing_package().is_none() {
         return Ok(());

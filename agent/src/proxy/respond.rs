@@ -84,7 +84,10 @@ pub fn refusal(
 /// steps up instead of asking again for what it has).
 fn resource_params(challenge: &mut String, r: &ProtectedResource, policy: &Policy, d: &Decision) {
     use std::fmt::Write as _;
-    let _ = write!(challenge, ", resource_metadata=\"{}\"", quote_safe(&r.metadata_url));
+    // Both values are quoted-string safe as they are, and never cut short
+    // (`quote_safe` truncates): the URL is serialised by `url` (`"` and `\`
+    // percent-encoded), scopes are filtered to scope tokens when compiled.
+    let _ = write!(challenge, ", resource_metadata=\"{}\"", r.metadata_url);
     let rule = d.rule.as_deref().and_then(|name| policy.rule(name));
     let scope = rule.and_then(|rule| {
         let needed = match d.reason.answer() {
@@ -95,7 +98,7 @@ fn resource_params(challenge: &mut String, r: &ProtectedResource, policy: &Polic
         rule.scope.as_deref().filter(|_| needed)
     });
     if let Some(scope) = scope {
-        let _ = write!(challenge, ", scope=\"{}\"", quote_safe(scope));
+        let _ = write!(challenge, ", scope=\"{scope}\"");
     }
 }
 
@@ -203,11 +206,16 @@ mod tests {
     use crate::reason::Reason;
 
     fn policy(resource: bool) -> Policy {
-        let pr = if resource {
-            r#"
-    protected_resource: {resource: "http://127.0.0.1:15007/mcp", authorization_servers: [corp]}"#
-        } else {
-            ""
+        policy_of(resource.then_some("http://127.0.0.1:15007/mcp"))
+    }
+
+    fn policy_of(resource: Option<&str>) -> Policy {
+        let pr = match resource {
+            Some(r) => format!(
+                r#"
+    protected_resource: {{resource: "{r}", authorization_servers: [corp]}}"#
+            ),
+            None => String::new(),
         };
         let text = format!(
             r#"providers: [{{name: corp, issuer: "http://127.0.0.1:9000", audiences: [x]}}]
@@ -266,6 +274,19 @@ policies:
                     r#"Bearer realm="nodeward", error="insufficient_scope", error_description="why 'quoted'", {meta}"#
                 )
             )
+        );
+    }
+
+    #[test]
+    fn a_long_metadata_url_is_never_cut_short() {
+        let path = "/t".repeat(200);
+        let p = policy_of(Some(&format!("https://tools.example.com{path}")));
+        let (_, h) = challenge(&p, Reason::MissingToken, "other");
+        assert!(
+            h.ends_with(&format!(
+                r#"resource_metadata="https://tools.example.com/.well-known/oauth-protected-resource{path}""#
+            )),
+            "{h}"
         );
     }
 

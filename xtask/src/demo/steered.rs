@@ -130,6 +130,7 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
         bail!("nodeward did not exit cleanly on SIGTERM ({status})");
     }
     failed += fail_closed(node, pins).await;
+    failed += super::agents::tour(bin).await?;
     Ok(failed)
 }
 
