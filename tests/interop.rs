@@ -23,7 +23,7 @@ async fn start_provider(port: u16, jwks_file: &std::path::Path, rotate: bool) ->
     }
     NodeServer::start("oidc-provider.mjs", port, &env, None)
         .await
-        .expect("oidc-provider starts")
+        .unwrap_or_else(|e| panic!("oidc-provider: {e}"))
 }
 
 /// A client-credentials access token for our resource.

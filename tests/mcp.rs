@@ -73,7 +73,7 @@ async fn the_mcp_sdk_client_discovers_authorizes_and_calls_a_tool_behind_nodewar
         None,
     )
     .await
-    .expect("oidc-provider starts");
+    .unwrap_or_else(|e| panic!("oidc-provider: {e}"));
     let issuer = provider.url.clone();
     let seen = dir.path().join("seen.jsonl");
     let server = NodeServer::start(
@@ -83,7 +83,7 @@ async fn the_mcp_sdk_client_discovers_authorizes_and_calls_a_tool_behind_nodewar
         None,
     )
     .await
-    .expect("the MCP server starts");
+    .unwrap_or_else(|e| panic!("the MCP server: {e}"));
     let upstream = server
         .url
         .strip_prefix("http://")
@@ -121,7 +121,7 @@ workloads:
     // The agent, as the SDK runs it.
     let report = mcp_client(&resource, &issuer)
         .await
-        .expect("the MCP SDK client succeeds");
+        .unwrap_or_else(|e| panic!("the MCP SDK client: {e}"));
     assert_eq!(report["tools"], json!(["whoami"]), "{report}");
     let text = report["result"]["content"][0]["text"].as_str().expect("tool text");
     let who: Value = serde_json::from_str(text).expect("tool result JSON");
@@ -176,7 +176,7 @@ workloads:
     // A token the provider minted for another MCP server is refused here.
     let foreign = agent_token(&issuer, &elsewhere)
         .await
-        .expect("a token for the other MCP server");
+        .unwrap_or_else(|e| panic!("a token for the other MCP server: {e}"));
     let resp = client()
         .post(&resource)
         .bearer_auth(&foreign)

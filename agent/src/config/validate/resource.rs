@@ -308,5 +308,14 @@ policies:
             .parse_policy("ns/tools", &spec, Path::new("IdentityPolicy ns/tools"))
             .expect_err("refused");
         assert!(e.to_string().contains("key `spec.forward_token`"), "{e}");
+        let mut spec = spec;
+        spec.as_object_mut().expect("object").remove("forward_token");
+        let p = c
+            .parse_policy("ns/tools", &spec, Path::new("IdentityPolicy ns/tools"))
+            .expect("an IdentityPolicy may be a protected resource");
+        assert_eq!(
+            p.protected_resource.map(|r| r.resource).as_deref(),
+            Some("https://t.example/mcp")
+        );
     }
 }
