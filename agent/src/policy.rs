@@ -243,6 +243,17 @@ impl Rule {
             && self.paths.as_ref().is_none_or(|g| g.is_match(path))
     }
 
+    /// Whether `token` fails one of the rule's conditions on a scope claim
+    /// (a 403 then names the rule's scopes, so the client can step up).
+    pub fn scope_unmet(&self, token: &VerifiedToken) -> bool {
+        let Action::Require { claims, .. } = &self.action else {
+            return false;
+        };
+        claims
+            .iter()
+            .any(|(path, cond)| path.is_scope() && cond.check(path, &token.claims).is_err())
+    }
+
     /// Checks a verified token against the rule's requirements.
     pub fn authorize(&self, token: &VerifiedToken) -> Result<(), Refusal> {
         match &self.action {
@@ -279,19 +290,6 @@ impl Rule {
                 }
             }
         }
-    }
-}
-
-impl Rule {
-    /// Whether `token` fails one of the rule's conditions on a scope claim
-    /// (a 403 then names the rule's scopes, so the client can step up).
-    pub fn scope_unmet(&self, token: &VerifiedToken) -> bool {
-        let Action::Require { claims, .. } = &self.action else {
-            return false;
-        };
-        claims
-            .iter()
-            .any(|(path, cond)| path.is_scope() && cond.check(path, &token.claims).is_err())
     }
 }
 
