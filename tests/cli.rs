@@ -145,6 +145,87 @@ async fn explain_prints_the_decision_the_rule_and_why() {
     assert!(text(&out.stdout).contains("decision: ALLOW"));
 }
 
+/// A `protected_resource` workload: `check` refuses token passthrough with
+/// the key and why; `explain` says the metadata is answered by nodeward,
+/// and shows the resource, the agent's client and that no token goes on.
+#[tokio::test]
+async fn check_and_explain_a_protected_resource() {
+    let idp = TestIdp::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tools.yaml");
+    let yaml = format!(
+        r#"state_dir: {}
+providers: [{{name: corp, issuer: "{}", audiences: [orders]}}]
+policies:
+  - name: tools
+    selector: {{app: tools}}
+    protected_resource: {{resource: "http://tools.example/mcp", authorization_servers: [corp]}}
+    rules: [{{name: call, paths: ["/mcp"], require: {{claims: {{scope: {{all_of: [tools.call]}}}}}}}}]
+workloads: [{{name: tools, labels: {{app: tools}}, listen: "127.0.0.1:0", upstream: "127.0.0.1:9"}}]
+"#,
+        dir.path().display(),
+        idp.issuer()
+    );
+    let config = file.to_str().expect("utf8").to_string();
+    std::fs::write(&file, yaml.replace("rules:", "forward_token: true\n    rules:")).expect("write");
+    let out = nodeward(&["check", "--config", &config]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tools.yaml")
+            && err.contains("key `policies[0].forward_token`")
+            && err.contains("token passthrough"),
+        "{err}"
+    );
+
+    std::fs::write(&file, &yaml).expect("write");
+    let token = idp.token(json!({"aud": "http://tools.example/mcp", "scope": "tools.call", "azp": "mcp-agent"}));
+    let explain = move |method: &'static str, path: &'static str, token: Option<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "explain",
+                "--config",
+                &config,
+                "--workload",
+                "tools",
+                "--method",
+                method,
+                "--path",
+                path,
+            ];
+            if let Some(t) = &token {
+                args.extend(["--token", t.as_str()]);
+            }
+            nodeward(&args)
+        })
+    };
+    let out = explain("GET", "/.well-known/oauth-protected-resource/mcp", None)
+        .await
+        .expect("join");
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.starts_with("decision: ANSWERED BY NODEWARD"), "{s}");
+    assert!(
+        s.contains("metadata at http://tools.example/.well-known/oauth-protected-resource/mcp"),
+        "{s}"
+    );
+
+    let out = explain("POST", "/mcp", Some(token.clone())).await.expect("join");
+    let s = text(&out.stdout);
+    assert!(s.contains("decision: ALLOW"), "{s}");
+    assert!(
+        s.contains("resource: http://tools.example/mcp (tokens must name it"),
+        "{s}"
+    );
+    assert!(s.contains("client_id=mcp-agent"), "{s}");
+    assert!(
+        !s.to_ascii_lowercase().contains("authorization:"),
+        "no token goes upstream: {s}"
+    );
+    assert!(!s.contains(&token), "never print the token");
+}
+
 /// `explain --pod` reads the pod from the API server and binds it as the pod
 /// watch does (labels, the policy annotation, deny-all without a policy);
 /// `--labels` does the same offline; a pod that is not protected says why.

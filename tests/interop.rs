@@ -8,64 +8,22 @@
 //! `cargo xtask test` do it). Without them this test fails loudly: it never
 //! passes without having run.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
+use nodeward_testkit::interop::NodeServer;
 use nodeward_testkit::{EchoUpstream, TestAgent, client, metric};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const AUDIENCE: &str = "urn:nodeward:orders";
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// Starts the provider on `port` and waits (bounded) for its ready line.
-async fn start_provider(port: u16, jwks_file: &std::path::Path, rotate: bool) -> Child {
-    let dir = interop_dir();
-    assert!(
-        dir.join("node_modules/oidc-provider").is_dir(),
-        "oidc-provider is not installed: run `npm ci --prefix tests/interop` (cargo xtask test does it)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(dir.join("oidc-provider.mjs"))
-        .arg(port.to_string())
-        .env("JWKS_FILE", jwks_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+/// Starts the provider on `port` (a new signing key first when `rotate`).
+async fn start_provider(port: u16, jwks_file: &std::path::Path, rotate: bool) -> NodeServer {
+    let jwks = jwks_file.to_str().expect("utf8 path");
+    let mut env = vec![("JWKS_FILE", jwks)];
     if rotate {
-        cmd.env("ROTATE", "1");
+        env.push(("ROTATE", "1"));
     }
-    let mut child = cmd.spawn().expect("node must be installed to run the interop test");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("oidc-provider ready") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(ready, Ok(true)), "oidc-provider did not become ready");
-    child
-}
-
-async fn stop_provider(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+    NodeServer::start("oidc-provider.mjs", port, &env, None)
         .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+        .unwrap_or_else(|e| panic!("oidc-provider: {e}"))
 }
 
 /// A client-credentials access token for our resource.
@@ -167,7 +125,7 @@ async fn oidc_provider_tokens_are_accepted_and_rotation_is_followed() {
     assert_eq!(resp.status(), 401);
 
     // Rotate: the provider restarts signing with a new key B (A still published).
-    stop_provider(provider).await;
+    provider.stop().await;
     let provider = start_provider(port, &jwks_file, true).await;
     let second = token(&issuer).await;
     assert_ne!(kid(&first), kid(&second), "the provider signs with the rotated key");
@@ -195,7 +153,7 @@ async fn oidc_provider_tokens_are_accepted_and_rotation_is_followed() {
         Some(1.0),
         "{m}"
     );
-    stop_provider(provider).await;
+    provider.stop().await;
 }
 
 /// Outbound identity with a client's credentials (issue 16): the node's
@@ -291,5 +249,5 @@ async fn egress_client_credentials_come_from_the_providers_token_endpoint() {
         !err.to_string().contains("not-the-secret"),
         "the secret is never in an error: {err}"
     );
-    stop_provider(oidc).await;
+    oidc.stop().await;
 }

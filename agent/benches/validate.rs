@@ -456,7 +456,7 @@ fn uncached(c: &mut Criterion, fx: &Fixture) {
 }
 
 fn policy(c: &mut Criterion, fx: &Fixture) {
-    let policy = Policy::compile(&fx.config.policies[0]).expect("policy compiles");
+    let policy = Policy::compile(&fx.config.policies[0], &fx.config.providers).expect("policy compiles");
     assert_eq!(policy.rules.len(), 20);
     let token = fx.verified("RS256");
     let cases = [

@@ -3,8 +3,8 @@
 //!
 //! Two paths with the same line shape
 //! (`{"timestamp","level","target":"audit", request_id, trace_id, workload, method, path,
-//! decision, reason, detail, rule, iss, sub, email, k8s_user, k8s_groups,
-//! client, latency_us}`; an
+//! decision, reason, detail, rule, iss, sub, email, client_id, act, k8s_user,
+//! k8s_groups, client, latency_us}`; an
 //! absent optional field is left out):
 //!
 //! - The binary makes an [`Audit`] writing to stdout ([`Audit::writer`]): the worker
@@ -68,6 +68,10 @@ pub struct Fields<'a> {
     pub iss: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub email: Option<&'a str>,
+    /// The OAuth client the token was issued to (`azp`, else `client_id`).
+    pub client_id: Option<&'a str>,
+    /// An RFC 8693 delegation chain, current actor first (`agent-b>agent-a`).
+    pub act: Option<String>,
     /// The Kubernetes user an RBAC rule asked about, and its groups (comma-separated).
     pub k8s_user: Option<&'a str>,
     pub k8s_groups: Option<String>,
@@ -92,6 +96,8 @@ impl<'a> Fields<'a> {
             iss: token.map(|t| t.iss.as_str()),
             sub: token.and_then(|t| t.sub.as_deref()),
             email: token.and_then(|t| t.email()),
+            client_id: token.and_then(|t| t.client_id()),
+            act: token.and_then(|t| t.act_chain()),
             k8s_user: d.kube_user.as_ref().map(|u| u.username.as_str()),
             k8s_groups: d.kube_user.as_ref().map(|u| u.groups.join(",")),
             client: r.client,
@@ -153,6 +159,8 @@ impl Audit {
                 iss = f.iss,
                 sub = f.sub,
                 email = f.email,
+                client_id = f.client_id,
+                act = f.act.as_deref(),
                 k8s_user = f.k8s_user,
                 k8s_groups = f.k8s_groups.as_deref(),
                 client = %f.client,
@@ -182,6 +190,8 @@ pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
         ("iss", f.iss),
         ("sub", f.sub),
         ("email", f.email),
+        ("client_id", f.client_id),
+        ("act", f.act.as_deref()),
         ("k8s_user", f.k8s_user),
         ("k8s_groups", f.k8s_groups.as_deref()),
     ] {

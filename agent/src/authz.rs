@@ -198,6 +198,16 @@ pub async fn decide(v: &Verifier<'_>, sources: &Sources, policy: &Policy, req: R
                     &policy.audiences
                 };
                 t.check_audience(expected)?;
+                // A protected resource takes tokens of its own authorization
+                // servers only (MCP: no other tokens are accepted).
+                if let Some(r) = &policy.resource
+                    && !r.accepts(t.provider_name())
+                {
+                    return Err(TokenError::NotAuthorizationServer {
+                        issuer: t.iss.clone(),
+                        resource: r.resource.clone(),
+                    });
+                }
                 Ok(entry)
             }) {
                 Ok(entry) => match v.reviewed(&token, &entry).await {

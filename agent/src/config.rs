@@ -11,6 +11,7 @@ mod egress;
 mod model;
 mod policy;
 mod provider;
+mod resource;
 mod schema;
 mod select;
 mod validate;
@@ -20,6 +21,7 @@ pub use egress::*;
 pub use model::*;
 pub use policy::*;
 pub use provider::*;
+pub use resource::{BearerMethod, METADATA_PATH, ProtectedResourceConfig};
 pub use select::{Unbound, select_policy};
 pub use validate::{RESERVED_HEADERS, bound_policy, url_allowed};
 

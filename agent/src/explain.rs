@@ -106,6 +106,11 @@ pub struct Explanation {
     /// What the upstream would get: the path and query, and the identity headers.
     pub forwarded: Option<(String, Vec<(String, String)>)>,
     pub rules: Vec<String>,
+    /// The workload is a protected resource: what that means for its requests.
+    pub resource: Option<String>,
+    /// The request asks for the resource's metadata document, which the
+    /// agent answers itself (the decision above is then never made).
+    pub metadata: bool,
 }
 
 /// The pod workload a subject stands for (`None`: a workload of the file).
@@ -281,6 +286,7 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
         .parse()
         .map_err(|e: http::uri::InvalidUri| ExplainError::Target(target.clone(), e.to_string()))?;
     let (mut parts, ()) = req.into_parts();
+    let metadata = proxy::metadata_request(&wl.policy, parts.uri.path()).is_some();
     let before: Vec<HeaderName> = parts.headers.keys().cloned().collect();
     let verifier = Verifier {
         providers: &snap.providers,
@@ -353,6 +359,14 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
             format!("{} [{}]: {what}", r.name, hit)
         })
         .collect();
+    let resource = wl.policy.resource.as_ref().map(|r| {
+        format!(
+            "{} (tokens must name it as their audience and come from {}; metadata at {}; the token is never forwarded)",
+            r.resource,
+            r.providers.join(", "),
+            r.metadata_url
+        )
+    });
     Ok(Explanation {
         workload,
         policy: wl.policy.name.to_string(),
@@ -360,12 +374,24 @@ pub async fn explain(config: Config, subject: &Subject, probe: Probe<'_>) -> Res
         decision: admitted.decision,
         forwarded,
         rules,
+        resource,
+        metadata,
     })
 }
 
 impl std::fmt::Display for Explanation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = &self.decision;
+        if self.metadata {
+            writeln!(
+                f,
+                "decision: ANSWERED BY NODEWARD (200 for GET and HEAD, 405 otherwise): the RFC 9728 metadata document; no rule applies, nothing is forwarded"
+            )?;
+            writeln!(f, "workload: {}", self.workload)?;
+            writeln!(f, "policy:   {}", self.policy)?;
+            writeln!(f, "path:     {}", self.path)?;
+            return writeln!(f, "resource: {}", self.resource.as_deref().unwrap_or("-"));
+        }
         let status = match d.outcome {
             Outcome::Allow => "ALLOW (forwarded)".to_string(),
             Outcome::AuditDeny => "AUDIT-ONLY DENY (forwarded, logged as a denial)".to_string(),
@@ -382,6 +408,9 @@ impl std::fmt::Display for Explanation {
         writeln!(f, "workload: {}", self.workload)?;
         writeln!(f, "policy:   {}", self.policy)?;
         writeln!(f, "path:     {}", self.path)?;
+        if let Some(r) = &self.resource {
+            writeln!(f, "resource: {r}")?;
+        }
         if let Some(u) = &d.kube_user {
             writeln!(f, "k8s user: {} groups={}", u.username, u.groups.join(","))?;
         }
@@ -390,10 +419,12 @@ impl std::fmt::Display for Explanation {
             let v = &t.entry.verified;
             writeln!(
                 f,
-                "caller:   iss={} sub={} email={}",
+                "caller:   iss={} sub={} email={} client_id={}{}",
                 v.iss,
                 v.sub.as_deref().unwrap_or("-"),
-                v.email().unwrap_or("-")
+                v.email().unwrap_or("-"),
+                v.client_id().unwrap_or("-"),
+                v.act_chain().map(|a| format!(" act={a}")).unwrap_or_default()
             )?;
         }
         if let Some((target, added)) = &self.forwarded {

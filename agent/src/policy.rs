@@ -7,6 +7,9 @@
 
 mod claims;
 pub mod egress;
+mod resource;
+
+pub use resource::ProtectedResource;
 
 use std::sync::Arc;
 
@@ -14,7 +17,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method};
 
 use crate::config::{
-    ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, RuleAction, RuleConfig, Source,
+    ClaimCondition, ClaimPath, ForwardClaim, KubernetesRbac, Mode, PolicyConfig, ProviderConfig, RuleAction,
+    RuleConfig, Source,
 };
 use crate::identity::ServiceAccountCaller;
 use crate::path::PathOptions;
@@ -33,6 +37,8 @@ pub enum PolicyError {
     },
     #[error("policy {policy}: bad forward_claims header {header:?}")]
     Header { policy: String, header: String },
+    #[error("policy {policy}: protected_resource: {reason}")]
+    Resource { policy: String, reason: String },
 }
 
 #[derive(Debug)]
@@ -42,11 +48,15 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Header → claim, added to allowed requests with a verified token.
     pub forward_claims: Vec<(HeaderName, ForwardClaim)>,
-    /// Audiences this policy's workloads accept instead of the providers' (empty: theirs).
+    /// Audiences this policy's workloads accept instead of the providers'
+    /// (empty: theirs). A protected resource without `audiences` accepts
+    /// exactly its resource identifier (RFC 8707).
     pub audiences: Vec<String>,
     pub path: PathOptions,
     /// Forward the client's verified token upstream.
     pub forward_token: bool,
+    /// The workload is an OAuth protected resource (`protected_resource`).
+    pub resource: Option<ProtectedResource>,
     /// Set for the stand-in of a policy that does not exist (or is
     /// ambiguous): every request is refused with reason `no_policy`,
     /// whatever its mode.
@@ -62,6 +72,9 @@ pub struct Rule {
     methods: Option<Vec<Method>>,
     pub action: Action,
     pub mode: Mode,
+    /// The scopes the rule's claim conditions require, space-separated (a
+    /// protected resource's challenges name them).
+    pub scope: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -86,7 +99,9 @@ pub struct Refusal {
 }
 
 impl Policy {
-    pub fn compile(cfg: &PolicyConfig) -> Result<Self, PolicyError> {
+    /// `providers` are the configuration's: a protected resource publishes
+    /// their issuers.
+    pub fn compile(cfg: &PolicyConfig, providers: &[ProviderConfig]) -> Result<Self, PolicyError> {
         let rules = cfg
             .rules
             .iter()
@@ -104,14 +119,28 @@ impl Policy {
                 Ok((header, c.clone()))
             })
             .collect::<Result<_, _>>()?;
+        let resource = cfg
+            .protected_resource
+            .as_ref()
+            .map(|r| ProtectedResource::compile(r, providers, &cfg.path))
+            .transpose()
+            .map_err(|reason| PolicyError::Resource {
+                policy: cfg.name.clone(),
+                reason,
+            })?;
+        let audiences = match &resource {
+            Some(r) if cfg.audiences.is_empty() => vec![r.resource.clone()],
+            _ => cfg.audiences.clone(),
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             mode: cfg.mode,
             rules,
             forward_claims,
-            audiences: cfg.audiences.clone(),
+            audiences,
             path: cfg.path,
             forward_token: cfg.forward_token,
+            resource,
             missing: None,
             egress: egress::EgressRules::compile(&cfg.egress, cfg.egress_fail),
         })
@@ -128,6 +157,7 @@ impl Policy {
             audiences: Vec::new(),
             path: PathOptions::default(),
             forward_token: false,
+            resource: None,
             missing: Some(why.into()),
             egress: egress::EgressRules::default(),
         }
@@ -137,6 +167,11 @@ impl Policy {
     /// ([`crate::path::Normalized::matched`]), if any.
     pub fn matching_rule(&self, method: &Method, path: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(method, path))
+    }
+
+    /// The rule of this name (a decision names the rule that decided).
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.name == name)
     }
 }
 
@@ -194,18 +229,34 @@ impl Rule {
                 rbac: req.kubernetes_rbac.clone().map(Box::new),
             },
         };
+        let scope = match &action {
+            Action::Require { claims, .. } => resource::required_scope(claims),
+            _ => None,
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             paths,
             methods,
             action,
             mode: cfg.mode.unwrap_or(policy.mode),
+            scope,
         })
     }
 
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method))
             && self.paths.as_ref().is_none_or(|g| g.is_match(path))
+    }
+
+    /// Whether `token` fails one of the rule's conditions on a scope claim
+    /// (a 403 then names the rule's scopes, so the client can step up).
+    pub fn scope_unmet(&self, token: &VerifiedToken) -> bool {
+        let Action::Require { claims, .. } = &self.action else {
+            return false;
+        };
+        claims
+            .iter()
+            .any(|(path, cond)| path.is_scope() && cond.check(path, &token.claims).is_err())
     }
 
     /// Checks a verified token against the rule's requirements.

@@ -15,7 +15,7 @@ pub mod outbound;
 mod respond;
 pub mod upstream;
 
-pub use inbound::admit;
+pub use inbound::{admit, metadata_request};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

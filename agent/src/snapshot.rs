@@ -113,7 +113,7 @@ impl Snapshot {
     ) -> Result<Self, SnapshotError> {
         let mut policies = HashMap::new();
         for p in &config.policies {
-            policies.insert(p.name.as_str(), Arc::new(Policy::compile(p)?));
+            policies.insert(p.name.as_str(), Arc::new(Policy::compile(p, &config.providers)?));
         }
         // IdentityPolicies travel with their pods (named `ns/name`, which no
         // policy of the file can be); one compilation per policy version.
@@ -121,7 +121,7 @@ impl Snapshot {
             if let Some(p) = &w.resource
                 && !policies.contains_key(p.name.as_str())
             {
-                policies.insert(p.name.as_str(), Arc::new(Policy::compile(p)?));
+                policies.insert(p.name.as_str(), Arc::new(Policy::compile(p, &config.providers)?));
             }
         }
         let mut workloads = HashMap::new();

@@ -63,6 +63,8 @@ pub enum TokenError {
     IssuedInFuture(u64),
     #[error("audience {found} does not include any of {expected}")]
     WrongAudience { found: String, expected: String },
+    #[error("issuer {issuer:?} is not an authorization server of resource {resource:?}")]
+    NotAuthorizationServer { issuer: String, resource: String },
 }
 
 impl TokenError {
@@ -83,6 +85,7 @@ impl TokenError {
             Self::NotYetValid(_) => Reason::TokenNotYetValid,
             Self::IssuedInFuture(_) => Reason::TokenIssuedInFuture,
             Self::WrongAudience { .. } => Reason::WrongAudience,
+            Self::NotAuthorizationServer { .. } => Reason::UnknownIssuer,
         }
     }
 }
@@ -109,6 +112,21 @@ pub struct VerifiedToken {
 impl VerifiedToken {
     pub fn email(&self) -> Option<&str> {
         self.claims.get("email").and_then(Value::as_str)
+    }
+
+    /// The OAuth client the token was issued to: `azp` (OpenID Connect),
+    /// else `client_id` (RFC 9068 §2.2, RFC 8693 §4.3).
+    pub fn client_id(&self) -> Option<&str> {
+        ["azp", "client_id"]
+            .iter()
+            .find_map(|c| self.claims.get(*c).and_then(Value::as_str))
+    }
+
+    /// The delegation chain of an RFC 8693 `act` claim: the current actor's
+    /// `sub` first, then each prior actor's (the nested `act`s, RFC 8693
+    /// §4.1), joined by `>` (`agent-b>agent-a`).
+    pub fn act_chain(&self) -> Option<String> {
+        claims::act_chain(&self.claims)
     }
 
     /// The name of the provider that verified it.

@@ -382,6 +382,7 @@ impl std::io::Write for AuditCapture {
 }
 
 pub mod cgroup;
+pub mod interop;
 pub mod kubeapi;
 pub mod netns;
 pub mod pod;

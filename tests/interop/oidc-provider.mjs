@@ -7,6 +7,12 @@
 //        JWKS_FILE private JWKS file (default $TMPDIR/nodeward-oidc-provider-jwks.json);
 //                  created with a fresh RS256 key if missing. Tests should pass their own.
 //        ROTATE=1  prepend a NEW RS256 key (becomes the signing key), keep the old ones
+//        MCP_RESOURCES  comma-separated resource URIs (RFC 8707) of MCP servers: a
+//                  token requested with `resource=<one of them>` is a JWT whose `aud`
+//                  is that URI, with scopes from MCP_SCOPES; the client
+//                  `nodeward-agent` (secret `nodeward-agent-secret`, client
+//                  credentials) may ask for them
+//        MCP_SCOPES space-separated scopes of those resources (default "tools.read tools.call")
 //
 // stdout carries exactly one line: "oidc-provider ready http://127.0.0.1:PORT".
 // Everything else (oidc-provider notices/warnings, errors) goes to stderr.
@@ -38,6 +44,10 @@ const CLIENT_ID = 'nodeward-test';
 const CLIENT_SECRET = 'nodeward-test-secret';
 const RESOURCE = 'urn:nodeward:orders';
 const SCOPE = 'orders:read';
+const AGENT_ID = 'nodeward-agent';
+const AGENT_SECRET = 'nodeward-agent-secret';
+const MCP_SCOPES = (process.env.MCP_SCOPES || 'tools.read tools.call').split(' ').filter(Boolean);
+const MCP_RESOURCES = (process.env.MCP_RESOURCES || '').split(',').filter(Boolean);
 
 async function newRsaKey() {
   const { privateKey } = await generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
@@ -89,6 +99,18 @@ const resourceServers = {
     jwt: { sign: { alg: 'RS256' } },
   },
 };
+// Each MCP server is its own resource: the token's audience is exactly the
+// resource indicator the client sent (RFC 8707), so a token for one MCP
+// server is refused by another.
+for (const resource of MCP_RESOURCES) {
+  resourceServers[resource] = {
+    audience: resource,
+    scope: MCP_SCOPES.join(' '),
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: 300,
+    jwt: { sign: { alg: 'RS256' } },
+  };
+}
 
 const provider = new Provider(issuer, {
   clients: [
@@ -101,9 +123,19 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       scope: SCOPE,
     },
+    {
+      // An AI agent's client, as the MCP SDK's ClientCredentialsProvider uses it.
+      client_id: AGENT_ID,
+      client_secret: AGENT_SECRET,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: MCP_SCOPES.join(' '),
+    },
   ],
   jwks: { keys },
-  scopes: ['openid', SCOPE],
+  scopes: ['openid', SCOPE, ...MCP_SCOPES],
   cookies: { keys: ['nodeward-interop-cookie-key-not-secret'] },
   features: {
     devInteractions: { enabled: false },

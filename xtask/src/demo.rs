@@ -13,11 +13,15 @@
 //! agent as a plain reverse proxy on loopback in front of an echo app
 //! (`reverse_proxy`).
 //!
+//! Both end with an AI agent calling an MCP tool behind nodeward (`agents`:
+//! the official MCP SDK's client and server, panva's oidc-provider; Node.js).
+//!
 //! Both exit non-zero when an outcome differs from the contract, so CI runs
 //! them as smoke tests. Setup (`env`, `node`) is kept apart from the tours
 //! (`script`, `steered_script`: what to send and expect) and from sending and
 //! comparing (`check`), which both demos share.
 
+mod agents;
 mod check;
 pub(crate) mod env;
 mod node;

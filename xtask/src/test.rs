@@ -49,11 +49,12 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The interop test runs panva's oidc-provider under Node and fails loudly
-/// (on purpose) when its packages are missing, so install them first.
-fn interop_prerequisites(root: &std::path::Path) -> anyhow::Result<()> {
+/// The interop tests run panva's oidc-provider and the MCP SDK under Node
+/// and fail loudly (on purpose) when their packages are missing, so install
+/// them first.
+pub(crate) fn interop_prerequisites(root: &std::path::Path) -> anyhow::Result<()> {
     let dir = root.join("tests/interop");
-    if dir.join("node_modules/oidc-provider").is_dir() {
+    if nodeward_testkit::interop::missing_package().is_none() {
         return Ok(());
     }
     let mut npm = with_args(Command::new("npm"), &["ci", "--no-audit", "--no-fund", "--prefix"]);

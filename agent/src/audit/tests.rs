@@ -21,6 +21,8 @@ fn fields() -> Fields<'static> {
         iss: Some("https://idp.example"),
         sub: Some("alice"),
         email: Some("alice@example.com"),
+        client_id: Some("mcp-agent"),
+        act: Some("agent-b>agent-a".into()),
         k8s_user: Some("oidc:alice@example.com"),
         k8s_groups: Some("oidc:admins,system:authenticated".into()),
         client: "127.0.0.1:40000".parse().expect("addr"),
@@ -59,6 +61,8 @@ fn every_field_is_written_with_its_type() {
             "iss": "https://idp.example",
             "sub": "alice",
             "email": "alice@example.com",
+            "client_id": "mcp-agent",
+            "act": "agent-b>agent-a",
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             "k8s_user": "oidc:alice@example.com",
             "k8s_groups": "oidc:admins,system:authenticated",
@@ -77,6 +81,8 @@ fn absent_optional_fields_are_left_out() {
         iss: None,
         sub: None,
         email: None,
+        client_id: None,
+        act: None,
         k8s_user: None,
         k8s_groups: None,
         client: "[::1]:8080".parse().expect("addr"),
@@ -92,6 +98,8 @@ fn absent_optional_fields_are_left_out() {
         "iss",
         "sub",
         "email",
+        "client_id",
+        "act",
         "k8s_user",
         "k8s_groups",
     ] {
@@ -128,6 +136,8 @@ fn hostile_values_are_escaped_and_round_trip() {
             iss: Some(h),
             sub: Some(h),
             email: Some(h),
+            client_id: Some(h),
+            act: Some(h.to_string()),
             ..fields()
         };
         let (text, v) = line(&f);
@@ -143,6 +153,8 @@ fn hostile_values_are_escaped_and_round_trip() {
             "iss",
             "sub",
             "email",
+            "client_id",
+            "act",
         ] {
             assert_eq!(v[name], h, "{name} round-trips");
         }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::claim_path::ClaimPath;
 use super::egress::{EgressFail, EgressRule};
 use super::model::unique_keys;
+use super::resource::ProtectedResourceConfig;
 use crate::path::PathOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -53,6 +54,12 @@ pub struct PolicyConfig {
     /// cannot be replayed from it. An unverified token is never forwarded.
     #[serde(default)]
     pub forward_token: bool,
+    /// The workload is an OAuth 2.0 protected resource serving tools to AI
+    /// agents (MCP authorization): nodeward serves its RFC 9728 metadata,
+    /// points 401 challenges at it, accepts only tokens for the resource from
+    /// its authorization servers, and never forwards the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_resource: Option<ProtectedResourceConfig>,
     /// First matching rule decides; no match denies.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,

@@ -9,6 +9,7 @@ use std::path::Path;
 
 mod egress;
 mod kubernetes;
+mod resource;
 
 use super::{
     Config, ConfigError, PolicyConfig, ProviderConfig, RuleAction, RuleConfig, TokenSource, Unbound, WorkloadConfig,
@@ -211,6 +212,7 @@ pub(super) fn policy(c: &Config, p: &PolicyConfig) -> Result<(), Invalid> {
         rule(c, r).map_err(|(k, reason)| (format!("rules[{j}].{k}"), reason))?;
     }
     egress::egress(c, p)?;
+    resource::protected_resource(c, p)?;
     forward_claims(p).map_err(|(k, reason)| (format!("forward_claims.{k}"), reason))
 }
 

@@ -216,7 +216,7 @@ pub fn compile(config: &Config, o: &PolicyObject, last_good: Option<(i64, Arc<Po
     let verdict = config
         .parse_policy(&key, &o.spec, Path::new(&source))
         .map_err(|e| e.to_string())
-        .and_then(|p| match Policy::compile(&p) {
+        .and_then(|p| match Policy::compile(&p, &config.providers) {
             Ok(_) => Ok(Arc::new(p)),
             Err(e) => Err(format!("{source}: {e}")),
         });

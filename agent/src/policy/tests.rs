@@ -13,7 +13,7 @@ use crate::token::VerifiedToken;
 
 fn policy(yaml: &str) -> Policy {
     let cfg: PolicyConfig = serde_yaml_ng::from_str(yaml).expect("policy yaml");
-    Policy::compile(&cfg).expect("policy compiles")
+    Policy::compile(&cfg, &[]).expect("policy compiles")
 }
 
 /// The contract example's policy.
@@ -276,7 +276,7 @@ fn compile_errors_name_policy_rule_and_glob() {
     assert!(e.to_string().contains("bad glob \"/a/[b\""), "{e}");
 
     let cfg: PolicyConfig = serde_yaml_ng::from_str("name: p\nforward_claims: {'bad header': sub}\n").expect("yaml");
-    let e = Policy::compile(&cfg).expect_err("bad header");
+    let e = Policy::compile(&cfg, &[]).expect_err("bad header");
     assert_eq!(e.to_string(), "policy p: bad forward_claims header \"bad header\"");
 }
 

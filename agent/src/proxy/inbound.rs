@@ -1,5 +1,7 @@
 //! The request pipeline for one workload, in phases:
 //!
+//! 0. a protected resource's metadata document ([`metadata_request`]) is
+//!    answered by the agent itself: no rule, no upstream;
 //! 1. [`admit`] (shared with `nodeward explain`): hop-by-hop headers, forged
 //!    identity, method and path checks, the normalisation, the decision, and
 //!    the request rewritten as the upstream will get it (token sources
@@ -28,6 +30,7 @@ use crate::audit;
 use crate::authz::{self, Decision, Verifier};
 use crate::config::Mode;
 use crate::path;
+use crate::policy::{Policy, ProtectedResource};
 use crate::reason::Reason;
 use crate::snapshot::Workload;
 use crate::token::Sources;
@@ -166,13 +169,19 @@ pub async fn admit(
         },
     )
     .await;
-    // The token goes no further (unless the policy forwards a verified one).
+    // The token goes no further (unless the policy forwards a verified one;
+    // a protected resource never does, whatever its configuration says).
     let keep = decision
         .token
         .as_ref()
-        .filter(|_| policy.forward_token)
+        .filter(|_| policy.forward_token && policy.resource.is_none())
         .map(|t| t.source);
     let stripped = sources.strip(&mut parts.headers, query, keep);
+    if policy.resource.is_some() {
+        // MCP: a resource server passes no token on, not even one in a
+        // scheme no provider reads.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     headers::set_forwarded(&mut parts.headers, peer, trusted_peer);
     if decision.outcome.lets_through()
         && let Some(t) = &decision.token
@@ -218,6 +227,14 @@ pub async fn admit(
     }
 }
 
+/// The protected resource whose metadata document `path` asks for, if the
+/// policy has one and `path` normalises to one of its well-known paths.
+pub fn metadata_request<'p>(policy: &'p Policy, path: &str) -> Option<&'p ProtectedResource> {
+    let r = policy.resource.as_ref()?;
+    let n = path::normalize(path, &policy.path).ok()?;
+    r.serves(&n.matched).then_some(r)
+}
+
 impl Service {
     /// The response, and whether the client abandoned the request midway.
     async fn handle(&self, req: Request<Incoming>) -> (Response<ProxyBody>, bool) {
@@ -229,6 +246,9 @@ impl Service {
             // The workload left the configuration while this connection was open.
             return (ProxyError::WorkloadRemoved.respond(&request_id, None), false);
         };
+        if let Some(r) = metadata_request(&wl.policy, req.uri().path()) {
+            return (respond::resource_metadata(r, req.method(), &request_id, None), false);
+        }
         let (mut parts, body) = req.into_parts();
         let limits = snap.limits();
         let verifier = Verifier {
@@ -260,7 +280,10 @@ impl Service {
         });
 
         if !decision.outcome.lets_through() {
-            return (respond::refusal(decision, &request_id, trace.as_ref()), false);
+            return (
+                respond::refusal(decision, &wl.policy, &request_id, trace.as_ref()),
+                false,
+            );
         }
         let declared_too_large = parts
             .headers

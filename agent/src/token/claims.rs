@@ -124,3 +124,64 @@ pub(super) fn short(s: &str) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+/// The most actors of an `act` chain an audit line names.
+const ACT_DEPTH: usize = 8;
+
+/// `act` (RFC 8693 §4.1) as a chain: the current actor's `sub`, then the
+/// prior actors' (nested `act`s, least recent last), joined by `>`; `?` for
+/// an actor without a string `sub`; past [`ACT_DEPTH`] actors, `>…`. `None`
+/// when there is no `act` object.
+pub(super) fn act_chain(claims: &Map<String, Value>) -> Option<String> {
+    let mut actor = claims.get("act")?.as_object()?;
+    let mut chain = String::new();
+    for depth in 0..=ACT_DEPTH {
+        if depth == ACT_DEPTH {
+            chain.push_str(">…");
+            break;
+        }
+        if depth > 0 {
+            chain.push('>');
+        }
+        chain.push_str(actor.get("sub").and_then(Value::as_str).unwrap_or("?"));
+        match actor.get("act").and_then(Value::as_object) {
+            Some(prior) => actor = prior,
+            None => break,
+        }
+    }
+    Some(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::act_chain;
+
+    fn chain(claims: Value) -> Option<String> {
+        let Value::Object(m) = claims else { return None };
+        act_chain(&m)
+    }
+
+    #[test]
+    fn the_act_chain_starts_with_the_current_actor() {
+        assert_eq!(chain(json!({"sub": "alice"})), None);
+        assert_eq!(chain(json!({"act": "agent"})), None, "not an object: no chain");
+        assert_eq!(chain(json!({"act": {"sub": "agent-a"}})).as_deref(), Some("agent-a"));
+        let nested = json!({"sub": "alice", "act": {"sub": "agent-b", "act": {"sub": "agent-a"}}});
+        assert_eq!(chain(nested).as_deref(), Some("agent-b>agent-a"));
+        let no_sub = json!({"act": {"client_id": "x", "act": {"sub": 7}}});
+        assert_eq!(chain(no_sub).as_deref(), Some("?>?"));
+    }
+
+    #[test]
+    fn a_deep_chain_is_cut() {
+        let mut act = json!({"sub": "a0"});
+        for i in 1..20 {
+            act = json!({"sub": format!("a{i}"), "act": act});
+        }
+        let mut claims = Map::new();
+        claims.insert("act".into(), act);
+        assert_eq!(act_chain(&claims).as_deref(), Some("a19>a18>a17>a16>a15>a14>a13>a12>…"));
+    }
+}

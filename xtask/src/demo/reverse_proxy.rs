@@ -30,6 +30,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         let stopped = env.stop();
         let failed = tour?;
         stopped?;
+        let failed = failed + super::agents::tour(&bin).await?;
         Ok(super::verdict(failed))
     })
 }

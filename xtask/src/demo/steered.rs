@@ -144,6 +144,7 @@ async fn demo(bin: &Path, node: &Node, pins: &Pins) -> anyhow::Result<usize> {
     }
     failed += fail_closed(node, pins).await;
     failed += caller.fail_closed(node).await?;
+    failed += super::agents::tour(bin).await?;
     Ok(failed)
 }
 
