@@ -22,6 +22,7 @@
 
 mod baseline;
 pub(crate) mod chart;
+mod egress;
 pub(crate) mod env;
 mod instructions;
 mod pernode;

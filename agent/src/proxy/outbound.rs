@@ -269,8 +269,9 @@ impl Service {
             Err(e) => Err(e),
         };
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 audit(&outcome, Some(resp.status().as_u16()), &method);
+                resp.headers_mut().insert(headers::REQUEST_ID, request_id.clone());
                 resp
             }
             Err(e) => {

@@ -157,6 +157,7 @@ async fn measure(
         tokens: std::slice::from_ref(&b.reused_token),
         targets: listens,
         delay_ms: u32::try_from(pods)? * 1000 / RATE,
+        host: None,
         threads: pods,
         connections: pods,
     };

@@ -202,6 +202,24 @@ pub fn targets(
         }),
         _ => t.push(missing("cached RBAC decision vs the same request without the rule")),
     }
+    match (
+        paired_diff(runs, "nodeward-egress-token", "nodeward-egress-plain", &cpu_us_of),
+        cpu_us("nodeward-egress-token"),
+        cpu_us("nodeward-egress-plain"),
+    ) {
+        (Some(d), Some(token), Some(plain)) => t.push(Target {
+            target:
+                "egress: attaching a held token ≤ 5 µs of agent CPU per request over plain egress through the agent"
+                    .into(),
+            measured: format!(
+                "{:+.2} µs/request (paired per repeat: min {:+.2}, max {:+.2}); nodeward CPU {token:.2} µs/request \
+                 with the token vs {plain:.2} µs without (medians)",
+                d.median, d.min, d.max
+            ),
+            met: Some(d.median <= 5.0),
+        }),
+        _ => t.push(missing("egress with a held token vs plain egress")),
+    }
     let largest = pernode.iter().map(|p| p.pods).max();
     let pick = |m: Model| largest.and_then(|n| pernode.iter().find(|p| p.model == m && p.pods == n));
     match (pick(Model::PerNode), pick(Model::PerPod)) {

@@ -53,6 +53,12 @@ pub enum Proxy {
     /// fake API server (see [`BENCH_RBAC`]) and then answered from the
     /// agent's cache for the whole run (allowed answers live 5 min).
     NodewardRbac,
+    /// `nodeward run` with one egress-enrolled pod (issue 16): wrk runs as
+    /// the pod's application and calls another pod with `Host: host`; the
+    /// egress programs steer it to the agent. Root only (`egress.rs`).
+    NodewardEgress {
+        host: &'static str,
+    },
 }
 
 /// The RBAC objects of `nodeward-rbac-cached`: the benchmark token's mapped
@@ -82,6 +88,9 @@ impl Proxy {
         match self {
             Self::NodewardSteered if !nix::unistd::geteuid().is_root() => {
                 Some("needs root (network namespaces, veth, eBPF SK_LOOKUP); run as root to measure it")
+            }
+            Self::NodewardEgress { .. } if !nix::unistd::geteuid().is_root() => {
+                Some("needs root (network namespaces, cgroups, eBPF connect programs); run as root to measure it")
             }
             _ => None,
         }
@@ -192,6 +201,28 @@ pub fn all() -> Vec<Scenario> {
             200,
         ),
         s(
+            "nodeward-egress-plain",
+            "a pod's own call, eBPF-steered through the agent's egress, no rule for its host (no token)",
+            Proxy::NodewardEgress {
+                host: super::egress::PLAIN_HOST,
+            },
+            "GET",
+            "/",
+            Tokens::None,
+            200,
+        ),
+        s(
+            "nodeward-egress-token",
+            "the same call for a host a rule names: the pod's held service-account token attached",
+            Proxy::NodewardEgress {
+                host: super::egress::TOKEN_HOST,
+            },
+            "GET",
+            "/",
+            Tokens::None,
+            200,
+        ),
+        s(
             "nodeward-miss-rs256",
             "fresh RS256 token per request",
             no_cache,
@@ -247,6 +278,9 @@ pub struct CacheCounts {
     /// RBAC decisions from the agent's SubjectAccessReview cache, and not.
     pub rbac_hits: f64,
     pub rbac_misses: f64,
+    /// Outbound requests sent with the rule's token, and without one (no rule).
+    pub egress_sent: f64,
+    pub egress_passthrough: f64,
 }
 
 /// One measured run of one scenario.
@@ -274,6 +308,7 @@ enum Running {
     Steered(Box<Steered>),
     /// The agent and the fake API server it asks (stopped after the agent).
     Rbac(Nodeward, Box<FakeKubeApi>),
+    Egress(Box<super::egress::Egress>),
 }
 
 /// The steered scenario's pieces. Fields drop in order after `stop`: the
@@ -294,6 +329,23 @@ impl Running {
             Self::Nodeward(n) => vec![n.pid],
             Self::Steered(s) => vec![s.agent.pid],
             Self::Rbac(a, _) => vec![a.pid],
+            Self::Egress(e) => vec![e.agent.pid],
+        }
+    }
+
+    /// The `Host` wrk sends, when not the URL's.
+    fn host(&self) -> Option<&'static str> {
+        match self {
+            Self::Egress(e) => Some(e.host),
+            _ => None,
+        }
+    }
+
+    /// Where wrk runs, when not on the host.
+    fn within(&self) -> Option<wrk::Within<'_>> {
+        match self {
+            Self::Egress(e) => Some(e.within()),
+            _ => None,
         }
     }
 
@@ -301,6 +353,7 @@ impl Running {
     fn app_pids(&self, b: &Bench) -> Vec<u32> {
         match self {
             Self::Steered(s) => s.app.pids(),
+            Self::Egress(e) => e.app.pids(),
             _ => b.app.pids(),
         }
     }
@@ -309,6 +362,7 @@ impl Running {
         match self {
             Self::Nodeward(a) | Self::Rbac(a, _) => Some(a),
             Self::Steered(s) => Some(&s.agent),
+            Self::Egress(e) => Some(&e.agent),
             _ => None,
         }
     }
@@ -318,6 +372,7 @@ impl Running {
             Self::Direct => Ok(()),
             Self::Nginx(n) => n.stop(),
             Self::Nodeward(n) => n.stop(),
+            Self::Egress(e) => e.stop(),
             Self::Rbac(agent, api) => {
                 let stopped = agent.stop();
                 drop(api);
@@ -447,6 +502,10 @@ async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Run
             (Running::Nodeward(agent), addr)
         }
         Proxy::NodewardSteered => start_steered(b, s, dir, admin).await?,
+        Proxy::NodewardEgress { host } => {
+            let (e, target) = super::egress::start(b, s.name, dir, admin, host).await?;
+            (Running::Egress(Box::new(e)), target)
+        }
         Proxy::NodewardRbac => {
             let api = FakeKubeApi::start().await;
             api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
@@ -516,6 +575,8 @@ async fn cache_counts(b: &Bench, agent: &Nodeward) -> anyhow::Result<CacheCounts
         misses: get("nodeward_token_cache_misses_total"),
         rbac_hits: get("nodeward_rbac_cache_hits_total"),
         rbac_misses: get("nodeward_rbac_cache_misses_total"),
+        egress_sent: get("nodeward_egress_requests_total{outcome=\"sent\",workload=\"caller\"}"),
+        egress_passthrough: get("nodeward_egress_requests_total{outcome=\"passthrough\",workload=\"caller\"}"),
     })
 }
 
@@ -539,20 +600,33 @@ async fn measure(
     target: SocketAddr,
     dir: &Path,
 ) -> anyhow::Result<RunResult> {
-    preflight(b, s, target).await?;
+    match running {
+        Running::Egress(e) => super::egress::preflight(e, target).await?,
+        _ => preflight(b, s, target).await?,
+    }
     let load = Load {
         method: s.method,
         path: s.path,
         tokens: tokens(b, s),
         targets: &[],
         delay_ms: 0,
+        host: running.host(),
         threads: set.threads,
         connections: set.connections,
     };
     let script = dir.join("load.lua");
     std::fs::write(&script, load.script())?;
     let url = format!("http://{target}/");
-    wrk::run(&script, &url, &load, set.warmup, &dir.join("warmup.txt"), b.tick)?;
+    let within = running.within();
+    wrk::run_within(
+        within.as_ref(),
+        &script,
+        &url,
+        &load,
+        set.warmup,
+        &dir.join("warmup.txt"),
+        b.tick,
+    )?;
 
     // nginx's workers are found now, after they have started.
     let proxy_pids = running.pids();
@@ -562,7 +636,8 @@ async fn measure(
         None => None,
     };
     let (p0, a0, m0) = (cpu_ticks(&proxy_pids), cpu_ticks(&app_pids), procfs::system_cpu()?);
-    let run = wrk::run(
+    let run = wrk::run_within(
+        within.as_ref(),
         &script,
         &url,
         &load,
@@ -579,6 +654,8 @@ async fn measure(
                 misses: c1.misses - c0.misses,
                 rbac_hits: c1.rbac_hits - c0.rbac_hits,
                 rbac_misses: c1.rbac_misses - c0.rbac_misses,
+                egress_sent: c1.egress_sent - c0.egress_sent,
+                egress_passthrough: c1.egress_passthrough - c0.egress_passthrough,
             })
         }
         _ => None,
@@ -596,6 +673,23 @@ async fn measure(
             c.rbac_hits,
             c.rbac_misses,
             run.summary.requests
+        );
+    }
+    if let Proxy::NodewardEgress { host } = s.proxy {
+        // What is measured is what the scenario says: every request of the
+        // window sent with the token, or every one without.
+        let c = cache.as_ref().context("no egress counts")?;
+        let (with, without) = (c.egress_sent, c.egress_passthrough);
+        let all = run.summary.requests as f64;
+        let right = if host == super::egress::TOKEN_HOST {
+            with >= all && without == 0.0
+        } else {
+            without >= all && with == 0.0
+        };
+        anyhow::ensure!(
+            right,
+            "{}: {with} requests sent with a token and {without} without, for {all} requests",
+            s.name
         );
     }
     let per_10k = |cpu: f64| {

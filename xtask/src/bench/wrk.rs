@@ -37,6 +37,15 @@ pub struct Load<'a> {
     pub delay_ms: u32,
     pub threads: usize,
     pub connections: usize,
+    /// The `Host` header, when not the URL's (egress rules pick by host).
+    pub host: Option<&'a str>,
+}
+
+/// Where wrk runs when not on the host: as a pod's application, inside the
+/// pod's network namespace and cgroup (the egress scenarios).
+pub struct Within<'a> {
+    pub netns: &'a Path,
+    pub cgroup: &'a Path,
 }
 
 impl Load<'_> {
@@ -53,7 +62,8 @@ impl Load<'_> {
             // Tokens are base64url and dots: nothing to escape, but {:?} quotes safely anyway.
             let _ = writeln!(s, "  {t:?},");
         }
-        s.push_str("}\nlocal targets = {\n");
+        let _ = writeln!(s, "}}\nlocal host = {:?}", self.host.unwrap_or(""));
+        s.push_str("local targets = {\n");
         for t in self.targets {
             let _ = writeln!(s, "  {{ {:?}, {:?} }},", t.ip().to_string(), t.port().to_string());
         }
@@ -72,6 +82,9 @@ end
 
 local reqs, n, i = {}, 0, 0
 function init(args)
+  if host ~= "" then
+    wrk.headers["Host"] = host
+  end
   if #tokens == 0 then
     reqs[1] = wrk.format(method, path, {})
   else
@@ -168,8 +181,36 @@ pub fn run(
     out: &Path,
     tick: f64,
 ) -> anyhow::Result<Run> {
+    run_within(None, script, url, load, duration, out, tick)
+}
+
+/// [`run`], with wrk inside a pod (`within`) when given: it joins the pod's
+/// cgroup, then enters its namespace (`nsenter`, which keeps the host's
+/// /sys, unlike `ip netns exec`) and execs wrk, so its PID is wrk's.
+pub fn run_within(
+    within: Option<&Within<'_>>,
+    script: &Path,
+    url: &str,
+    load: &Load<'_>,
+    duration: Duration,
+    out: &Path,
+    tick: f64,
+) -> anyhow::Result<Run> {
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut cmd = Command::new("wrk");
+    let mut cmd = match within {
+        None => Command::new("wrk"),
+        Some(w) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > '{}' && exec nsenter --net='{}' -- wrk \"$@\"",
+                    w.cgroup.join("cgroup.procs").display(),
+                    w.netns.display()
+                ))
+                .arg("wrk");
+            c
+        }
+    };
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", duration.as_secs().max(1)))
