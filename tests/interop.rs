@@ -251,3 +251,149 @@ async fn egress_client_credentials_come_from_the_providers_token_endpoint() {
     );
     oidc.stop().await;
 }
+
+/// Outbound identity by RFC 8693 token exchange (issue 16): the calling
+/// pod's service-account token (a TokenRequest of the fake Kubernetes API,
+/// audience: the provider) is the subject, the agent's own token (a file)
+/// the actor; oidc-provider verifies both against the cluster issuer's keys
+/// and issues an access token for the resource, `sub` the pod's service
+/// account, `act` the agent. nodeward accepts it like any other.
+#[tokio::test]
+async fn egress_token_exchange_makes_the_pods_token_a_providers_token() {
+    use std::sync::Arc;
+
+    use base64::Engine as _;
+    use nodeward::config::{EgressRule, KubernetesConfig};
+    use nodeward::credentials::{CredentialMetrics, Credentials, Subject, Want};
+    use nodeward::provider::{Provider, ProviderMetrics};
+    use nodeward_testkit::kubeapi::{FakeKubeApi, PodBuilder};
+
+    let api = FakeKubeApi::start().await;
+    api.set_anonymous_discovery(true);
+    api.apply_node("node-1");
+    api.apply_service_account("shop", "orders");
+    api.apply_pod(
+        PodBuilder::new("shop", "orders-0")
+            .uid("uid-orders-0")
+            .node("node-1")
+            .service_account("orders")
+            .running("10.0.0.7")
+            .build(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks_file = dir.path().join("jwks.json");
+    let subject_jwks = format!("{}/openid/v1/jwks", api.url());
+    let oidc = NodeServer::start(
+        "oidc-provider.mjs",
+        0,
+        &[
+            ("JWKS_FILE", jwks_file.to_str().expect("utf8")),
+            ("SUBJECT_JWKS", &subject_jwks),
+        ],
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("oidc-provider: {e}"));
+    let issuer = oidc.url.clone();
+
+    let up = EchoUpstream::start().await;
+    let yaml = config(&issuer, up.addr);
+    let agent = TestAgent::start(&yaml).await;
+    agent.wait_ready().await;
+    let cfg = TestAgent::config(&yaml, dir.path());
+    let provider = Arc::new(
+        Provider::new(
+            cfg.providers[0].clone(),
+            dir.path(),
+            ProviderMetrics::unregistered("panva"),
+            None,
+        )
+        .expect("provider"),
+    );
+    provider.refresh().await.expect("discovery");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let kube = nodeward::k8s::client(&KubernetesConfig {
+        kubeconfig: Some(kubeconfig),
+        ..KubernetesConfig::default()
+    })
+    .await
+    .expect("kube client");
+    // The agent's own identity, as a projected token volume would hold it.
+    let actor = dir.path().join("agent-token");
+    let agent_token = api.service_account_token(
+        "nodeward",
+        "nodeward",
+        None,
+        &[&issuer],
+        std::time::Duration::from_secs(3600),
+    );
+    std::fs::write(&actor, &agent_token).expect("actor token");
+    let secret = dir.path().join("exchange-secret");
+    std::fs::write(&secret, "nodeward-exchange-secret").expect("secret");
+    let rule: EgressRule = serde_yaml_ng::from_str(&format!(
+        "name: orders\nto: {{ports: [8080]}}\ntoken:\n  exchange: {{provider: panva, subject_audience: \"{issuer}\", \
+         actor_token_file: {}, client_id: nodeward-exchange, client_secret_file: {}, resource: \"{AUDIENCE}\", \
+         scope: \"orders:read\"}}\n",
+        actor.display(),
+        secret.display()
+    ))
+    .expect("rule");
+    let want = Arc::new(Want::new(
+        Subject {
+            workload: "shop/orders-0".into(),
+            namespace: "shop".into(),
+            service_account: Some("orders".into()),
+            pod: Some(("orders-0".into(), "uid-orders-0".into())),
+        },
+        &rule.token,
+    ));
+    let creds = Credentials::new(Some(kube), CredentialMetrics::unregistered());
+    let (value, _) = creds
+        .authorization(&want, Some(&provider))
+        .await
+        .unwrap_or_else(|e| panic!("exchange: {e}"));
+    let token = value.to_str().expect("ascii").strip_prefix("Bearer ").expect("bearer");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["sub"], "system:serviceaccount:shop:orders", "{claims}");
+    assert_eq!(
+        claims["act"]["sub"], "system:serviceaccount:nodeward:nodeward",
+        "{claims}"
+    );
+    assert_eq!(claims["aud"], AUDIENCE, "{claims}");
+
+    let resp = client()
+        .get(format!("{}/orders", agent.url("orders")))
+        .header("authorization", value)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "the exchanged token passes nodeward's own checks");
+    let echo: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(
+        echo["headers"]["x-nodeward-sub"],
+        json!(["system:serviceaccount:shop:orders"])
+    );
+
+    // Without a valid subject (another issuer's audience) the provider refuses.
+    let wrong: EgressRule = serde_yaml_ng::from_str(&format!(
+        "name: orders\nto: {{ports: [8080]}}\ntoken:\n  exchange: {{provider: panva, subject_audience: somebody-else, \
+         client_id: nodeward-exchange, client_secret_file: {}, resource: \"{AUDIENCE}\"}}\n",
+        secret.display()
+    ))
+    .expect("rule");
+    let err = creds
+        .authorization(
+            &Arc::new(Want::new(want.subject.clone(), &wrong.token)),
+            Some(&provider),
+        )
+        .await
+        .expect_err("a subject token for another audience");
+    assert!(err.to_string().contains("invalid_grant"), "{err}");
+    oidc.stop().await;
+}

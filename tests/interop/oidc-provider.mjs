@@ -13,6 +13,11 @@
 //                  `nodeward-agent` (secret `nodeward-agent-secret`, client
 //                  credentials) may ask for them
 //        MCP_SCOPES space-separated scopes of those resources (default "tools.read tools.call")
+//        SUBJECT_JWKS  a JWKS URL (the Kubernetes service-account issuer's): turns on an RFC 8693
+//                  token exchange for the client `nodeward-exchange` (secret
+//                  `nodeward-exchange-secret`): a subject_token (and optional actor_token) of that
+//                  issuer with this provider's issuer as audience becomes a JWT access token for
+//                  `resource`, `sub` the subject's, `act: {sub}` the actor's (RFC 8693 §4.1)
 //
 // stdout carries exactly one line: "oidc-provider ready http://127.0.0.1:PORT".
 // Everything else (oidc-provider notices/warnings, errors) goes to stderr.
@@ -48,6 +53,12 @@ const AGENT_ID = 'nodeward-agent';
 const AGENT_SECRET = 'nodeward-agent-secret';
 const MCP_SCOPES = (process.env.MCP_SCOPES || 'tools.read tools.call').split(' ').filter(Boolean);
 const MCP_RESOURCES = (process.env.MCP_RESOURCES || '').split(',').filter(Boolean);
+const EXCHANGE_ID = 'nodeward-exchange';
+const EXCHANGE_SECRET = 'nodeward-exchange-secret';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const SUBJECT_JWKS = process.env.SUBJECT_JWKS || '';
 
 async function newRsaKey() {
   const { privateKey } = await generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
@@ -133,6 +144,16 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       scope: MCP_SCOPES.join(' '),
     },
+    ...(SUBJECT_JWKS ? [{
+      // A node agent exchanging pods' service-account tokens (RFC 8693).
+      client_id: EXCHANGE_ID,
+      client_secret: EXCHANGE_SECRET,
+      grant_types: [TOKEN_EXCHANGE],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: SCOPE,
+    }] : []),
   ],
   jwks: { keys },
   scopes: ['openid', SCOPE, ...MCP_SCOPES],
@@ -153,7 +174,11 @@ const provider = new Provider(issuer, {
       },
     },
   },
-  extraTokenClaims: async (_ctx, token) => {
+  extraTokenClaims: async (ctx, token) => {
+    // The token exchange's actor (set by its grant handler below).
+    if (token.gty === 'token_exchange') {
+      return ctx.nodewardActor ? { act: ctx.nodewardActor } : undefined;
+    }
     if (token.kind === 'ClientCredentials' && token.clientId === CLIENT_ID) {
       return { groups: ['admins'], email: 'nodeward-test@example.com' };
     }
@@ -174,6 +199,51 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = false;
+
+if (SUBJECT_JWKS) {
+  const { createRemoteJWKSet, jwtVerify } = await import('jose');
+  const subjectKeys = createRemoteJWKSet(new URL(SUBJECT_JWKS));
+  // Verified against the service-account issuer's keys, for this provider.
+  const verify = async (token, what) => {
+    try {
+      return (await jwtVerify(token, subjectKeys, { audience: issuer })).payload;
+    } catch (e) {
+      throw new errors.InvalidGrant(`${what}: ${e.message}`);
+    }
+  };
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const p = ctx.oidc.params;
+    if (ctx.oidc.client.clientId !== EXCHANGE_ID) throw new errors.UnauthorizedClient();
+    if (p.subject_token_type !== JWT_TYPE) throw new errors.InvalidRequest('subject_token_type must be jwt');
+    if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('only access tokens are issued');
+    }
+    const subject = await verify(p.subject_token, 'subject_token');
+    let act;
+    if (p.actor_token) {
+      if (p.actor_token_type !== JWT_TYPE) throw new errors.InvalidRequest('actor_token_type must be jwt');
+      act = { sub: (await verify(p.actor_token, 'actor_token')).sub };
+    }
+    const info = resourceServers[p.resource];
+    if (!info) throw new errors.InvalidTarget();
+    const token = new provider.AccessToken({
+      accountId: subject.sub,
+      client: ctx.oidc.client,
+      grantId: `exchange-${crypto.randomUUID()}`,
+      gty: 'token_exchange',
+      scope: p.scope || undefined,
+    });
+    token.resourceServer = new provider.ResourceServer(p.resource, info);
+    ctx.nodewardActor = act;
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+    };
+  }, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'resource', 'scope']);
+}
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 
 server.on('request', provider.callback());
