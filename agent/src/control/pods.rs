@@ -76,7 +76,8 @@ impl Control {
             .filter(|w| w.netns.is_some())
             .map(|w| w.name.clone())
             .collect();
-        keep.extend(present);
+        keep.extend(present.iter().cloned());
+        st.present = present;
         keep.extend(pods.iter().map(|p| p.name.clone()));
         keep.extend(st.listeners.keys().cloned());
         self.forget_pinned(&keep);

@@ -77,6 +77,9 @@ pub(super) struct State {
     pub(super) pods: Vec<PodWorkload>,
     /// Pinned egress state of a previous agent has been reconciled.
     egress_reconciled: bool,
+    /// Pods of the pod watch's last list that should stay protected even
+    /// when they could not be enrolled (their pins are kept).
+    pub(super) present: std::collections::HashSet<String>,
 }
 
 pub struct Control {
@@ -344,7 +347,22 @@ impl Control {
         });
         let mut eg = lock(&self.egress);
         if complete && !st.egress_reconciled && (eg.has_pinned_state() || !desired.is_empty()) {
-            match eg.reconcile(&desired.keys().cloned().collect()) {
+            // A previous agent's pins stay for every workload that still is,
+            // with egress (or that could not be looked at now: its namespace
+            // or the pod's not found yet): un-enrolling those would let their
+            // configured egress out untouched. Only what left goes.
+            let keep: std::collections::HashSet<String> = specs
+                .iter()
+                .filter(|s| {
+                    snapshot
+                        .workloads
+                        .get(s.name.as_str())
+                        .is_none_or(|w| !w.policy.egress.is_empty())
+                })
+                .map(|s| s.name.clone())
+                .chain(st.present.iter().cloned())
+                .collect();
+            match eg.reconcile(&keep) {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(
                         ?removed,

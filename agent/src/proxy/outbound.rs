@@ -207,6 +207,12 @@ impl Service {
                 &parts.method,
             );
         }
+        // Two Host headers (RFC 9112 §3.2: a 400): the rule would be chosen
+        // by one and the destination might read the other.
+        if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+            let detail = "more than one Host header".to_string();
+            return refuse(StatusCode::BAD_REQUEST, "invalid_header", detail, None, &parts.method);
+        }
         if parts.method == Method::CONNECT {
             let detail = "CONNECT is not proxied on egress".to_string();
             return refuse(
