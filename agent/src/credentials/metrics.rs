@@ -25,7 +25,7 @@ impl CredentialMetrics {
         )?;
         let fetch_seconds = Histogram::with_opts(
             HistogramOpts::new(
-                "nodeward_egress_token_fetch_seconds",
+                "nodeward_egress_token_fetch_duration_seconds",
                 "Time to obtain one outbound token",
             )
             .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
