@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(cfg) = Config::parse(text, std::path::Path::new("fuzz.yaml")) {
         for p in &cfg.policies {
-            Policy::compile(p).expect("a validated policy compiles");
+            Policy::compile(p, &cfg.providers).expect("a validated policy compiles");
         }
     }
 });

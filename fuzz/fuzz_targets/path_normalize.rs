@@ -42,7 +42,7 @@ workloads:
 
 static POLICY: LazyLock<Policy> = LazyLock::new(|| {
     let cfg = Config::parse(CONFIG, std::path::Path::new("fuzz.yaml")).expect("fixed config");
-    Policy::compile(&cfg.policies[0]).expect("fixed policy")
+    Policy::compile(&cfg.policies[0], &cfg.providers).expect("fixed policy")
 });
 
 fn hex(b: u8) -> Option<u8> {

@@ -45,7 +45,7 @@ workloads:
 
 static POLICY: LazyLock<Policy> = LazyLock::new(|| {
     let cfg = Config::parse(CONFIG, std::path::Path::new("fuzz.yaml")).expect("fixed config");
-    Policy::compile(&cfg.policies[0]).expect("fixed policy")
+    Policy::compile(&cfg.policies[0], &cfg.providers).expect("fixed policy")
 });
 static KEY: LazyLock<Arc<Key>> = LazyLock::new(|| Arc::new(Key::from_secret(&[7; 32], Algorithm::HS256).expect("key")));
 /// The two providers of the fixed config (no network: nothing is fetched).

@@ -42,6 +42,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         audiences: vec!["orders".into()],
         audience_claims: vec!["aud".into()],
         jwks_uri: None,
+        token_endpoint: None,
         ca_file: None,
         algorithms: vec![
             Algorithm::RS256,
