@@ -9,7 +9,10 @@
 //! [`SHORT`] and once for [`LONG`] requests (sequential, one keep-alive
 //! connection, the same token and path as `nodeward-cached`); the difference
 //! of the two totals divided by the difference of the counts is the cost of
-//! one request, with start-up and shutdown cancelled out. NGINX runs with
+//! one request, with start-up and shutdown cancelled out. Each pair runs
+//! [`REPEATS`] times and the median is the figure: a multi-threaded runtime's
+//! count still moves by a few percent with how its threads happen to park
+//! and wake under valgrind's serialised scheduling. NGINX runs with
 //! `master_process off` (one process, so everything it does is counted) and
 //! nodeward with its usual runtime (all threads in one callgrind total).
 //! Both log one line per request, as in the throughput scenarios.
@@ -28,15 +31,21 @@ use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodew
 /// Requests of the short and the long run.
 pub const SHORT: u64 = 500;
 pub const LONG: u64 = 2500;
+/// Pairs of runs per proxy; the median per-request figure is reported.
+pub const REPEATS: usize = 3;
 /// Start-up under valgrind is slow (tens of times native).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Count {
     pub proxy: String,
+    /// The totals of the median pair.
     pub short_total: u64,
     pub long_total: u64,
+    /// The median over the pairs.
     pub per_request: f64,
+    /// Every pair's figure, in run order.
+    pub samples: Vec<f64>,
 }
 
 /// Counts nginx's bare hop and the nodeward binary of `b`.
@@ -48,30 +57,40 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Count>> {
     );
     let mut out = Vec::new();
     for proxy in ["nginx-proxy", "nodeward-cached"] {
-        let mut totals = [0u64; 2];
-        for (i, n) in [SHORT, LONG].into_iter().enumerate() {
-            totals[i] = count(b, proxy, n)
-                .await
-                .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
-            println!("{proxy}: {n} requests → {} instructions in all", totals[i]);
+        let mut pairs = Vec::new();
+        for repeat in 0..REPEATS {
+            let mut totals = [0u64; 2];
+            for (i, n) in [SHORT, LONG].into_iter().enumerate() {
+                totals[i] = count(b, proxy, n, repeat)
+                    .await
+                    .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
+                println!("{proxy}: {n} requests → {} instructions in all", totals[i]);
+            }
+            ensure!(
+                totals[1] > totals[0],
+                "{proxy}: the long run executed fewer instructions than the short one"
+            );
+            pairs.push(totals);
         }
-        ensure!(
-            totals[1] > totals[0],
-            "{proxy}: the long run executed fewer instructions than the short one"
-        );
+        let per = |t: &[u64; 2]| (t[1] - t[0]) as f64 / (LONG - SHORT) as f64;
+        let samples: Vec<f64> = pairs.iter().map(per).collect();
+        let mut sorted = pairs.clone();
+        sorted.sort_by(|a, b| per(a).total_cmp(&per(b)));
+        let median = sorted[sorted.len() / 2];
         out.push(Count {
             proxy: proxy.to_string(),
-            short_total: totals[0],
-            long_total: totals[1],
-            per_request: (totals[1] - totals[0]) as f64 / (LONG - SHORT) as f64,
+            short_total: median[0],
+            long_total: median[1],
+            per_request: per(&median),
+            samples,
         });
     }
     Ok(out)
 }
 
 /// One run of `proxy` under callgrind answering `n` requests; its total Ir.
-async fn count(b: &Bench, proxy: &str, n: u64) -> anyhow::Result<u64> {
-    let dir = b.dir.join(format!("callgrind-{proxy}-{n}"));
+async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<u64> {
+    let dir = b.dir.join(format!("callgrind-{proxy}-{n}-{repeat}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let [port, admin] = <[u16; 2]>::try_from(free_ports(2)?).map_err(|_| anyhow::anyhow!("port count"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -212,13 +231,18 @@ impl Drop for Guard {
 pub fn markdown(counts: &[Count], bin: &Path) -> String {
     let mut md = format!(
         "### Instructions per request (callgrind, {SHORT} vs {LONG} sequential requests on one connection)\n\n\
-         nodeward binary: `{}`\n\n| proxy | Ir, {SHORT} requests | Ir, {LONG} requests | instructions per request |\n|---|---|---|---|\n",
+         nodeward binary: `{}`; median of {REPEATS} pairs of runs\n\n| proxy | Ir, {SHORT} requests | Ir, {LONG} requests | instructions per request (median) | every pair |\n|---|---|---|---|---|\n",
         bin.display()
     );
     for c in counts {
+        let samples: Vec<String> = c.samples.iter().map(|s| format!("{s:.0}")).collect();
         md.push_str(&format!(
-            "| {} | {} | {} | {:.0} |\n",
-            c.proxy, c.short_total, c.long_total, c.per_request
+            "| {} | {} | {} | {:.0} | {} |\n",
+            c.proxy,
+            c.short_total,
+            c.long_total,
+            c.per_request,
+            samples.join(", ")
         ));
     }
     if let [nginx, nodeward] = counts {
