@@ -11,8 +11,8 @@
 //! of the two totals divided by the difference of the counts is the cost of
 //! one request, with start-up and shutdown cancelled out. Each pair runs
 //! [`REPEATS`] times and the median is the figure: a multi-threaded runtime's
-//! count still moves by a few percent with how its threads happen to park
-//! and wake under valgrind's serialised scheduling. NGINX runs with
+//! count still moves a little with how its threads happen to park and wake
+//! under valgrind's serialised scheduling. NGINX runs with
 //! `master_process off` (one process, so everything it does is counted) and
 //! nodeward with its usual runtime (all threads in one callgrind total).
 //! Both log one line per request, as in the throughput scenarios.
@@ -142,13 +142,17 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
     wait_answering(&client, &url, &b.reused_token, &mut child.0, &dir).await?;
     // The readiness probe above is one request; the count is the rest.
     for i in 1..n {
-        let status = client
+        let resp = client
             .get(&url)
             .bearer_auth(&b.reused_token)
             .send()
             .await
-            .with_context(|| format!("request {i}"))?
-            .status();
+            .with_context(|| format!("request {i}"))?;
+        let status = resp.status();
+        // Read to the end: a response dropped before its body arrived takes
+        // its connection with it, and the next request would pay a new one
+        // (how often depends on timing: that was most of this count's noise).
+        resp.bytes().await.with_context(|| format!("request {i}: body"))?;
         ensure!(status == 200, "request {i}: status {status}");
     }
     // SIGTERM: nginx exits at once, nodeward drains and exits; callgrind
