@@ -10,6 +10,7 @@ mod conn;
 mod error;
 pub mod headers;
 mod inbound;
+mod joint;
 pub mod metrics;
 mod respond;
 pub mod upstream;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 
 use self::headers::RequestIds;
 use self::metrics::{ProxyMetrics, WorkloadMetrics};
+use self::upstream::bound::Bound;
 use crate::audit::Audit;
 use crate::authz::CacheCounters;
 use crate::drain;
@@ -93,6 +95,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
     let endpoint = Arc::new(endpoint);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = ctx.snapshot.load().config.limits.clone();
+    // HTTP/1.1 connections (the first bytes are not the h2 preface) are
+    // served by hyper's HTTP/1 server directly, with a bound upstream
+    // connection; the rest by the auto builder (h2c with prior knowledge).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // Exact: the read buffer's limit alone (all the auto builder
+        // offers) lets a head through when it arrives in large reads.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -109,6 +123,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
         .max_local_error_reset_streams(Some(64))
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
+    let builders = Arc::new((http1, builder));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -129,13 +144,28 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
         // ::ffff:a.b.c.d; logs and upstream addresses use the plain form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let (peer, local) = (canonical(peer), canonical(local));
-        let activity = conn::Activity::new();
-        let svc = inbound::Service::new(ctx.clone(), endpoint.clone(), peer, local, activity.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
-        let idle = limits.idle_timeout;
+        let (ctx, endpoint, builders, watcher) = (ctx.clone(), endpoint.clone(), builders.clone(), graceful.watcher());
+        let (idle, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn::run_with_idle_timeout(conn, activity, idle).await {
+            let activity = conn::Activity::new();
+            let ended = match tokio::time::timeout(head_timeout, conn::sniff(&stream)).await {
+                Ok(Ok(conn::Preface::Http1)) => {
+                    let bound = Bound::new();
+                    let driver = bound.driver();
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity.clone(), Some(bound));
+                    let conn = watcher.watch(builders.0.serve_connection(TokioIo::new(stream), svc));
+                    let conn = joint::Joint::new(async move { conn.await.map_err(BoxError::from) }, driver);
+                    conn::run_with_idle_timeout(conn, activity, idle).await
+                }
+                Ok(Ok(conn::Preface::Other)) => {
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity.clone(), None);
+                    let conn = watcher.watch(builders.1.serve_connection(TokioIo::new(stream), svc).into_owned());
+                    conn::run_with_idle_timeout(conn, activity, idle).await
+                }
+                // Closed, failed or silent before a first byte: nothing to serve.
+                Ok(Ok(conn::Preface::Closed)) | Ok(Err(_)) | Err(_) => Ok(()),
+            };
+            if let Err(e) = ended {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });

@@ -105,6 +105,30 @@ impl Drop for Busy {
     }
 }
 
+/// What a connection speaks, from its first bytes.
+pub enum Preface {
+    /// Not the HTTP/2 connection preface: HTTP/1.x (or garbage, which
+    /// hyper's HTTP/1 parser refuses).
+    Http1,
+    /// The HTTP/2 preface, or a part of it so far.
+    Other,
+    /// Closed before a byte.
+    Closed,
+}
+
+/// Waits for a connection's first bytes and tells HTTP/1 from the h2
+/// preface, without consuming them.
+pub async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Preface> {
+    const H2: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; 24];
+    let n = stream.peek(&mut first).await?;
+    Ok(match n {
+        0 => Preface::Closed,
+        n if first[..n] == H2[..n] => Preface::Other,
+        _ => Preface::Http1,
+    })
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {

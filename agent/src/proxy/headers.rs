@@ -257,7 +257,13 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
             len += 1;
         }
         let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 { 0 } else if octet >= 10 { 1 } else { 2 };
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
         for d in &digits[skip..] {
             buf[len] = b'0' + d;
             len += 1;
@@ -343,7 +349,15 @@ mod tests {
 
     #[test]
     fn peer_addresses_are_written_as_display_writes_them() {
-        for ip in ["0.0.0.0", "1.2.3.4", "10.20.30.40", "100.200.255.9", "255.255.255.255", "::1", "fe80::2"] {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::1",
+            "fe80::2",
+        ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert_eq!(ip_value(ip), ip.to_string().as_str());
         }
