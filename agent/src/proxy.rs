@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -148,19 +149,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
         let (idle, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         tokio::spawn(async move {
             let activity = conn::Activity::new();
+            let watchdog = conn::Watchdog::new(activity.clone(), idle);
             let ended = match tokio::time::timeout(head_timeout, conn::sniff(&stream)).await {
                 Ok(Ok(conn::Preface::Http1)) => {
                     let bound = Bound::new();
-                    let driver = bound.driver();
-                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity.clone(), Some(bound));
-                    let conn = watcher.watch(builders.0.serve_connection(TokioIo::new(stream), svc));
-                    let conn = joint::Joint::new(async move { conn.await.map_err(BoxError::from) }, driver);
-                    conn::run_with_idle_timeout(conn, activity, idle).await
+                    let driver = bound.driver().map(Ok);
+                    // The head timeout on the connection's watchdog: no
+                    // timer of the runtime per request.
+                    let mut http1 = builders.0.clone();
+                    http1.timer(conn::ConnTimer(activity.clone()));
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity, Some(bound));
+                    let conn = watcher.watch(http1.serve_connection(TokioIo::new(stream), svc));
+                    let conn = async move { conn.await.map_err(|e| conn::ConnError::Http(e.into())) };
+                    joint::Joint::new(joint::Joint::new(conn, driver), watchdog).await
                 }
                 Ok(Ok(conn::Preface::Other)) => {
-                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity.clone(), None);
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity, None);
                     let conn = watcher.watch(builders.1.serve_connection(TokioIo::new(stream), svc).into_owned());
-                    conn::run_with_idle_timeout(conn, activity, idle).await
+                    let conn = async move { conn.await.map_err(conn::ConnError::Http) };
+                    joint::Joint::new(conn, watchdog).await
                 }
                 // Closed, failed or silent before a first byte: nothing to serve.
                 Ok(Ok(conn::Preface::Closed)) | Ok(Err(_)) | Err(_) => Ok(()),

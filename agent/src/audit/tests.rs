@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::format::{decimal, socket_addr};
 use super::*;
 
 fn fields() -> Fields<'static> {

@@ -283,7 +283,10 @@ impl Service {
         let client = &self.endpoint.client;
         let result = match upstream_request(parts, admitted.target, target, &request_id, self.bound.is_none()) {
             Ok(parts) => match &self.bound {
-                Some(bound) => client.send_bound(bound, target, Request::from_parts(parts, body)).await,
+                Some(bound) => {
+                    let req = Request::from_parts(parts, body);
+                    client.send_bound(bound, &self.activity, target, req).await
+                }
                 None => client.send(Request::from_parts(parts, body.boxed_unsync())).await,
             },
             Err(e) => Err(e),

@@ -1,6 +1,6 @@
 //! Two futures driven by one task, each woken on its own: a downstream
 //! HTTP/1.1 connection and the upstream connection bound to it
-//! (`upstream/bound.rs`).
+//! (`upstream/bound.rs`); a connection and its watchdog (`conn.rs`).
 //!
 //! Why not `select` or two tasks: every hand-off between the two (a request
 //! queued for the upstream, its response head, each body chunk, the body's
@@ -55,7 +55,7 @@ impl Wake for Side {
 }
 
 pin_project_lite::pin_project! {
-    /// Completes with `first`; `second` is polled alongside it and dropped with it.
+    /// Completes with whichever of the two completes first; the other is dropped with it.
     pub struct Joint<A, B> {
         #[pin]
         first: A,
@@ -66,7 +66,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<A: Future, B: Future<Output = ()>> Joint<A, B> {
+impl<A: Future, B: Future<Output = A::Output>> Joint<A, B> {
     pub fn new(first: A, second: B) -> Self {
         let shared = Arc::new(Shared {
             ready: AtomicU8::new(FIRST | SECOND),
@@ -89,7 +89,7 @@ impl<A: Future, B: Future<Output = ()>> Joint<A, B> {
     }
 }
 
-impl<A: Future, B: Future<Output = ()>> Future for Joint<A, B> {
+impl<A: Future, B: Future<Output = A::Output>> Future for Joint<A, B> {
     type Output = A::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
@@ -112,9 +112,11 @@ impl<A: Future, B: Future<Output = ()>> Future for Joint<A, B> {
                 }
                 shared.polling.store(true, Ordering::SeqCst);
             }
-            if ready & SECOND != 0 {
-                // The side that never completes: its output is `()` forever pending.
-                let _ = this.second.as_mut().poll(&mut Context::from_waker(&this.wakers[1]));
+            if ready & SECOND != 0
+                && let Poll::Ready(out) = this.second.as_mut().poll(&mut Context::from_waker(&this.wakers[1]))
+            {
+                shared.polling.store(false, Ordering::SeqCst);
+                return Poll::Ready(out);
             }
             if ready & FIRST != 0
                 && let Poll::Ready(out) = this.first.as_mut().poll(&mut Context::from_waker(&this.wakers[0]))
@@ -135,6 +137,8 @@ impl<A: Future, B: Future<Output = ()>> Future for Joint<A, B> {
 mod tests {
     use super::*;
 
+    use futures_util::FutureExt as _;
+
     #[tokio::test]
     async fn both_sides_make_progress_and_the_first_decides_the_end() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
@@ -151,7 +155,9 @@ mod tests {
             drop(done_tx);
             v
         };
-        assert_eq!(Joint::new(first, second).await, 7);
+        assert_eq!(Joint::new(first, second.map(|()| 0)).await, 7);
+        // Either side can end it.
+        assert_eq!(Joint::new(std::future::pending::<u32>(), async { 8 }).await, 8);
     }
 
     #[tokio::test]
@@ -173,6 +179,6 @@ mod tests {
                 tx.send(v).await.expect("send");
             }
         });
-        assert_eq!(Joint::new(async { rx2.await.expect("3") }, second).await, 3);
+        assert_eq!(Joint::new(async { rx2.await.expect("3") }, second.map(|()| 0)).await, 3);
     }
 }

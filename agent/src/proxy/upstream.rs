@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use http_body::Body;
@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 
 use self::bound::{Bound, GiveBack};
+use super::conn::{Activity, ConnSleep, Slot};
 use super::error::ProxyError;
 use super::{BoxError, ProxyBody, headers};
 use crate::netns::Netns;
@@ -134,6 +135,7 @@ impl Client {
     pub async fn send_bound<B>(
         &self,
         bound: &Arc<Bound>,
+        activity: &Activity,
         target: SocketAddr,
         req: Request<B>,
     ) -> Result<Response<ProxyBody>, ProxyError>
@@ -142,12 +144,15 @@ impl Client {
         B::Error: Into<BoxError>,
     {
         let req = req.map(|b| bound.watch_request(b).map_err(Into::into).boxed_unsync());
-        match tokio::time::timeout(self.timeout, self.exchange(bound, target, req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
-            Ok(Ok((resp, give_back))) => Ok(downstream(
-                resp.map(|b| bound.watch_response(b, give_back).boxed_unsync()),
-            )),
-            Ok(Err(e)) => Err(e),
+        // On the connection's watchdog, not a timer of the runtime per request.
+        let deadline = ConnSleep::new(activity, Slot::Upstream, Instant::now() + self.timeout);
+        tokio::select! {
+            biased;
+            answered = self.exchange(bound, target, req) => {
+                let (resp, give_back) = answered?;
+                Ok(downstream(resp.map(|b| bound.watch_response(b, give_back).boxed_unsync())))
+            }
+            () = deadline => Err(ProxyError::UpstreamTimeout(self.timeout)),
         }
     }
 
