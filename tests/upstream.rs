@@ -212,3 +212,20 @@ async fn an_upstream_that_closed_its_idle_connection_is_dialled_again() {
     assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
     assert_eq!(up.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_connection_per_request_client_does_not_make_a_connection_per_request_upstream() {
+    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
+    let agent = agent(&up, &idp).await;
+    let token = idp.token(json!({"aud": "orders"}));
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
+        let mut buf = Vec::new();
+        s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
+        assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
+        drop(s);
+        // The agent sees the close and hands the upstream connection on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.connections(), 1);
+}

@@ -152,7 +152,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
             let watchdog = conn::Watchdog::new(activity.clone(), idle);
             let ended = match tokio::time::timeout(head_timeout, conn::sniff(&stream)).await {
                 Ok(Ok(conn::Preface::Http1)) => {
-                    let bound = Bound::new();
+                    let bound = Bound::new(endpoint.client.idle());
                     let driver = bound.driver().map(Ok);
                     // The head timeout on the connection's watchdog: no
                     // timer of the runtime per request.

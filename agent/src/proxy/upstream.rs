@@ -10,6 +10,7 @@
 //! pod's upstream has the same kind of address, so pools must not mix.
 
 pub mod bound;
+pub mod idle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +26,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 
-use self::bound::{Bound, GiveBack};
+use self::bound::{Bound, GiveBack, Sender};
+use self::idle::IdleConns;
 use super::conn::{Activity, ConnSleep, Slot};
 use super::error::ProxyError;
 use super::{BoxError, ProxyBody, headers};
@@ -82,6 +84,8 @@ pub struct Client {
     inner: HyperClient<Connector, ProxyBody>,
     connector: Connector,
     h1: hyper::client::conn::http1::Builder,
+    /// Bound connections whose downstream connection ended, for the next.
+    idle: Arc<IdleConns>,
     netns: Option<Arc<Netns>>,
     timeout: Duration,
 }
@@ -101,9 +105,15 @@ impl Client {
             inner,
             connector,
             h1: hyper::client::conn::http1::Builder::new(),
+            idle: Arc::default(),
             netns,
             timeout: response_timeout,
         }
+    }
+
+    /// Where bound connections go when their downstream connection ends.
+    pub fn idle(&self) -> Arc<IdleConns> {
+        self.idle.clone()
     }
 
     /// The namespace this client connects from, for steered workloads.
@@ -156,33 +166,27 @@ impl Client {
         }
     }
 
+    /// The exchange over, in order: this downstream connection's upstream
+    /// connection, one that another downstream connection left (a few at
+    /// most: they may have been closed meanwhile), a new one.
     async fn exchange(
         &self,
         bound: &Arc<Bound>,
         target: SocketAddr,
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<hyper::body::Incoming>, GiveBack), ProxyError> {
-        if let Some((mut sender, generation)) = bound.take(target) {
-            // Dropped before the response (an error, the 504 timer): the
-            // connection is not used again.
-            let armed = Abandon(bound, generation);
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        armed.disarm();
-                        let give_back = GiveBack {
-                            target,
-                            sender,
-                            generation,
-                        };
-                        return Ok((resp, give_back));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the upstream closed the idle connection first.
-                        Some(unsent) => req = unsent,
-                        None => return Err(hyper_fault(e.into_error())),
-                    },
-                }
+        if let Some((sender, generation)) = bound.take(target) {
+            match reuse(bound, sender, generation, target, req).await? {
+                Reused::Answered(answered) => return Ok(answered),
+                Reused::Unsent(unsent) => req = unsent,
+            }
+        }
+        for _ in 0..3 {
+            let Some(idle) = self.idle.take(target) else { break };
+            let generation = bound.install(idle.conn);
+            match reuse(bound, idle.sender, generation, target, req).await? {
+                Reused::Answered(answered) => return Ok(answered),
+                Reused::Unsent(unsent) => req = unsent,
             }
         }
         let io = self
@@ -208,6 +212,43 @@ impl Client {
                 generation,
             },
         ))
+    }
+}
+
+enum Reused {
+    Answered((Response<hyper::body::Incoming>, GiveBack)),
+    /// Never written: the upstream closed the idle connection first.
+    Unsent(Request<ProxyBody>),
+}
+
+/// `req` over an idle connection (installed in `bound` as `generation`).
+async fn reuse(
+    bound: &Bound,
+    mut sender: Sender,
+    generation: u64,
+    target: SocketAddr,
+    req: Request<ProxyBody>,
+) -> Result<Reused, ProxyError> {
+    // Dropped before the response (an error, the 504 timer, closed): the
+    // connection is not used again.
+    let armed = Abandon(bound, generation);
+    if sender.ready().await.is_err() {
+        return Ok(Reused::Unsent(req));
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => {
+            armed.disarm();
+            let give_back = GiveBack {
+                target,
+                sender,
+                generation,
+            };
+            Ok(Reused::Answered((resp, give_back)))
+        }
+        Err(mut e) => match e.take_message() {
+            Some(unsent) => Ok(Reused::Unsent(unsent)),
+            None => Err(hyper_fault(e.into_error())),
+        },
     }
 }
 

@@ -160,7 +160,10 @@ mod tests {
         assert!(futures_util::poll!(late.as_mut()).is_pending());
         // A new, earlier deadline in the same slot replaces it.
         ConnSleep::new(&activity, Slot::Upstream, Instant::now() + Duration::from_millis(20)).await;
-        assert!(futures_util::poll!(late.as_mut()).is_ready(), "replaced: no longer waits");
+        assert!(
+            futures_util::poll!(late.as_mut()).is_ready(),
+            "replaced: no longer waits"
+        );
         watchdog.abort();
     }
 }

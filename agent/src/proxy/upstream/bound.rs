@@ -23,17 +23,19 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::idle::{Idle, IdleConns};
 use crate::proxy::{BoxError, ProxyBody};
 
 pub type Sender = SendRequest<ProxyBody>;
 pub type Conn = Connection<TokioIo<TcpStream>, ProxyBody>;
 
 /// The upstream side of one downstream connection.
-#[derive(Default)]
 pub struct Bound {
     state: Mutex<State>,
     /// The current request's body has been sent whole (or had none).
     request_sent: AtomicBool,
+    /// Where the connection goes, idle and clean, when the downstream one ends.
+    idle: Arc<IdleConns>,
 }
 
 #[derive(Default)]
@@ -55,8 +57,12 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Bound {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn new(idle: Arc<IdleConns>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            request_sent: AtomicBool::new(false),
+            idle,
+        })
     }
 
     /// The idle sender to `target` and its generation, if there is one
@@ -145,10 +151,29 @@ fn wake(st: &mut State) {
 }
 
 /// Drives the bound upstream connection; never completes (it ends when the
-/// downstream connection does and drops it).
+/// downstream connection does and drops it: then a connection idle after a
+/// clean exchange goes to the client's idle list, any other is closed).
 pub struct Driver {
     bound: Arc<Bound>,
     conn: Option<Conn>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let idle = {
+            let mut st = lock(&self.bound.state);
+            if st.drop_current || st.next.is_some() {
+                return;
+            }
+            st.idle.take()
+        };
+        if let Some((target, sender)) = idle
+            && !sender.is_closed()
+        {
+            self.bound.idle.put(Idle::new(target, sender, conn));
+        }
+    }
 }
 
 impl Future for Driver {
