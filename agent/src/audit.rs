@@ -170,87 +170,6 @@ impl Audit {
     }
 }
 
-/// Appends one audit line (ending in `\n`) for `f` at `now` to `out`.
-pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
-    out.extend_from_slice(br#"{"timestamp":""#);
-    timestamp(out, now);
-    out.extend_from_slice(br#"","level":"INFO","target":"audit""#);
-    field(out, "request_id", f.request_id);
-    if let Some(t) = f.trace_id {
-        field(out, "trace_id", t);
-    }
-    field(out, "workload", f.workload);
-    field(out, "method", f.method);
-    field(out, "path", f.path);
-    field(out, "decision", f.decision);
-    field(out, "reason", f.reason);
-    for (name, value) in [
-        ("detail", f.detail),
-        ("rule", f.rule),
-        ("iss", f.iss),
-        ("sub", f.sub),
-        ("email", f.email),
-        ("client_id", f.client_id),
-        ("act", f.act.as_deref()),
-        ("k8s_user", f.k8s_user),
-        ("k8s_groups", f.k8s_groups.as_deref()),
-    ] {
-        if let Some(v) = value {
-            field(out, name, v);
-        }
-    }
-    // A socket address is digits, hex, '.', ':', '[', ']' and '%': nothing to escape.
-    let _ = write!(out, r#","client":"{}","latency_us":{}}}"#, f.client, f.latency_us);
-    out.push(b'\n');
-}
-
-thread_local! {
-    /// The second the last timestamp of this thread fell in, and its
-    /// `YYYY-MM-DDTHH:MM:SS` text: formatted once per second, not per line.
-    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
-}
-
-/// RFC 3339 in UTC with microseconds (`2026-05-28T20:26:40.123456Z`).
-fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (cached, mut text) = SECOND.get();
-    if cached != secs {
-        let full = humantime::format_rfc3339_seconds(now).to_string();
-        match full.as_bytes().get(..19) {
-            Some(t) => text.copy_from_slice(t),
-            None => text = [b'0'; 19],
-        }
-        SECOND.set((secs, text));
-    }
-    out.extend_from_slice(&text);
-    let micros = since.subsec_micros();
-    let mut frac = *b".000000Z";
-    let mut m = micros;
-    for b in frac[1..7].iter_mut().rev() {
-        *b = b'0' + (m % 10) as u8;
-        m /= 10;
-    }
-    out.extend_from_slice(&frac);
-}
-
-/// `,"name":"value"` with the value JSON-escaped (quotes, backslashes, control characters).
-fn field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    // Most values need no escape: copy them as they are (the bytes JSON
-    // escapes are exactly the control characters, `"` and `\\`).
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    // Serializing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
-}
-
 /// Batching limits of a [`Sink`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -485,6 +404,10 @@ impl AuditMetrics {
         self.waits.inc_by(s.waits.saturating_sub(self.waits.get()));
     }
 }
+
+mod format;
+
+pub use format::format_line;
 
 #[cfg(test)]
 mod tests;

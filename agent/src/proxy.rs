@@ -10,6 +10,7 @@ mod conn;
 mod error;
 pub mod headers;
 mod inbound;
+mod joint;
 pub mod metrics;
 pub mod outbound;
 mod respond;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,6 +31,7 @@ use tokio::net::TcpListener;
 
 use self::headers::RequestIds;
 use self::metrics::{ProxyMetrics, WorkloadMetrics};
+use self::upstream::bound::Bound;
 use crate::audit::Audit;
 use crate::authz::CacheCounters;
 use crate::credentials::Credentials;
@@ -99,7 +102,19 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
     let endpoint = Arc::new(endpoint);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = ctx.snapshot.load().config.limits.clone();
-    let builder = http_builder(&limits);
+    // HTTP/1.1 connections (the first bytes are not the h2 preface) are
+    // served by hyper's HTTP/1 server directly, with a bound upstream
+    // connection; the rest by the auto builder (h2c with prior knowledge).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // Exact: the read buffer's limit alone (all the auto builder
+        // offers) lets a head through when it arrives in large reads.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let builders = Arc::new((http1, http_builder(&limits)));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -120,13 +135,34 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
         // ::ffff:a.b.c.d; logs and upstream addresses use the plain form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let (peer, local) = (canonical(peer), canonical(local));
-        let activity = conn::Activity::new();
-        let svc = inbound::Service::new(ctx.clone(), endpoint.clone(), peer, local, activity.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
-        let idle = limits.idle_timeout;
+        let (ctx, endpoint, builders, watcher) = (ctx.clone(), endpoint.clone(), builders.clone(), graceful.watcher());
+        let (idle, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn::run_with_idle_timeout(conn, activity, idle).await {
+            let activity = conn::Activity::new();
+            let watchdog = conn::Watchdog::new(activity.clone(), idle);
+            let ended = match tokio::time::timeout(head_timeout, conn::sniff(&stream)).await {
+                Ok(Ok(conn::Preface::Http1)) => {
+                    let bound = Bound::new(endpoint.client.idle());
+                    let driver = bound.driver().map(Ok);
+                    // The head timeout on the connection's watchdog: no
+                    // timer of the runtime per request.
+                    let mut http1 = builders.0.clone();
+                    http1.timer(conn::ConnTimer(activity.clone()));
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity, Some(bound));
+                    let conn = watcher.watch(http1.serve_connection(TokioIo::new(stream), svc));
+                    let conn = async move { conn.await.map_err(|e| conn::ConnError::Http(e.into())) };
+                    joint::Joint::new(joint::Joint::new(conn, driver), watchdog).await
+                }
+                Ok(Ok(conn::Preface::Other)) => {
+                    let svc = inbound::Service::new(ctx, endpoint, peer, local, activity, None);
+                    let conn = watcher.watch(builders.1.serve_connection(TokioIo::new(stream), svc).into_owned());
+                    let conn = async move { conn.await.map_err(conn::ConnError::Http) };
+                    joint::Joint::new(conn, watchdog).await
+                }
+                // Closed, failed or silent before a first byte: nothing to serve.
+                Ok(Ok(conn::Preface::Closed)) | Ok(Err(_)) | Err(_) => Ok(()),
+            };
+            if let Err(e) = ended {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });

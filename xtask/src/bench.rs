@@ -275,8 +275,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     })?;
 
     let sums = report::summarize(&scenarios, &runs);
-    let raw_rs256 = baseline.iter().find(|(a, _)| a == "RS256").map_or(0.0, |(_, us)| *us);
-    let targets = report::targets(&runs, &sums, raw_rs256, &pernode);
+    let targets = report::targets(&runs, &sums, &baseline, &pernode);
     let command = format!(
         "cargo xtask bench{}",
         args.iter().map(|a| format!(" {a}")).collect::<String>()

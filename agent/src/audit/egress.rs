@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use super::{Audit, KEEP_LINE_BYTES, LINE, field, timestamp};
+use super::format::{decimal, field, socket_addr, timestamp};
+use super::{Audit, KEEP_LINE_BYTES, LINE};
 
 pub struct EgressRecord<'a> {
     pub request_id: &'a str,
@@ -34,7 +35,6 @@ pub struct EgressRecord<'a> {
 
 /// Appends one egress audit line (ending in `\n`) for `r` at `now` to `out`.
 pub fn format_egress_line(out: &mut Vec<u8>, r: &EgressRecord<'_>, now: SystemTime) {
-    use std::io::Write as _;
     out.extend_from_slice(br#"{"timestamp":""#);
     timestamp(out, now);
     out.extend_from_slice(br#"","level":"INFO","target":"audit","direction":"egress""#);
@@ -57,12 +57,15 @@ pub fn format_egress_line(out: &mut Vec<u8>, r: &EgressRecord<'_>, now: SystemTi
         }
     }
     if let Some(s) = r.status {
-        let _ = write!(out, r#","status":{s}"#);
+        out.extend_from_slice(br#","status":"#);
+        decimal(out, u64::from(s));
     }
-    let latency_us = u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX);
     // A socket address needs no escaping.
-    let _ = write!(out, r#","destination":"{}","latency_us":{latency_us}}}"#, r.destination);
-    out.push(b'\n');
+    out.extend_from_slice(br#","destination":""#);
+    socket_addr(out, r.destination);
+    out.extend_from_slice(br#"","latency_us":"#);
+    decimal(out, u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX));
+    out.extend_from_slice(b"}\n");
 }
 
 impl Audit {

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::format::{decimal, socket_addr};
 use super::*;
 
 fn fields() -> Fields<'static> {
@@ -400,4 +401,28 @@ fn line_at(f: &Fields<'_>, now: SystemTime) -> (String, Value) {
     let text = String::from_utf8(out).expect("utf8");
     let v = serde_json::from_str(&text).expect("a JSON object");
     (text, v)
+}
+
+#[test]
+fn addresses_and_numbers_are_written_as_display_writes_them() {
+    for addr in [
+        "0.0.0.0:0",
+        "1.2.3.4:5",
+        "10.0.0.1:80",
+        "127.0.0.1:40000",
+        "255.255.255.255:65535",
+        "[::1]:8080",
+        "[fe80::1%2]:443",
+        "[::ffff:10.0.0.1]:1",
+    ] {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        let mut out = Vec::new();
+        socket_addr(&mut out, addr);
+        assert_eq!(String::from_utf8(out).expect("utf8"), addr.to_string());
+    }
+    for n in [0, 1, 9, 10, 99, 100, 1234, u64::from(u32::MAX), u64::MAX] {
+        let mut out = Vec::new();
+        decimal(&mut out, n);
+        assert_eq!(String::from_utf8(out).expect("utf8"), n.to_string());
+    }
 }

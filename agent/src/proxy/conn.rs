@@ -3,11 +3,25 @@
 //! between requests). A connection whose client cancels requests in bulk —
 //! HTTP/2 "rapid reset" (CVE-2023-44487), each cancelled stream having cost a
 //! full decision — is closed once it spends its cancellation budget.
+//!
+//! The [`Watchdog`] also keeps the connection's deadlines (`timer.rs`: how
+//! long a client may take to send a head, how long an upstream may take to
+//! answer on a bound connection) with one timer per connection instead of
+//! one per request: each request moves a deadline later, and the watchdog,
+//! which sleeps until the earliest of them, only looks again when it wakes.
+
+mod timer;
+
+pub use timer::{ConnSleep, ConnTimer, Slot};
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
 
 #[derive(Clone)]
 pub struct Activity(Arc<Inner>);
@@ -19,7 +33,11 @@ struct Inner {
     /// Requests cancelled by the client in the current window, and when it began.
     cancelled: AtomicU64,
     window_ms: AtomicU64,
-    abuse: tokio::sync::Notify,
+    /// The cancellation budget is spent.
+    abused: AtomicBool,
+    /// Wakes the watchdog: abuse, or a deadline earlier than it planned for.
+    watchdog: AtomicWaker,
+    timers: Mutex<timer::Timers>,
 }
 
 /// Most client-cancelled requests per connection per window.
@@ -34,8 +52,14 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             window_ms: AtomicU64::new(0),
-            abuse: tokio::sync::Notify::new(),
+            abused: AtomicBool::new(false),
+            watchdog: AtomicWaker::new(),
+            timers: Mutex::new(timer::Timers::default()),
         }))
+    }
+
+    fn timers(&self) -> MutexGuard<'_, timer::Timers> {
+        self.0.timers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts a request the client cancelled before its response was ready.
@@ -47,7 +71,8 @@ impl Activity {
             self.0.cancelled.store(0, Ordering::Relaxed);
         }
         if self.0.cancelled.fetch_add(1, Ordering::Relaxed) + 1 == CANCEL_BUDGET {
-            self.0.abuse.notify_one();
+            self.0.abused.store(true, Ordering::SeqCst);
+            self.0.watchdog.wake();
         }
     }
 
@@ -57,26 +82,22 @@ impl Activity {
         Pending(Some(self.clone()))
     }
 
-    fn touch(&self) {
-        self.0
-            .last_ms
-            .store(self.0.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
     /// Marks a request in flight until the guard drops (the response body may
-    /// outlive the service call; the guard travels with it).
+    /// outlive the service call; the guard travels with it). The idle clock
+    /// starts again when the last one drops.
     pub fn begin(&self) -> Busy {
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         Busy(self.clone())
     }
 
-    fn idle_for(&self) -> Option<Duration> {
+    /// When the connection will have been idle too long, if nothing happens
+    /// before (`None`: a request is in flight).
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
         if self.0.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
         let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
-        Some(self.0.start.elapsed().saturating_sub(last))
+        Some(self.0.start + last + idle)
     }
 }
 
@@ -100,9 +121,34 @@ pub struct Busy(Activity);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.0.0;
+        a.last_ms.store(a.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What a connection speaks, from its first bytes.
+pub enum Preface {
+    /// Not the HTTP/2 connection preface: HTTP/1.x (or garbage, which
+    /// hyper's HTTP/1 parser refuses).
+    Http1,
+    /// The HTTP/2 preface, or a part of it so far.
+    Other,
+    /// Closed before a byte.
+    Closed,
+}
+
+/// Waits for a connection's first bytes and tells HTTP/1 from the h2
+/// preface, without consuming them.
+pub async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Preface> {
+    const H2: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; 24];
+    let n = stream.peek(&mut first).await?;
+    Ok(match n {
+        0 => Preface::Closed,
+        n if first[..n] == H2[..n] => Preface::Other,
+        _ => Preface::Http1,
+    })
 }
 
 /// Why a connection ended early.
@@ -114,21 +160,63 @@ pub enum ConnError {
     CancelBudget,
 }
 
-/// Drives `conn` to completion, dropping it once it has been idle too long.
-pub async fn run_with_idle_timeout<F, T>(conn: F, activity: Activity, idle: Duration) -> Result<(), ConnError>
-where
-    F: Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>>,
-{
-    tokio::pin!(conn);
-    let tick = (idle / 4).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            done = &mut conn => return done.map(|_| ()).map_err(ConnError::Http),
-            _ = activity.0.abuse.notified() => return Err(ConnError::CancelBudget),
-            _ = tokio::time::sleep(tick) => {
-                if activity.idle_for().is_some_and(|d| d >= idle) {
-                    return Ok(());
-                }
+/// Ends a connection (beside it in a `proxy::joint::Joint`) once it has been
+/// idle too long (`Ok`) or spent its cancellation budget; fires its
+/// deadlines. Polled only when its own timer or [`Activity`] wakes it.
+pub struct Watchdog {
+    activity: Activity,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Watchdog {
+    pub fn new(activity: Activity, idle: Duration) -> Self {
+        let first = Instant::now() + idle;
+        Self {
+            activity,
+            idle,
+            sleep: Box::pin(tokio::time::sleep_until(first.into())),
+        }
+    }
+}
+
+impl Future for Watchdog {
+    type Output = Result<(), ConnError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let a = &this.activity;
+        a.0.watchdog.register(cx.waker());
+        if a.0.abused.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(ConnError::CancelBudget));
+        }
+        loop {
+            let now = Instant::now();
+            let idle_at = match a.idle_deadline(this.idle) {
+                Some(at) if at <= now => return Poll::Ready(Ok(())),
+                Some(at) => at,
+                // Busy: look again in a full idle period at the latest.
+                None => now + this.idle,
+            };
+            let planned = this.sleep.deadline().into_std();
+            // A timer set later than planned can stay: it fires early and
+            // the next round plans again. Only an earlier one is re-armed.
+            let next = {
+                let mut timers = a.timers();
+                let next = timers.fire(now).map_or(idle_at, |at| at.min(idle_at));
+                let next = if this.sleep.is_elapsed() || next < planned {
+                    next
+                } else {
+                    planned
+                };
+                timers.planned = Some(next);
+                next
+            };
+            if next != planned || this.sleep.is_elapsed() {
+                this.sleep.as_mut().reset(next.into());
+            }
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }

@@ -22,9 +22,9 @@ pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
     #[error("upstream connection failed")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] super::BoxError),
     #[error("upstream connection failed")]
-    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    UpstreamProtocol(#[source] super::BoxError),
 }
 
 impl ProxyError {

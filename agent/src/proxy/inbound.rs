@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 
 use super::conn::Activity;
 use super::error::ProxyError;
+use super::upstream::bound::Bound;
 use super::{Context, Endpoint, ProxyBody, headers, respond};
 use crate::audit;
 use crate::authz::{self, Decision, Verifier};
@@ -44,6 +45,9 @@ pub struct Service {
     /// original destination (pod IP and port).
     local: SocketAddr,
     activity: Activity,
+    /// The upstream connection of a downstream HTTP/1.1 connection; HTTP/2
+    /// streams use the endpoint's pooled client.
+    bound: Option<Arc<Bound>>,
 }
 
 impl Service {
@@ -53,6 +57,7 @@ impl Service {
         client: SocketAddr,
         local: SocketAddr,
         activity: Activity,
+        bound: Option<Arc<Bound>>,
     ) -> Self {
         Self {
             ctx,
@@ -60,6 +65,7 @@ impl Service {
             client,
             local,
             activity,
+            bound,
         }
     }
 }
@@ -295,12 +301,17 @@ impl Service {
             return (ProxyError::BodyTooLarge.respond(&request_id, trace.as_ref()), false);
         }
         let target = wl.upstream.target(self.local);
-        let result = match upstream_request(parts, admitted.target, target, &request_id) {
-            Ok(parts) => {
-                let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-                let body = Limited::new(body, limit).boxed_unsync();
-                self.endpoint.client.send(Request::from_parts(parts, body)).await
-            }
+        let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+        let body = Limited::new(body, limit);
+        let client = &self.endpoint.client;
+        let result = match upstream_request(parts, admitted.target, target, &request_id, self.bound.is_none()) {
+            Ok(parts) => match &self.bound {
+                Some(bound) => {
+                    let req = Request::from_parts(parts, body);
+                    client.send_bound(bound, &self.activity, target, req).await
+                }
+                None => client.send(Request::from_parts(parts, body.boxed_unsync())).await,
+            },
             Err(e) => Err(e),
         };
         match result {
@@ -320,32 +331,55 @@ impl Service {
 }
 
 /// The request head as the upstream gets it: HTTP/1.1 to `target`, with
-/// the admitted path and the request id.
+/// the admitted path and the request id; the URI in absolute form for the
+/// pooled client (which picks the connection by it), else in origin form
+/// with a `Host` (the upstream's address when the client sent none, as the
+/// pooled client does).
 pub(super) fn upstream_request(
     mut parts: Parts,
     path: Option<PathAndQuery>,
     target: SocketAddr,
     request_id: &HeaderValue,
+    absolute: bool,
 ) -> Result<Parts, ProxyError> {
     let path = path.ok_or(ProxyError::BadTarget)?;
     // HTTP/2 carries the host in :authority; the upstream speaks HTTP/1.1.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, host);
+    if !parts.headers.contains_key(header::HOST) {
+        let host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None if absolute => None,
+            None => Some(host_of(target)?),
+        };
+        if let Some(host) = host {
+            parts.headers.insert(header::HOST, host);
+        }
     }
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority_of(target)?)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadTarget)?;
+    parts.uri = if absolute {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority_of(target)?)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadTarget)?
+    } else {
+        Uri::from(path)
+    };
     parts.version = Version::HTTP_11;
     parts.headers.insert(headers::REQUEST_ID, request_id.clone());
     Ok(parts)
+}
+
+/// The `Host` the pooled client would set for `target`: the port left out
+/// when it is HTTP's default.
+fn host_of(target: SocketAddr) -> Result<HeaderValue, ProxyError> {
+    let host = match target.port() {
+        80 => match target.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        },
+        _ => authority_of(target)?.as_str().to_string(),
+    };
+    HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget)
 }
 
 /// `target` as a URI authority. A worker forwards to few upstreams (one per

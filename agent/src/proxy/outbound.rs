@@ -98,11 +98,13 @@ pub async fn serve_egress(listener: TcpListener, ctx: Arc<Context>, endpoint: Eg
             dst,
             activity: activity.clone(),
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
-        let idle = limits.idle_timeout;
+        // The connection's idle limit and cancellation budget: its
+        // watchdog, polled beside it (as inbound connections are served).
+        let watchdog = super::conn::Watchdog::new(activity, limits.idle_timeout);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
         tokio::spawn(async move {
-            if let Err(e) = super::conn::run_with_idle_timeout(conn, activity, idle).await {
+            let conn = async move { conn.await.map_err(super::conn::ConnError::Http) };
+            if let Err(e) = super::joint::Joint::new(conn, watchdog).await {
                 tracing::debug!(%dst, error = %e, "egress connection ended with an error");
             }
         });
@@ -267,7 +269,7 @@ impl Service {
             .cloned()
             .filter(|p| p.as_str().starts_with('/'))
             .or_else(|| PathAndQuery::try_from("/").ok());
-        let result = match super::inbound::upstream_request(parts, target, self.dst, &request_id) {
+        let result = match super::inbound::upstream_request(parts, target, self.dst, &request_id, true) {
             Ok(parts) => {
                 let body = body.map_err(Into::into).boxed_unsync();
                 self.endpoint.client.send(Request::from_parts(parts, body)).await

@@ -9,7 +9,10 @@
 //! [`SHORT`] and once for [`LONG`] requests (sequential, one keep-alive
 //! connection, the same token and path as `nodeward-cached`); the difference
 //! of the two totals divided by the difference of the counts is the cost of
-//! one request, with start-up and shutdown cancelled out. NGINX runs with
+//! one request, with start-up and shutdown cancelled out. Each pair runs
+//! [`REPEATS`] times and the median is the figure: a multi-threaded runtime's
+//! count still moves a little with how its threads happen to park and wake
+//! under valgrind's serialised scheduling. NGINX runs with
 //! `master_process off` (one process, so everything it does is counted) and
 //! nodeward with its usual runtime (all threads in one callgrind total).
 //! Both log one line per request, as in the throughput scenarios.
@@ -28,15 +31,34 @@ use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodew
 /// Requests of the short and the long run.
 pub const SHORT: u64 = 500;
 pub const LONG: u64 = 2500;
+/// Pairs of runs per proxy; the median per-request figure is reported.
+pub const REPEATS: usize = 3;
 /// Start-up under valgrind is slow (tens of times native).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Count {
     pub proxy: String,
+    /// The totals of the median pair.
     pub short_total: u64,
     pub long_total: u64,
+    /// The median over the pairs.
     pub per_request: f64,
+    /// Every pair's figure, in run order.
+    pub samples: Vec<f64>,
+    /// The median without nodeward's audit writer thread (the same as
+    /// `per_request` for NGINX). That thread wakes once per 5 ms batch:
+    /// under valgrind a request takes milliseconds, so it runs about once
+    /// per request and with the machine's load, where natively one write
+    /// carries hundreds of lines. The steadier figure to compare builds by.
+    pub per_request_without_writer: f64,
+}
+
+/// One run's instructions: every thread, and the audit writer thread's.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    all: u64,
+    writer: u64,
 }
 
 /// Counts nginx's bare hop and the nodeward binary of `b`.
@@ -48,36 +70,54 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Count>> {
     );
     let mut out = Vec::new();
     for proxy in ["nginx-proxy", "nodeward-cached"] {
-        let mut totals = [0u64; 2];
-        for (i, n) in [SHORT, LONG].into_iter().enumerate() {
-            totals[i] = count(b, proxy, n)
-                .await
-                .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
-            println!("{proxy}: {n} requests → {} instructions in all", totals[i]);
+        let mut pairs = Vec::new();
+        for repeat in 0..REPEATS {
+            let mut totals = [Totals { all: 0, writer: 0 }; 2];
+            for (i, n) in [SHORT, LONG].into_iter().enumerate() {
+                totals[i] = count(b, proxy, n, repeat)
+                    .await
+                    .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
+                println!("{proxy}: {n} requests → {} instructions in all", totals[i].all);
+            }
+            ensure!(
+                totals[1].all > totals[0].all,
+                "{proxy}: the long run executed fewer instructions than the short one"
+            );
+            pairs.push(totals);
         }
-        ensure!(
-            totals[1] > totals[0],
-            "{proxy}: the long run executed fewer instructions than the short one"
-        );
+        let per = |t: &[Totals; 2]| (t[1].all - t[0].all) as f64 / (LONG - SHORT) as f64;
+        let without = |t: &[Totals; 2]| {
+            let (a, b) = (t[0].all - t[0].writer, t[1].all - t[1].writer);
+            b.saturating_sub(a) as f64 / (LONG - SHORT) as f64
+        };
+        let samples: Vec<f64> = pairs.iter().map(per).collect();
+        let mut sorted = pairs.clone();
+        sorted.sort_by(|a, b| per(a).total_cmp(&per(b)));
+        let median = sorted[sorted.len() / 2];
+        let mut steady: Vec<f64> = pairs.iter().map(without).collect();
+        steady.sort_by(f64::total_cmp);
         out.push(Count {
             proxy: proxy.to_string(),
-            short_total: totals[0],
-            long_total: totals[1],
-            per_request: (totals[1] - totals[0]) as f64 / (LONG - SHORT) as f64,
+            short_total: median[0].all,
+            long_total: median[1].all,
+            per_request: per(&median),
+            samples,
+            per_request_without_writer: steady[steady.len() / 2],
         });
     }
     Ok(out)
 }
 
 /// One run of `proxy` under callgrind answering `n` requests; its total Ir.
-async fn count(b: &Bench, proxy: &str, n: u64) -> anyhow::Result<u64> {
-    let dir = b.dir.join(format!("callgrind-{proxy}-{n}"));
+async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<Totals> {
+    let dir = b.dir.join(format!("callgrind-{proxy}-{n}-{repeat}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let [port, admin] = <[u16; 2]>::try_from(free_ports(2)?).map_err(|_| anyhow::anyhow!("port count"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let outfile = dir.join("callgrind.out");
     let mut cmd = Command::new("valgrind");
-    cmd.args(["--tool=callgrind", "--quiet"])
+    // One file per thread (callgrind.out-01, -02, ...), to tell the audit writer apart.
+    cmd.args(["--tool=callgrind", "--quiet", "--separate-threads=yes"])
         .arg(format!("--callgrind-out-file={}", outfile.display()));
     if proxy == "nginx-proxy" {
         let conf = dir.join("nginx.conf");
@@ -123,13 +163,17 @@ async fn count(b: &Bench, proxy: &str, n: u64) -> anyhow::Result<u64> {
     wait_answering(&client, &url, &b.reused_token, &mut child.0, &dir).await?;
     // The readiness probe above is one request; the count is the rest.
     for i in 1..n {
-        let status = client
+        let resp = client
             .get(&url)
             .bearer_auth(&b.reused_token)
             .send()
             .await
-            .with_context(|| format!("request {i}"))?
-            .status();
+            .with_context(|| format!("request {i}"))?;
+        let status = resp.status();
+        // Read to the end: a response dropped before its body arrived takes
+        // its connection with it, and the next request would pay a new one
+        // (how often depends on timing: that was most of this count's noise).
+        resp.bytes().await.with_context(|| format!("request {i}: body"))?;
         ensure!(status == 200, "request {i}: status {status}");
     }
     // SIGTERM: nginx exits at once, nodeward drains and exits; callgrind
@@ -151,7 +195,31 @@ async fn count(b: &Bench, proxy: &str, n: u64) -> anyhow::Result<u64> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    total_ir(&outfile)
+    thread_totals(&dir)
+}
+
+/// The Ir of every thread's file in `dir`, and of the audit writer's (the
+/// thread that ran `nodeward::audit::Sink::run`).
+fn thread_totals(dir: &Path) -> anyhow::Result<Totals> {
+    let mut t = Totals { all: 0, writer: 0 };
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("callgrind.out-"))
+        {
+            // (`callgrind.out` itself stays empty with one file per thread.)
+            continue;
+        }
+        let ir = total_ir(&path)?;
+        t.all += ir;
+        if std::fs::read_to_string(&path)?.contains("nodeward::audit::Sink::run") {
+            t.writer += ir;
+        }
+    }
+    ensure!(t.all > 0, "{}: no callgrind output", dir.display());
+    Ok(t)
 }
 
 /// Polls until the proxy answers a request with 200 (bounded).
@@ -212,13 +280,19 @@ impl Drop for Guard {
 pub fn markdown(counts: &[Count], bin: &Path) -> String {
     let mut md = format!(
         "### Instructions per request (callgrind, {SHORT} vs {LONG} sequential requests on one connection)\n\n\
-         nodeward binary: `{}`\n\n| proxy | Ir, {SHORT} requests | Ir, {LONG} requests | instructions per request |\n|---|---|---|---|\n",
+         nodeward binary: `{}`; median of {REPEATS} pairs of runs\n\n| proxy | Ir, {SHORT} requests | Ir, {LONG} requests | instructions per request (median) | every pair | without the audit writer thread (median) |\n|---|---|---|---|---|---|\n",
         bin.display()
     );
     for c in counts {
+        let samples: Vec<String> = c.samples.iter().map(|s| format!("{s:.0}")).collect();
         md.push_str(&format!(
-            "| {} | {} | {} | {:.0} |\n",
-            c.proxy, c.short_total, c.long_total, c.per_request
+            "| {} | {} | {} | {:.0} | {} | {:.0} |\n",
+            c.proxy,
+            c.short_total,
+            c.long_total,
+            c.per_request,
+            samples.join(", "),
+            c.per_request_without_writer,
         ));
     }
     if let [nginx, nodeward] = counts {
