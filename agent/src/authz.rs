@@ -126,7 +126,8 @@ impl Verifier<'_> {
                 limit: self.max_token_bytes,
             });
         }
-        if let Some(e) = self.cache.get(token) {
+        let slot = self.cache.slot(token);
+        if let Some(e) = self.cache.get_at(slot, token) {
             let v = &e.verified;
             let current = self
                 .providers
@@ -146,7 +147,7 @@ impl Verifier<'_> {
         // the API server, and their futures are large; inline, every request's
         // future would carry (and copy) their space even on a cache hit.
         let verified = Box::pin(token::validate(token, self.providers, self.max_token_bytes)).await?;
-        Ok(self.cache.insert(token, verified))
+        Ok(self.cache.insert_at(slot, token, verified))
     }
 }
 
@@ -204,7 +205,7 @@ pub async fn decide(v: &Verifier<'_>, sources: &Sources, policy: &Policy, req: R
                     && !r.accepts(t.provider_name())
                 {
                     return Err(TokenError::NotAuthorizationServer {
-                        issuer: t.iss.clone(),
+                        issuer: t.iss.to_string(),
                         resource: r.resource.clone(),
                     });
                 }

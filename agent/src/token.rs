@@ -12,6 +12,8 @@ mod tests;
 pub use claims::NumericDate;
 pub use source::{Found, Malformed, Source, Sources};
 
+use jose::Text;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -98,7 +100,8 @@ pub struct VerifiedToken {
     /// The provider that verified it: a cache hit counts only while this is
     /// still the provider for the issuer and still holds [`Self::key`].
     pub provider: Arc<Provider>,
-    pub iss: String,
+    /// The provider's issuer (shared, not copied per token).
+    pub iss: Arc<String>,
     pub sub: Option<String>,
     /// Expiry, whole seconds since the epoch (rounded down).
     pub exp: u64,
@@ -161,6 +164,11 @@ pub struct Jws<'t> {
     signature: &'t str,
 }
 
+/// Decoded headers up to this size stay on the stack (real ones are ~100 bytes).
+const HEADER_STACK: usize = 384;
+/// Decoded signatures up to this size stay on the stack (RSA-4096: 512 bytes).
+const SIGNATURE_STACK: usize = 512;
+
 /// Header parameters this implementation understands when listed in `crit`.
 /// None: JWT access tokens use no critical extensions.
 const UNDERSTOOD_CRIT: &[&str] = &[];
@@ -183,27 +191,29 @@ impl<'t> Jws<'t> {
         if h.is_empty() || c.is_empty() || s.is_empty() {
             return Err(TokenError::Malformed("empty part"));
         }
-        let header = jose::b64(h).ok_or(TokenError::Malformed("header is not canonical base64url"))?;
-        let header = jose::strict_object(&header).map_err(TokenError::BadHeader)?;
-        let alg = match header.get("alg") {
-            Some(Value::String(a)) => a.clone(),
-            Some(_) => return Err(TokenError::BadHeader("alg is not a string".into())),
-            None => return Err(TokenError::BadHeader("no alg".into())),
+        // A header is small: decoded on the stack, read without a map.
+        let mut buf = [0u8; HEADER_STACK];
+        let header = jose::b64_in(h, &mut buf).ok_or(TokenError::Malformed("header is not canonical base64url"))?;
+        let header = jose::header(&header).map_err(TokenError::BadHeader)?;
+        let alg = match header.alg {
+            Text::Str(a) => a,
+            Text::NotStr => return Err(TokenError::BadHeader("alg is not a string".into())),
+            Text::Absent => return Err(TokenError::BadHeader("no alg".into())),
         };
-        if header.contains_key("enc") {
+        if header.enc {
             return Err(TokenError::Encrypted);
         }
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.clone()),
-            Some(_) => return Err(TokenError::BadHeader("kid is not a string".into())),
+        let kid = match header.kid {
+            Text::Absent => None,
+            Text::Str(k) => Some(k),
+            Text::NotStr => return Err(TokenError::BadHeader("kid is not a string".into())),
         };
-        let typ = match header.get("typ") {
-            None => None,
-            Some(Value::String(t)) => Some(t.clone()),
-            Some(_) => return Err(TokenError::BadHeader("typ is not a string".into())),
+        let typ = match header.typ {
+            Text::Absent => None,
+            Text::Str(t) => Some(t),
+            Text::NotStr => return Err(TokenError::BadHeader("typ is not a string".into())),
         };
-        if let Some(crit) = header.get("crit") {
+        if let Some(crit) = &header.crit {
             // RFC 7515 §4.1.11: a list of names, non-empty, each understood.
             let list = crit
                 .as_array()
@@ -255,9 +265,10 @@ impl<'t> Jws<'t> {
                 .map_or("(none)".to_string(), |t| format!("{:?}", truncate(t, ECHO_MAX)));
             return Err(TokenError::TypeNotAllowed(shown));
         }
-        let signature =
-            jose::b64(self.signature).ok_or(TokenError::Malformed("signature is not canonical base64url"))?;
-        let signature = signature.as_slice();
+        let mut buf = [0u8; SIGNATURE_STACK];
+        let signature = jose::b64_in(self.signature, &mut buf)
+            .ok_or(TokenError::Malformed("signature is not canonical base64url"))?;
+        let signature = &*signature;
         let message = self.signing_input.as_bytes();
         let key = if alg.is_hmac() {
             provider
@@ -294,7 +305,7 @@ impl<'t> Jws<'t> {
         let checked = claims::check(&self.claims, provider, now)?;
         Ok(VerifiedToken {
             provider: provider.clone(),
-            iss: provider.issuer().to_string(),
+            iss: provider.issuer(),
             sub: checked.sub,
             exp: checked.exp,
             audiences: checked.audiences,

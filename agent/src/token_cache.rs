@@ -5,6 +5,11 @@
 //! one) is only a cache miss, never someone else's identity. Entries expire
 //! at the token's `exp` (never later), at `max_ttl`, or when the key that
 //! verified them leaves the JWKS.
+//!
+//! A cache of capacity 0 (`max_entries: 0`) keeps nothing: a verification is
+//! handed to its request and not inserted at all (moka would admit it and
+//! evict it at its next maintenance, a cost for nothing, and meanwhile it
+//! could still answer for the token).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, OnceLock};
@@ -15,6 +20,7 @@ use crate::identity::{IdentityError, KubeUser};
 use crate::token::VerifiedToken;
 
 pub struct Entry {
+    /// The token's text, compared on a hit; empty when the cache keeps nothing.
     token: Box<str>,
     pub verified: VerifiedToken,
     /// The Kubernetes user this token stands for, worked out on first need
@@ -37,7 +43,15 @@ impl moka::Expiry<u64, Arc<Entry>> for ExpireAtExp {
 pub struct TokenCache {
     cache: moka::sync::Cache<u64, Arc<Entry>>,
     hasher: foldhash::quality::RandomState,
+    /// `max_entries > 0`.
+    keeps: bool,
 }
+
+/// Where a token lives in the cache: its hash, computed once per request for
+/// both the lookup and, on a miss, the insert (a 1 KB token hashes in ~300
+/// instructions).
+#[derive(Clone, Copy)]
+pub struct Slot(u64);
 
 impl TokenCache {
     pub fn new(cfg: &TokenCacheConfig) -> Self {
@@ -47,18 +61,27 @@ impl TokenCache {
                 .expire_after(ExpireAtExp { max_ttl: cfg.max_ttl })
                 .build(),
             hasher: foldhash::quality::RandomState::default(),
+            keeps: cfg.max_entries > 0,
         }
     }
 
-    fn key(&self, token: &str) -> u64 {
+    pub fn slot(&self, token: &str) -> Slot {
         let mut h = self.hasher.build_hasher();
         h.write(token.as_bytes());
-        h.finish()
+        Slot(h.finish())
     }
 
     /// The cached verification of exactly this token, if still valid.
     pub fn get(&self, token: &str) -> Option<Arc<Entry>> {
-        let key = self.key(token);
+        self.get_at(self.slot(token), token)
+    }
+
+    /// [`Self::get`] with the token's slot already computed.
+    pub fn get_at(&self, slot: Slot, token: &str) -> Option<Arc<Entry>> {
+        if !self.keeps {
+            return None;
+        }
+        let key = slot.0;
         let entry = self.cache.get(&key)?;
         if *entry.token != *token {
             return None;
@@ -72,12 +95,19 @@ impl TokenCache {
     }
 
     pub fn insert(&self, token: &str, verified: VerifiedToken) -> Arc<Entry> {
+        self.insert_at(self.slot(token), token, verified)
+    }
+
+    /// [`Self::insert`] with the token's slot already computed.
+    pub fn insert_at(&self, slot: Slot, token: &str, verified: VerifiedToken) -> Arc<Entry> {
         let entry = Arc::new(Entry {
-            token: token.into(),
+            token: if self.keeps { token.into() } else { Box::default() },
             verified,
             kube_user: OnceLock::new(),
         });
-        self.cache.insert(self.key(token), entry.clone());
+        if self.keeps {
+            self.cache.insert(slot.0, entry.clone());
+        }
         entry
     }
 

@@ -45,18 +45,24 @@ use pernode::Model;
 const USAGE: &str = "\
 usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --pods N,N..]
                          [--keep] [--nodeward BIN] [--out DIR]
-       cargo xtask bench --instructions [--nodeward BIN] [--out DIR]
+       cargo xtask bench --instructions [--miss] [--nodeward BIN] [--out DIR]
 
   --quick          one short repeat, N = 10 only (CI's smoke test)
   --scenarios      run only these scenarios (names as in the table)
   --no-pernode     skip per-node vs per-pod
   --pods N,N..     per-node vs per-pod at these N instead (default 10,50,100; --quick 10)
+  --pace MS        each wrk connection waits MS ms between requests (default: none, flat out):
+                   scenarios that keep up run at the same request rate, so a cache miss is
+                   compared with a hit under the same load, not at twice its rate
   --keep           keep the temporary directory (configs, stderr of every process)
   --nodeward BIN   measure this nodeward binary instead of building one (before/after)
   --out DIR        write results there instead of target/bench
   --instructions   instead of the throughput scenarios: instructions per request of
                    nodeward's cached path and NGINX's bare hop under valgrind's callgrind
-                   (immune to a shared machine's noise; writes instructions.{json,md})";
+                   (immune to a shared machine's noise; writes instructions.{json,md})
+  --miss           with --instructions: nodeward's cached path beside its cache-miss paths
+                   (RS256, ES256, EdDSA; token_cache.max_entries 0, a pool of fresh tokens)
+                   and the raw aws-lc-rs verify of the same tokens";
 
 /// How long and how hard.
 pub struct Settings {
@@ -73,6 +79,8 @@ pub struct Settings {
     /// Measured window of per-node vs per-pod.
     pub window: Duration,
     pub only: Option<Vec<String>>,
+    /// `--pace`: wrk's delay between requests per connection, ms (0: none).
+    pub pace_ms: u32,
     pub keep: bool,
     pub nodeward: Option<PathBuf>,
     pub out: Option<PathBuf>,
@@ -93,6 +101,7 @@ impl Settings {
                 pods: vec![10],
                 window: Duration::from_secs(10),
                 only: None,
+                pace_ms: 0,
                 keep: false,
                 nodeward: None,
                 out: None,
@@ -109,6 +118,7 @@ impl Settings {
                 pods: vec![10, 50, 100],
                 window: Duration::from_secs(15),
                 only: None,
+                pace_ms: 0,
                 keep: false,
                 nodeward: None,
                 out: None,
@@ -117,7 +127,7 @@ impl Settings {
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
-                "--quick" | "--instructions" => {}
+                "--quick" | "--instructions" | "--miss" => {}
                 "--no-pernode" => s.pods.clear(),
                 "--pods" => {
                     let list = it.next().context("--pods needs a comma-separated list of N")?;
@@ -128,6 +138,10 @@ impl Settings {
                         .with_context(|| format!("--pods {list:?}: expected positive integers like 10,50,100"))?;
                 }
                 "--keep" => s.keep = true,
+                "--pace" => {
+                    let ms = it.next().context("--pace needs milliseconds")?;
+                    s.pace_ms = ms.parse().with_context(|| format!("--pace {ms:?}: expected milliseconds"))?;
+                }
                 "--nodeward" => s.nodeward = Some(it.next().context("--nodeward needs a path")?.into()),
                 "--out" => s.out = Some(it.next().context("--out needs a directory")?.into()),
                 "--scenarios" => {
@@ -142,7 +156,7 @@ impl Settings {
 
     fn describe(&self) -> String {
         format!(
-            "nodeward {}; wrk -t{} -c{} (keep-alive), {} s measured after {} s warm-up per run, fresh proxy \
+            "nodeward {}; wrk -t{} -c{} (keep-alive{}), {} s measured after {} s warm-up per run, fresh proxy \
              process per run, {} repeat(s) in alternating order; cache-miss pools of {} tokens per algorithm with \
              token_cache.max_entries 0; per-node vs per-pod: N = {:?}, {} s window at ~{} req/s offered in total, \
              JWKS refresh {}",
@@ -153,6 +167,10 @@ impl Settings {
             },
             self.threads,
             self.connections,
+            match self.pace_ms {
+                0 => String::new(),
+                ms => format!(", each connection pausing {ms} ms between requests"),
+            },
             self.duration.as_secs(),
             self.warmup.as_secs(),
             self.repeats,
@@ -180,6 +198,8 @@ pub struct Bench {
     pub pools: HashMap<&'static str, Vec<String>>,
     pub rs256_spki: String,
     pub rs256_kid: String,
+    /// The dev IdP's JWKS, as fetched at setup.
+    pub jwks: serde_json::Value,
     /// Seconds per /proc clock tick.
     pub tick: f64,
 }
@@ -198,9 +218,16 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         baseline::floor_main(Path::new(file))?;
         return Ok(ExitCode::SUCCESS);
     }
+    // Internal: `n` raw verifies, run under callgrind by `--instructions --miss`.
+    if let [flag, file, n] = args
+        && flag == "--floor-count"
+    {
+        baseline::count_main(Path::new(file), n.parse().context("--floor-count FILE N")?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let set = Settings::parse(args)?;
     if args.iter().any(|a| a == "--instructions") {
-        return count_instructions(set);
+        return count_instructions(set, args.iter().any(|a| a == "--miss"));
     }
     let started = Instant::now();
     let machine = procfs::machine();
@@ -378,6 +405,7 @@ async fn setup(
         pools,
         rs256_spki,
         rs256_kid,
+        jwks,
         tick: procfs::tick_seconds()?,
     })
 }
@@ -482,15 +510,22 @@ async fn measure_all(b: &Bench, set: &Settings, list: &[scenarios::Scenario]) ->
 }
 
 /// `--instructions`: callgrind counts instead of the throughput scenarios.
-fn count_instructions(mut set: Settings) -> anyhow::Result<ExitCode> {
+fn count_instructions(mut set: Settings, miss: bool) -> anyhow::Result<ExitCode> {
     let out = set.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let bin = match &set.nodeward {
         Some(bin) => std::path::absolute(bin)?,
         None => env::build_profile("nodeward", "dist")?,
     };
-    // Only the reused token is needed.
-    set.pool = 1;
+    // Only the reused token is needed, or (--miss) the pools: every token
+    // of a pool comes back after `pool` requests, long after a cache of
+    // capacity 0 let it go (each run checks that no request was a hit).
+    set.pool = if miss { 1000 } else { 1 };
+    let release_xtask = match (miss, cfg!(debug_assertions)) {
+        (false, _) => None,
+        (true, true) => Some(env::build_release("xtask")?),
+        (true, false) => Some(std::env::current_exe()?),
+    };
     let tmp = tempfile::Builder::new()
         .prefix("nodeward-instructions-")
         .tempdir()
@@ -506,8 +541,8 @@ fn count_instructions(mut set: Settings) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let counts = rt.block_on(async {
-        let b = setup(bin.clone(), None, &set, &tmp_path, out.join("raw")).await?;
-        let counts = instructions::run(&b).await;
+        let b = setup(bin.clone(), release_xtask, &set, &tmp_path, out.join("raw")).await?;
+        let counts = instructions::run(&b, miss).await;
         let Bench { app, idp, .. } = b;
         let _ = app.stop();
         let _ = idp.stop();
@@ -515,11 +550,12 @@ fn count_instructions(mut set: Settings) -> anyhow::Result<ExitCode> {
     })?;
     let md = instructions::markdown(&counts, &bin);
     println!("\n{md}");
-    std::fs::write(out.join("instructions.md"), &md)?;
+    let stem = if miss { "instructions-miss" } else { "instructions" };
+    std::fs::write(out.join(format!("{stem}.md")), &md)?;
     std::fs::write(
-        out.join("instructions.json"),
+        out.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json!({"nodeward": bin, "counts": counts}))?,
     )?;
-    println!("wrote {}/instructions.md and instructions.json", out.display());
+    println!("wrote {}/{stem}.md and {stem}.json", out.display());
     Ok(ExitCode::SUCCESS)
 }

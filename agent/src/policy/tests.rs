@@ -61,7 +61,7 @@ fn token(provider_name: &str, claims: Value) -> VerifiedToken {
     };
     VerifiedToken {
         provider: provider(provider_name),
-        iss: format!("https://{provider_name}.example.com"),
+        iss: Arc::new(format!("https://{provider_name}.example.com")),
         sub: claims.get("sub").and_then(Value::as_str).map(String::from),
         exp: 4_000_000_000,
         audiences: vec!["orders".into()],

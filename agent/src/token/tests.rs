@@ -593,7 +593,7 @@ async fn validate_fetches_keys_and_refetches_for_an_unknown_kid() {
     for alg in ["RS256", "ES256", "EdDSA"] {
         let t = mint_by(&idp, alg, json!({}), json!({}));
         let v = validate(&t, &ps, MAX).await.unwrap_or_else(|e| panic!("{alg}: {e}"));
-        assert_eq!(v.iss, idp.issuer());
+        assert_eq!(v.iss.as_str(), idp.issuer());
     }
     let old = provider.keys().by_kid(&kid(&idp, "RS256")).expect("old key").clone();
     idp.rotate(false).expect("rotate");

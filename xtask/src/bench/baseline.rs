@@ -79,6 +79,28 @@ pub fn floor_main(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `--floor-count` reads: `alg`'s JWK and pool.
+pub fn floor_input(b: &super::Bench, alg: &str) -> anyhow::Result<String> {
+    let tokens = b.pools.get(alg).map_or(&[][..], Vec::as_slice);
+    Ok(json!({"alg": alg, "jwk": jwk(&b.jwks, alg)?, "tokens": tokens}).to_string())
+}
+
+/// `xtask bench --floor-count FILE N`: `n` raw verifies of the pool in
+/// `FILE` (from [`floor_input`]), for callgrind to count.
+pub fn count_main(file: &Path, n: u64) -> anyhow::Result<()> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let alg = v["alg"].as_str().context("no alg")?;
+    let tokens: Vec<String> = serde_json::from_value(v["tokens"].clone())?;
+    let pieces = pieces(&tokens)?;
+    let verify = verifier(&v["jwk"], alg)?;
+    anyhow::ensure!(!pieces.is_empty(), "no tokens");
+    for i in 0..n as usize {
+        let (input, sig) = pieces[i % pieces.len()];
+        anyhow::ensure!(verify(black_box(input), black_box(sig)), "a pool token does not verify");
+    }
+    Ok(())
+}
+
 /// The JWK in `jwks` for `alg` (the dev IdP publishes one per alg).
 pub fn jwk<'a>(jwks: &'a Value, alg: &str) -> anyhow::Result<&'a Value> {
     jwks["keys"]
@@ -100,11 +122,40 @@ type Verifier = Box<dyn Fn(&str, &str) -> bool>;
 /// CPU microseconds per raw verify of `tokens` with `jwk`: the best of five
 /// batches of ~100 ms on-CPU.
 pub fn verify_us(jwk: &Value, alg: &str, tokens: &[String]) -> anyhow::Result<f64> {
-    let pieces: Vec<(&str, &str)> = tokens
+    let pieces = pieces(tokens)?;
+    let verify = verifier(jwk, alg)?;
+    anyhow::ensure!(
+        pieces.iter().all(|(i, s)| verify(i, s)),
+        "a pool token does not verify with the {alg} JWK"
+    );
+    // On-CPU time of this thread (schedstat, ns), not wall time: on a
+    // shared machine the wall clock also counts time spent waiting for a core.
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = on_cpu_ns()?;
+        let mut n = 0u64;
+        while on_cpu_ns()? - start < 100_000_000 {
+            for (input, sig) in pieces.iter().take(64) {
+                black_box(verify(black_box(input), black_box(sig)));
+                n += 1;
+            }
+        }
+        best = best.min((on_cpu_ns()? - start) as f64 / 1e3 / n as f64);
+    }
+    Ok(best)
+}
+
+/// (signing input, base64url signature) of each token.
+fn pieces(tokens: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    tokens
         .iter()
         .map(|t| t.rsplit_once('.').context("token without a signature"))
-        .collect::<anyhow::Result<_>>()?;
-    let verify: Verifier = match alg {
+        .collect()
+}
+
+/// The raw verify: decode the signature, verify with the JWK's components.
+fn verifier(jwk: &Value, alg: &str) -> anyhow::Result<Verifier> {
+    Ok(match alg {
         "RS256" => {
             let (n, e) = (member(jwk, "n")?, member(jwk, "e")?);
             Box::new(move |input, sig| {
@@ -137,26 +188,7 @@ pub fn verify_us(jwk: &Value, alg: &str, tokens: &[String]) -> anyhow::Result<f6
                 })
             })
         }
-    };
-    anyhow::ensure!(
-        pieces.iter().all(|(i, s)| verify(i, s)),
-        "a pool token does not verify with the {alg} JWK"
-    );
-    // On-CPU time of this thread (schedstat, ns), not wall time: on a
-    // shared machine the wall clock also counts time spent waiting for a core.
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let start = on_cpu_ns()?;
-        let mut n = 0u64;
-        while on_cpu_ns()? - start < 100_000_000 {
-            for (input, sig) in pieces.iter().take(64) {
-                black_box(verify(black_box(input), black_box(sig)));
-                n += 1;
-            }
-        }
-        best = best.min((on_cpu_ns()? - start) as f64 / 1e3 / n as f64);
-    }
-    Ok(best)
+    })
 }
 
 /// Nanoseconds this thread has run on a CPU.

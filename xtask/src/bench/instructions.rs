@@ -16,6 +16,14 @@
 //! `master_process off` (one process, so everything it does is counted) and
 //! nodeward with its usual runtime (all threads in one callgrind total).
 //! Both log one line per request, as in the throughput scenarios.
+//!
+//! `--miss` counts the cache-miss path instead: nodeward's cached path beside
+//! `nodeward-miss-rs256`, `-es256` and `-eddsa` (the throughput scenarios'
+//! configuration, `token_cache.max_entries: 0`, and their pools of fresh
+//! tokens, rotated through), and the raw aws-lc-rs verify of the same pools
+//! (`baseline::verify_n`, the same floor the throughput report divides by)
+//! counted the same way in an optimized xtask. What a miss adds over a hit,
+//! over the raw verify, is the instruction twin of the report's miss target.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +35,43 @@ use serde::Serialize;
 
 use super::Bench;
 use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodeward_config};
+
+/// What runs under callgrind.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    /// NGINX's bare hop.
+    Nginx,
+    /// nodeward: the reused token (cached path), or a pool's tokens with
+    /// `token_cache.max_entries: 0` (every request a miss).
+    Nodeward { pool: Option<&'static str> },
+    /// The raw aws-lc-rs verify of a pool (an optimized xtask, `--floor-count`).
+    Raw(&'static str),
+}
+
+impl Subject {
+    fn name(self) -> String {
+        match self {
+            Self::Nginx => "nginx-proxy".into(),
+            Self::Nodeward { pool: None } => "nodeward-cached".into(),
+            Self::Nodeward { pool: Some(alg) } => format!("nodeward-miss-{}", alg.to_ascii_lowercase()),
+            Self::Raw(alg) => format!("raw-verify-{}", alg.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// The subjects of a run: the cached path against NGINX, or (`--miss`) the
+/// cached path, the three miss paths and their raw verifies.
+fn subjects(miss: bool) -> Vec<Subject> {
+    if !miss {
+        return vec![Subject::Nginx, Subject::Nodeward { pool: None }];
+    }
+    let mut v = vec![Subject::Nodeward { pool: None }];
+    for alg in super::ALGS {
+        v.push(Subject::Nodeward { pool: Some(alg) });
+        v.push(Subject::Raw(alg));
+    }
+    v
+}
 
 /// Requests of the short and the long run.
 pub const SHORT: u64 = 500;
@@ -61,22 +106,27 @@ struct Totals {
     writer: u64,
 }
 
-/// Counts nginx's bare hop and the nodeward binary of `b`.
-pub async fn run(b: &Bench) -> anyhow::Result<Vec<Count>> {
+/// Counts nginx's bare hop and the nodeward binary of `b`, or (`miss`) the
+/// nodeward binary's cached and miss paths and the raw verifies, the latter
+/// in `release_xtask` (an optimized build of this program).
+pub async fn run(b: &Bench, miss: bool) -> anyhow::Result<Vec<Count>> {
     let valgrind = Command::new("valgrind").arg("--version").output();
     ensure!(
         valgrind.is_ok_and(|o| o.status.success()),
         "valgrind is not installed (Debian: apt-get install valgrind; .ci/run installs it)"
     );
     let mut out = Vec::new();
-    for proxy in ["nginx-proxy", "nodeward-cached"] {
+    for subject in subjects(miss) {
+        let proxy = subject.name();
         let mut pairs = Vec::new();
         for repeat in 0..REPEATS {
             let mut totals = [Totals { all: 0, writer: 0 }; 2];
             for (i, n) in [SHORT, LONG].into_iter().enumerate() {
-                totals[i] = count(b, proxy, n, repeat)
-                    .await
-                    .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
+                totals[i] = match subject {
+                    Subject::Raw(alg) => count_raw(b, alg, n, repeat),
+                    _ => count(b, subject, n, repeat).await,
+                }
+                .with_context(|| format!("{proxy}, {n} requests under callgrind"))?;
                 println!("{proxy}: {n} requests → {} instructions in all", totals[i].all);
             }
             ensure!(
@@ -108,8 +158,37 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Count>> {
     Ok(out)
 }
 
-/// One run of `proxy` under callgrind answering `n` requests; its total Ir.
-async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<Totals> {
+/// `n` raw verifies of `alg`'s pool in an optimized xtask under callgrind.
+fn count_raw(b: &Bench, alg: &str, n: u64, repeat: usize) -> anyhow::Result<Totals> {
+    let exe = b
+        .release_xtask
+        .as_deref()
+        .context("the raw verify is counted in an optimized xtask, and there is none")?;
+    let dir = b.dir.join(format!("callgrind-raw-{alg}-{n}-{repeat}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let input = dir.join("floor-input.json");
+    std::fs::write(&input, super::baseline::floor_input(b, alg)?)?;
+    let out = Command::new("valgrind")
+        .args(["--tool=callgrind", "--quiet", "--separate-threads=yes"])
+        .arg(format!("--callgrind-out-file={}", dir.join("callgrind.out").display()))
+        .arg(exe)
+        .args(["bench", "--floor-count"])
+        .arg(&input)
+        .arg(n.to_string())
+        .output()
+        .context("running the floor under valgrind")?;
+    ensure!(
+        out.status.success(),
+        "{} bench --floor-count: {}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    thread_totals(&dir)
+}
+
+/// One run of `subject` under callgrind answering `n` requests; its total Ir.
+async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Result<Totals> {
+    let proxy = subject.name();
     let dir = b.dir.join(format!("callgrind-{proxy}-{n}-{repeat}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let [port, admin] = <[u16; 2]>::try_from(free_ports(2)?).map_err(|_| anyhow::anyhow!("port count"))?;
@@ -119,7 +198,11 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
     // One file per thread (callgrind.out-01, -02, ...), to tell the audit writer apart.
     cmd.args(["--tool=callgrind", "--quiet", "--separate-threads=yes"])
         .arg(format!("--callgrind-out-file={}", outfile.display()));
-    if proxy == "nginx-proxy" {
+    let pool = match subject {
+        Subject::Nodeward { pool: Some(alg) } => b.pools.get(alg).map(Vec::as_slice),
+        _ => None,
+    };
+    if matches!(subject, Subject::Nginx) {
         let conf = dir.join("nginx.conf");
         std::fs::create_dir_all(dir.join("tmp"))?;
         std::fs::write(
@@ -142,7 +225,10 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
             admin,
             &workloads,
             &dir.join("state"),
-            &ConfigKnobs::default(),
+            &ConfigKnobs {
+                cache_entries: pool.map(|_| 0),
+                ..ConfigKnobs::default()
+            },
         )?;
         let config = dir.join("nodeward.yaml");
         std::fs::write(&config, yaml)?;
@@ -163,9 +249,13 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
     wait_answering(&client, &url, &b.reused_token, &mut child.0, &dir).await?;
     // The readiness probe above is one request; the count is the rest.
     for i in 1..n {
+        let token = match pool {
+            Some(p) if !p.is_empty() => &p[i as usize % p.len()],
+            _ => &b.reused_token,
+        };
         let resp = client
             .get(&url)
-            .bearer_auth(&b.reused_token)
+            .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("request {i}"))?;
@@ -176,6 +266,9 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
         resp.bytes().await.with_context(|| format!("request {i}: body"))?;
         ensure!(status == 200, "request {i}: status {status}");
     }
+    if pool.is_some() {
+        misses_only(b, admin, n).await?;
+    }
     // SIGTERM: nginx exits at once, nodeward drains and exits; callgrind
     // writes its totals at exit.
     let pid = child.0.id().to_string();
@@ -184,7 +277,7 @@ async fn count(b: &Bench, proxy: &str, n: u64, repeat: usize) -> anyhow::Result<
     loop {
         if let Some(status) = child.0.try_wait()? {
             ensure!(
-                status.success() || proxy == "nginx-proxy",
+                status.success() || matches!(subject, Subject::Nginx),
                 "exited with {status}: {}",
                 tail(&dir.join("stderr"))
             );
@@ -220,6 +313,32 @@ fn thread_totals(dir: &Path) -> anyhow::Result<Totals> {
     }
     ensure!(t.all > 0, "{}: no callgrind output", dir.display());
     Ok(t)
+}
+
+/// A miss run's every request was a miss: no cache hit at all.
+async fn misses_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
+    let text = b
+        .http
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (hits, misses) = (
+        value("nodeward_token_cache_hits_total"),
+        value("nodeward_token_cache_misses_total"),
+    );
+    ensure!(
+        hits == 0.0 && misses >= (n - 1) as f64,
+        "a miss run had {hits} cache hits and {misses} misses for {n} requests"
+    );
+    Ok(())
 }
 
 /// Polls until the proxy answers a request with 200 (bounded).
@@ -295,11 +414,29 @@ pub fn markdown(counts: &[Count], bin: &Path) -> String {
             c.per_request_without_writer,
         ));
     }
-    if let [nginx, nodeward] = counts {
+    let by = |name: &str| counts.iter().find(|c| c.proxy == name);
+    if let (Some(nginx), Some(nodeward)) = (by("nginx-proxy"), by("nodeward-cached")) {
         md.push_str(&format!(
             "\nnodeward's cached path / NGINX's bare hop: **{:.2}×** instructions per request\n",
             nodeward.per_request / nginx.per_request
         ));
+    }
+    if let Some(hit) = by("nodeward-cached") {
+        for alg in super::ALGS {
+            let lower = alg.to_ascii_lowercase();
+            if let (Some(miss), Some(raw)) = (by(&format!("nodeward-miss-{lower}")), by(&format!("raw-verify-{lower}"))) {
+                let added = miss.per_request - hit.per_request;
+                md.push_str(&format!(
+                    "\n{alg} miss: {:.0} − {:.0} = {added:.0} instructions added over a hit; raw verify {:.0}: **{:.2}×**, \
+                     {:.0} beside the signature\n",
+                    miss.per_request,
+                    hit.per_request,
+                    raw.per_request,
+                    added / raw.per_request,
+                    added - raw.per_request,
+                ));
+            }
+        }
     }
     md
 }

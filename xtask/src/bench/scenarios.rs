@@ -609,7 +609,7 @@ async fn measure(
         path: s.path,
         tokens: tokens(b, s),
         targets: &[],
-        delay_ms: 0,
+        delay_ms: set.pace_ms,
         host: running.host(),
         threads: set.threads,
         connections: set.connections,
