@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let provider = PROVIDERS[usize::from(claims.contains_key("partner"))].clone();
     let token = VerifiedToken {
-        iss: provider.cfg.issuer.clone(),
+        iss: provider.issuer(),
         provider,
         sub: claims.get("sub").and_then(|s| s.as_str()).map(String::from),
         exp: 1_800_000_000,

@@ -140,7 +140,9 @@ impl Settings {
                 "--keep" => s.keep = true,
                 "--pace" => {
                     let ms = it.next().context("--pace needs milliseconds")?;
-                    s.pace_ms = ms.parse().with_context(|| format!("--pace {ms:?}: expected milliseconds"))?;
+                    s.pace_ms = ms
+                        .parse()
+                        .with_context(|| format!("--pace {ms:?}: expected milliseconds"))?;
                 }
                 "--nodeward" => s.nodeward = Some(it.next().context("--nodeward needs a path")?.into()),
                 "--out" => s.out = Some(it.next().context("--out needs a directory")?.into()),

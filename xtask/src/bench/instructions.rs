@@ -424,7 +424,10 @@ pub fn markdown(counts: &[Count], bin: &Path) -> String {
     if let Some(hit) = by("nodeward-cached") {
         for alg in super::ALGS {
             let lower = alg.to_ascii_lowercase();
-            if let (Some(miss), Some(raw)) = (by(&format!("nodeward-miss-{lower}")), by(&format!("raw-verify-{lower}"))) {
+            if let (Some(miss), Some(raw)) = (
+                by(&format!("nodeward-miss-{lower}")),
+                by(&format!("raw-verify-{lower}")),
+            ) {
                 let added = miss.per_request - hit.per_request;
                 md.push_str(&format!(
                     "\n{alg} miss: {:.0} − {:.0} = {added:.0} instructions added over a hit; raw verify {:.0}: **{:.2}×**, \
