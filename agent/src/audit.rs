@@ -408,6 +408,7 @@ impl AuditMetrics {
 mod format;
 
 pub use format::format_line;
+pub(crate) use format::ipv4;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! `tracing` form in `audit.rs`); an optional one goes in the list there.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::SystemTime;
 
 use super::Fields;
@@ -52,19 +52,24 @@ pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
 pub(super) fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(a) => {
-            let [a0, a1, a2, a3] = a.ip().octets();
-            for (i, octet) in [a0, a1, a2, a3].into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                decimal(out, u64::from(octet));
-            }
+            ipv4(out, *a.ip());
             out.push(b':');
             decimal(out, u64::from(a.port()));
         }
         SocketAddr::V6(a) => {
             let _ = write!(out, "{a}");
         }
+    }
+}
+
+/// `ip` in dotted decimal, as `Display` writes it, without `core::fmt`
+/// (also the proxy's `x-forwarded-for`).
+pub(crate) fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        decimal(out, u64::from(octet));
     }
 }
 
