@@ -132,98 +132,108 @@ async fn agent(up: &Numbered, idp: &TestIdp) -> TestAgent {
     agent
 }
 
-fn get(path: &str, token: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer {token}\r\n\r\n")
+/// The provider, the numbered upstream, an agent in front of it, a token it accepts.
+async fn setup() -> (TestIdp, Numbered, TestAgent, String) {
+    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
+    let agent = agent(&up, &idp).await;
+    let token = idp.token(json!({"aud": "orders"}));
+    (idp, up, agent, token)
 }
 
-fn downstream_addr(agent: &TestAgent) -> String {
-    agent.url("orders").trim_start_matches("http://").to_string()
+/// One downstream HTTP/1.1 connection to the agent, one request at a time.
+struct Downstream {
+    s: TcpStream,
+    buf: Vec<u8>,
+    token: String,
+}
+
+impl Downstream {
+    async fn connect(agent: &TestAgent, token: &str) -> Self {
+        let addr = agent.url("orders").trim_start_matches("http://").to_string();
+        Self {
+            s: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+            token: token.to_string(),
+        }
+    }
+
+    async fn send(&mut self, path: &str) {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.token
+        );
+        self.s.write_all(head.as_bytes()).await.expect("write");
+    }
+
+    /// `GET path`: the response's status and body.
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        self.send(path).await;
+        read_response(&mut self.s, &mut self.buf).await
+    }
+}
+
+fn conn(n: usize) -> (u16, String) {
+    (200, format!("conn {n}"))
 }
 
 #[tokio::test]
 async fn the_requests_of_one_connection_share_one_upstream_connection() {
-    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
-    let agent = agent(&up, &idp).await;
-    let token = idp.token(json!({"aud": "orders"}));
-    let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-    let mut buf = Vec::new();
+    let (_idp, up, agent, token) = setup().await;
+    let mut d = Downstream::connect(&agent, &token).await;
     for _ in 0..5 {
-        s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-        assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
+        assert_eq!(d.get("/conn").await, conn(1));
     }
     assert_eq!(up.connections(), 1);
 }
 
 #[tokio::test]
 async fn a_timed_out_exchange_never_answers_the_next_request() {
-    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
-    let agent = agent(&up, &idp).await;
-    let token = idp.token(json!({"aud": "orders"}));
-    let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-    let mut buf = Vec::new();
-    s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
+    let (_idp, up, agent, token) = setup().await;
+    let mut d = Downstream::connect(&agent, &token).await;
+    assert_eq!(d.get("/conn").await, conn(1));
     // Past upstream_timeout: 504, and connection 1 answers late.
-    s.write_all(get("/conn?delay=1500", &token).as_bytes())
-        .await
-        .expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await.0, 504);
+    assert_eq!(d.get("/conn?delay=1500").await.0, 504);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The same client connection: a new upstream connection, not the late answer.
-    s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 2".to_string()));
+    assert_eq!(d.get("/conn").await, conn(2));
     assert_eq!(up.connections(), 2);
 }
 
 #[tokio::test]
 async fn a_body_cut_short_closes_both_connections() {
-    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
-    let agent = agent(&up, &idp).await;
-    let token = idp.token(json!({"aud": "orders"}));
+    let (_idp, _up, agent, token) = setup().await;
     // The client gets the head and 2 bytes, then the client gives up.
-    let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-    s.write_all(get("/cut", &token).as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let head = read_head(&mut s, &mut buf).await.expect("head");
+    let mut d = Downstream::connect(&agent, &token).await;
+    d.send("/cut").await;
+    let head = read_head(&mut d.s, &mut d.buf).await.expect("head");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    drop(s);
+    drop(d);
     // A new client connection gets a new upstream connection.
-    let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-    let mut buf = Vec::new();
-    s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 2".to_string()));
+    let mut d = Downstream::connect(&agent, &token).await;
+    assert_eq!(d.get("/conn").await, conn(2));
 }
 
 #[tokio::test]
 async fn an_upstream_that_closed_its_idle_connection_is_dialled_again() {
-    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
-    let agent = agent(&up, &idp).await;
-    let token = idp.token(json!({"aud": "orders"}));
-    let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-    let mut buf = Vec::new();
-    s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
+    let (_idp, up, agent, token) = setup().await;
+    let mut d = Downstream::connect(&agent, &token).await;
+    assert_eq!(d.get("/conn").await, conn(1));
     // The upstream restarts: every connection it had is closed.
     let addr = up.addr;
     drop(up);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let up = Numbered::start_on(addr).await;
-    s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-    assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
+    assert_eq!(d.get("/conn").await, conn(1));
     assert_eq!(up.connections(), 1);
 }
 
 #[tokio::test]
 async fn a_connection_per_request_client_does_not_make_a_connection_per_request_upstream() {
-    let (idp, up) = (TestIdp::start().await, Numbered::start().await);
-    let agent = agent(&up, &idp).await;
-    let token = idp.token(json!({"aud": "orders"}));
+    let (_idp, up, agent, token) = setup().await;
     for _ in 0..5 {
-        let mut s = TcpStream::connect(downstream_addr(&agent)).await.expect("connect");
-        let mut buf = Vec::new();
-        s.write_all(get("/conn", &token).as_bytes()).await.expect("write");
-        assert_eq!(read_response(&mut s, &mut buf).await, (200, "conn 1".to_string()));
-        drop(s);
+        let mut d = Downstream::connect(&agent, &token).await;
+        assert_eq!(d.get("/conn").await, conn(1));
+        drop(d);
         // The agent sees the close and hands the upstream connection on.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
