@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodeward_testkit::resources::{accepted_sockets, raise_nofile, rss_kib};
 use nodeward_testkit::wire::{exchange, h2c, statuses};
 use nodeward_testkit::{TestAgent, TestIdp, client, example_config, metric};
 use serde_json::{Value, json};
@@ -464,64 +465,6 @@ async fn slow_bodies_are_bounded_by_the_upstream_timeout() {
     );
     assert_eq!(statuses(&answer), [504], "{answer:.200}");
     e.still_serving().await;
-}
-
-/// Raises this process's open-file limit to at least `want` (the soft limit up
-/// to the hard one; the hard one too where that is allowed, CAP_SYS_RESOURCE).
-/// Returns the limit in force.
-fn raise_nofile(want: u64) -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft >= want {
-        return soft;
-    }
-    if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
-        return want;
-    }
-    let soft = want.min(hard);
-    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("raise the soft limit up to the hard one");
-    soft
-}
-
-/// Connections to local `port` whose accepted end this process holds (a
-/// descriptor), counted exactly: the kernel's TCP tables give each socket's
-/// local port, state and inode, `/proc/self/fd` which inodes are ours. Not a
-/// count of all descriptors, which moves with every short-lived request of
-/// the test (its client socket, the agent's accepted and upstream ones, the
-/// app's) around the moment it is taken.
-fn accepted_sockets(port: u16) -> usize {
-    let mut inodes = std::collections::HashSet::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            // 0A: LISTEN, the listener itself, not a connection.
-            if local_port == Some(port) && *state != "0A" {
-                inodes.insert(format!("socket:[{inode}]"));
-            }
-        }
-    }
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| inodes.contains(&*target.to_string_lossy()))
-        .count()
-}
-
-/// This process's resident set (the agent runs in-process here), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
 }
 
 /// 10,000 connections held open at once (half silent, half stalled mid-head)

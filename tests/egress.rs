@@ -25,9 +25,9 @@ use nodeward::ebpf::{
 use nodeward::netns::{Netns, listener_in};
 use nodeward_testkit::cgroup::{CgroupGuard, cgroup2_root, leftover_cgroups};
 use nodeward_testkit::netns::{
-    NetnsApp, NetnsGuard, NetnsLink, PinDir, canonical, connect_from, get, leftover_namespaces, open_fds, privileged,
-    respond,
+    NetnsApp, NetnsGuard, NetnsLink, PinDir, canonical, connect_from, get, leftover_namespaces, privileged, respond,
 };
+use nodeward_testkit::resources::open_fds;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout};

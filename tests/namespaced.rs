@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use nodeward::ebpf::{Counters, EbpfError, Steering};
 use nodeward::netns::{Netns, listener_in};
 use nodeward_testkit::netns::{
-    NetnsApp, NetnsGuard, PinDir, app_reply, canonical, connect, connect_from, get, leftover_namespaces, open_fds,
-    privileged, respond,
+    NetnsApp, NetnsGuard, PinDir, app_reply, canonical, connect, connect_from, get, leftover_namespaces, privileged,
+    respond,
 };
+use nodeward_testkit::resources::open_fds;
 use tokio::net::TcpListener;
 
 const APP_PORT: u16 = 8080;

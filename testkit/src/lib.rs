@@ -387,6 +387,7 @@ pub mod kubeapi;
 pub mod netns;
 pub mod pod;
 pub mod process;
+pub mod resources;
 pub mod shaped;
 mod static_files;
 pub mod wire;

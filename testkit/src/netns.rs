@@ -570,8 +570,3 @@ pub async fn app_reply(addr: SocketAddr) -> serde_json::Value {
     let body = get(stream).await.unwrap_or_else(|e| panic!("GET {addr}: {e}"));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("app reply from {addr} is not JSON ({e}): {body}"))
 }
-
-/// Number of open file descriptors of this process (leak checks).
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
