@@ -333,6 +333,34 @@ async fn oversized_heads_and_bodies_are_refused() {
     assert_eq!(status, 200);
 }
 
+/// The header-line limit is exact, at the default (100, hyper's own, left
+/// unset so hyper parses on the stack) and at a configured one: the limit
+/// passes, one more is refused with 431. (HTTP/2 heads are bounded by their
+/// size, `max_header_bytes`, not by a count.)
+#[tokio::test]
+async fn the_header_count_limit_is_exact_at_the_default_and_when_configured() {
+    use nodeward_testkit::wire::{exchange, statuses};
+    let idp = TestIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    let default = example_config(&idp.issuer(), upstream.addr);
+    let configured = default.replace("admin: 127.0.0.1:0", "admin: 127.0.0.1:0\nlimits: {max_headers: 20}");
+    for (yaml, limit) in [(default, 100), (configured, 20)] {
+        let agent = TestAgent::start(&yaml).await;
+        agent.wait_ready().await;
+        let addr: std::net::SocketAddr = agent.url("orders")["http://".len()..].parse().expect("addr");
+        for (lines, want) in [(limit, 401), (limit + 1, 431)] {
+            // `host` and `connection` count: `lines` header lines in all.
+            let mut head = String::from("GET /orders HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n");
+            for i in 0..lines - 2 {
+                head.push_str(&format!("x-h{i}: v\r\n"));
+            }
+            head.push_str("\r\n");
+            let resp = exchange(addr, head.as_bytes(), Duration::from_secs(3)).await;
+            assert_eq!(statuses(&resp), [want], "{lines} header lines, limit {limit}: {resp}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_busy_token_is_verified_once() {
     let e = env().await;

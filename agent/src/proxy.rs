@@ -112,8 +112,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
         // Exact: the read buffer's limit alone (all the auto builder
         // offers) lets a head through when it arrives in large reads.
         .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    if let Some(n) = max_headers_setting(limits.max_headers) {
+        http1.max_headers(n);
+    }
     let builders = Arc::new((http1, http_builder(&limits)));
     loop {
         let (stream, peer) = tokio::select! {
@@ -174,6 +176,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoint: Endpoint,
     }
 }
 
+/// hyper's own limit on header lines when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// What to pass to hyper's `max_headers`, if anything. hyper parses a head
+/// into arrays on the stack sized for its default of 100 headers; any
+/// explicit setting, even 100, makes it build and fill two arrays per
+/// request instead (≈2k instructions). The default is therefore left
+/// unset: the limit is the same, the parse cheaper.
+fn max_headers_setting(configured: usize) -> Option<usize> {
+    (configured != HYPER_DEFAULT_MAX_HEADERS).then_some(configured)
+}
+
 /// The HTTP/1.1 + h2c server of a listener, bounded by `limits` (heads,
 /// header counts, read timeouts, streams, resets).
 fn http_builder(limits: &crate::config::Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
@@ -182,8 +196,10 @@ fn http_builder(limits: &crate::config::Limits) -> hyper_util::server::conn::aut
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    if let Some(n) = max_headers_setting(limits.max_headers) {
+        builder.http1().max_headers(n);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
