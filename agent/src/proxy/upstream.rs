@@ -189,6 +189,20 @@ impl Client {
                 Reused::Unsent(unsent) => req = unsent,
             }
         }
+        // Boxed: connecting and the handshake are large futures, and every
+        // request's future (moved whole into its box per request) would
+        // carry their size, though a connection is made once per client
+        // connection at most.
+        Box::pin(self.exchange_new(bound, target, req)).await
+    }
+
+    /// The exchange over a new connection to `target`.
+    async fn exchange_new(
+        &self,
+        bound: &Arc<Bound>,
+        target: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, GiveBack), ProxyError> {
         let io = self
             .connector
             .connect(target)
@@ -269,15 +283,14 @@ impl Drop for Abandon<'_> {
 }
 
 /// The upstream's response head as the client gets it.
-fn downstream(resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
+fn downstream(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     // An upstream's `Connection` header cannot frame anything here: just clean.
-    let _ = headers::strip_hop_by_hop(&mut parts.headers);
+    let _ = headers::strip_hop_by_hop(resp.headers_mut());
     // The version is per hop too (RFC 9110 §6.2): an HTTP/1.0
     // upstream (Python's http.server) must not make the agent
     // answer its HTTP/1.1 clients as HTTP/1.0.
-    parts.version = http::Version::HTTP_11;
-    Response::from_parts(parts, body)
+    *resp.version_mut() = http::Version::HTTP_11;
+    resp
 }
 
 /// A failed exchange of a bound connection, by whose fault.

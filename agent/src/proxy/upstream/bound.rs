@@ -186,8 +186,10 @@ impl Future for Driver {
             if std::mem::take(&mut st.drop_current) {
                 this.conn = None;
             }
-            if let Some(next) = st.next.take() {
-                this.conn = Some(next);
+            // Checked first: `take` on `None` would still copy the whole
+            // (large) connection slot, on every poll.
+            if st.next.is_some() {
+                this.conn = st.next.take();
             }
             match &mut st.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
