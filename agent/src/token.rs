@@ -14,7 +14,7 @@ pub use source::{Found, Malformed, Source, Sources};
 
 use jose::Text;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -110,6 +110,20 @@ pub struct VerifiedToken {
     pub claims: Map<String, Value>,
     /// The key that verified it.
     pub key: Arc<Key>,
+    /// `sub` and `iss` as forwarded header values, made on the first
+    /// forward and shared by every request that presents this token
+    /// (`proxy::headers::identity`).
+    pub header_values: OnceLock<IdentityValues>,
+}
+
+/// The identity header values of a [`VerifiedToken`] that depend only on
+/// the token, not on the policy.
+#[derive(Debug)]
+pub struct IdentityValues {
+    /// `sub` as a plain header value, or why it cannot be one.
+    pub sub: Option<Result<http::HeaderValue, &'static str>>,
+    /// The issuer (a URL; `None` only if it is not a valid header value).
+    pub iss: Option<http::HeaderValue>,
 }
 
 impl VerifiedToken {
@@ -311,6 +325,7 @@ impl<'t> Jws<'t> {
             audiences: checked.audiences,
             claims: self.claims,
             key,
+            header_values: OnceLock::new(),
         })
     }
 }

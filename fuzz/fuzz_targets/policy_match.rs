@@ -90,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
         audiences: vec!["orders".into()],
         claims,
         key: KEY.clone(),
+        header_values: Default::default(),
     };
     if let Err(refusal) = rule.authorize(&token) {
         assert!(!refusal.reason.allows());

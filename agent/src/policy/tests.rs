@@ -67,6 +67,7 @@ fn token(provider_name: &str, claims: Value) -> VerifiedToken {
         audiences: vec!["orders".into()],
         claims,
         key: Arc::new(key),
+        header_values: Default::default(),
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::config::{Encoding, ForwardClaim};
 use crate::policy::Policy;
-use crate::token::VerifiedToken;
+use crate::token::{IdentityValues, VerifiedToken};
 
 pub const SUB: HeaderName = HeaderName::from_static("x-nodeward-sub");
 pub const ISS: HeaderName = HeaderName::from_static("x-nodeward-iss");
@@ -128,17 +128,22 @@ pub struct Unforwardable {
 /// built faithfully (the request is then refused, not forwarded without it).
 pub fn identity(policy: &Policy, token: &VerifiedToken) -> Result<Vec<(HeaderName, HeaderValue)>, Unforwardable> {
     let mut out = Vec::with_capacity(2 + policy.forward_claims.len());
-    if let Some(sub) = &token.sub {
-        let v = plain_string(sub).map_err(|why| Unforwardable {
+    // Checked and copied once per token, not per request.
+    let values = token.header_values.get_or_init(|| IdentityValues {
+        sub: token.sub.as_deref().map(plain_string),
+        // The configured issuer: a URL, always a valid header value.
+        iss: HeaderValue::from_str(&token.iss).ok(),
+    });
+    if let Some(sub) = &values.sub {
+        let v = sub.clone().map_err(|why| Unforwardable {
             claim: "sub".into(),
             header: SUB.to_string(),
             why,
         })?;
         out.push((SUB, v));
     }
-    // The configured issuer: a URL, always a valid header value.
-    if let Ok(iss) = HeaderValue::from_str(&token.iss) {
-        out.push((ISS, iss));
+    if let Some(iss) = &values.iss {
+        out.push((ISS, iss.clone()));
     }
     for (name, fc) in &policy.forward_claims {
         let Some(value) = fc.claim.lookup(&token.claims).filter(|v| !v.is_null()) else {
