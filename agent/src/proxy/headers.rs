@@ -24,18 +24,23 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const IDENTITY_PREFIX: &str = "x-nodeward-";
 
-/// Connection-specific headers (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    http::header::CONNECTION,
-    http::header::TRANSFER_ENCODING,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
+/// Connection-specific headers (RFC 9110 §7.6.1). Matched by name: a
+/// `const` array of `HeaderName`s is built and dropped at every use, and a
+/// comparison with a `static` one costs more than the string match.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
 
 /// A `Connection` header naming a header that routes or frames the request:
 /// removing it would change what the upstream does with the request.
@@ -51,7 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), ListedFraming> {
     // (a name `Connection` lists can only matter when `Connection` is
     // there), and a hashed removal per hop-by-hop name costs more than
     // the scan.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return Ok(());
     }
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -76,7 +81,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), ListedFraming> {
     // Remove only what is there: one scan instead of a lookup per name.
     let present: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || listed.contains(k))
+        .filter(|k| is_hop_by_hop(k) || listed.contains(k))
         .cloned()
         .collect();
     for name in present {
@@ -220,13 +225,6 @@ pub fn ascii_json(v: &Value) -> String {
     out
 }
 
-/// Headers through which a client claims to speak for someone else.
-const FORWARDING: [HeaderName; 3] = [
-    X_FORWARDED_FOR,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("forwarded"),
-];
-
 /// What the upstream learns about the client: from a trusted proxy, its
 /// forwarding headers plus the proxy's address; from anyone else, only the
 /// address nodeward saw (`x-forwarded-*`, `x-real-ip` and `forwarded` of the
@@ -239,7 +237,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
     }
     let forged: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-forwarded-") || FORWARDING.contains(k))
+        .filter(|k| {
+            // Headers through which a client claims to speak for someone else.
+            let name = k.as_str();
+            name.starts_with("x-forwarded-") || name == "x-real-ip" || name == "forwarded"
+        })
         .cloned()
         .collect();
     for name in forged {
@@ -368,5 +370,26 @@ mod tests {
         h.insert(http::header::HOST, HeaderValue::from_static("a"));
         assert_eq!(strip_hop_by_hop(&mut h), Err(ListedFraming("host".into())));
         assert!(h.is_empty(), "removed anyway: {h:?}");
+        // Every hop-by-hop name of RFC 9110 §7.6.1 (and the two legacy
+        // ones), whatever case the client wrote, without a `Connection`.
+        for name in [
+            "Transfer-Encoding",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Authorization",
+            "Proxy-Authenticate",
+            "Keep-Alive",
+            "Proxy-Connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("x"),
+            );
+            h.insert("x-app", HeaderValue::from_static("1"));
+            assert_eq!(strip_hop_by_hop(&mut h), Ok(()));
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-app"], "{name}");
+        }
     }
 }
