@@ -16,7 +16,6 @@ pub use fetch::{FetchError, parse_max_age};
 pub use keyset::{Key, KeySet};
 pub use metrics::{ProviderMetricFamilies, ProviderMetrics};
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -470,7 +469,8 @@ fn age(t: SystemTime) -> Duration {
 /// The providers of the current configuration.
 #[derive(Debug, Default)]
 pub struct Providers {
-    by_name: HashMap<String, Arc<Provider>>,
+    /// Looked up on every request: foldhash, seeded per process.
+    by_name: foldhash::HashMap<String, Arc<Provider>>,
 }
 
 impl Providers {

@@ -33,7 +33,8 @@ pub struct Snapshot {
     pub providers: Providers,
     /// Where tokens are read from: every provider's sources, in order.
     pub sources: Sources,
-    pub workloads: HashMap<Arc<str>, Workload>,
+    /// Looked up on every request: foldhash, seeded per process.
+    pub workloads: foldhash::HashMap<Arc<str>, Workload>,
 }
 
 /// A workload as the request path needs it.
@@ -93,7 +94,7 @@ impl Snapshot {
             sources: Sources::compile([]),
             config: Arc::new(config),
             providers: Providers::default(),
-            workloads: HashMap::new(),
+            workloads: foldhash::HashMap::default(),
         }
     }
 
@@ -124,7 +125,7 @@ impl Snapshot {
                 policies.insert(p.name.as_str(), Arc::new(Policy::compile(p, &config.providers)?));
             }
         }
-        let mut workloads = HashMap::new();
+        let mut workloads = foldhash::HashMap::default();
         for w in specs.iter().filter(|w| !skip(w)) {
             let policy = match &w.policy {
                 Ok(name) => policies.get(name.as_str()).cloned(),

@@ -41,7 +41,9 @@ impl moka::Expiry<u64, Arc<Entry>> for ExpireAtExp {
 }
 
 pub struct TokenCache {
-    cache: moka::sync::Cache<u64, Arc<Entry>>,
+    /// Keyed by the token's (seeded) hash, which moka hashes again to
+    /// find a shard: the fast hasher is enough for that.
+    cache: moka::sync::Cache<u64, Arc<Entry>, foldhash::fast::RandomState>,
     hasher: foldhash::quality::RandomState,
     /// `max_entries > 0`.
     keeps: bool,
@@ -59,7 +61,7 @@ impl TokenCache {
             cache: moka::sync::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .expire_after(ExpireAtExp { max_ttl: cfg.max_ttl })
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             hasher: foldhash::quality::RandomState::default(),
             keeps: cfg.max_entries > 0,
         }

@@ -4,7 +4,6 @@
 //! verification does no key parsing: an RSA key keeps its Montgomery context,
 //! an EC key its decoded, on-curve point (see the benches).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -155,7 +154,9 @@ fn build_verifier(alg: Algorithm, key: &DecodingKey) -> Result<Verifier, String>
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<Arc<Key>>,
-    by_kid: HashMap<String, usize>,
+    /// Looked up on every request (a cache hit checks its key is still
+    /// held): foldhash, seeded per process, not SipHash.
+    by_kid: foldhash::HashMap<String, usize>,
     /// When these keys were fetched from the provider (not loaded from disk).
     pub fetched_at: Option<SystemTime>,
     /// Keys the JWKS listed that were skipped, with the reason, for logs.
