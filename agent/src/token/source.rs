@@ -247,19 +247,33 @@ fn strip_header(headers: &mut HeaderMap, name: &HeaderName, scheme: &str) {
         headers.remove(name);
         return;
     }
-    if !headers.contains_key(name) {
+    // A value goes unless it is visible ASCII under another scheme (a
+    // value that is not visible ASCII goes too: no source reads it).
+    let goes = |v: &HeaderValue| {
+        // The usual value, `Bearer <token>`, is settled by its prefix: no
+        // scan of the whole token.
+        is_scheme_prefixed(v.as_bytes(), scheme) || v.to_str().map_or(true, |s| scheme_token(s, scheme).is_some())
+    };
+    let http::header::Entry::Occupied(entry) = headers.entry(name) else {
+        return;
+    };
+    if entry.iter().all(goes) {
+        entry.remove_entry_mult();
         return;
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(name)
-        .iter()
-        .filter(|v| v.to_str().ok().is_some_and(|s| scheme_token(s, scheme).is_none()))
-        .cloned()
-        .collect();
+    let kept: Vec<HeaderValue> = entry.iter().filter(|v| !goes(v)).cloned().collect();
     headers.remove(name);
     for v in kept {
         headers.append(name.clone(), v);
     }
+}
+
+/// `value` starts with `scheme` (any case) and a space or tab: what
+/// [`scheme_token`] accepts, checked on the bytes.
+fn is_scheme_prefixed(value: &[u8], scheme: &str) -> bool {
+    value.len() > scheme.len()
+        && value[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        && matches!(value[scheme.len()], b' ' | b'\t')
 }
 
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
