@@ -426,3 +426,21 @@ fn addresses_and_numbers_are_written_as_display_writes_them() {
         assert_eq!(String::from_utf8(out).expect("utf8"), n.to_string());
     }
 }
+
+#[test]
+fn the_escape_check_finds_every_byte_json_escapes_at_every_position() {
+    let naive = |b: &[u8]| b.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    for len in 0..20 {
+        for at in 0..len {
+            for byte in 0..=255u8 {
+                // Neighbours that could mislead a word-at-a-time check:
+                // high bytes (UTF-8) and the bytes just above the limits.
+                for fill in [b'a', 0x20, b'#', b']', 0x80, 0xff] {
+                    let mut v = vec![fill; len];
+                    v[at] = byte;
+                    assert_eq!(format::needs_escape(&v), naive(&v), "{v:?}");
+                }
+            }
+        }
+    }
+}
