@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use super::format::{decimal, field, socket_addr, timestamp};
+use super::format::{decimal, field, key, socket_addr, timestamp};
 use super::{Audit, KEEP_LINE_BYTES, LINE};
 
 pub struct EgressRecord<'a> {
@@ -38,22 +38,22 @@ pub fn format_egress_line(out: &mut Vec<u8>, r: &EgressRecord<'_>, now: SystemTi
     out.extend_from_slice(br#"{"timestamp":""#);
     timestamp(out, now);
     out.extend_from_slice(br#"","level":"INFO","target":"audit","direction":"egress""#);
-    field(out, "request_id", r.request_id);
-    field(out, "workload", r.workload);
-    field(out, "method", r.method);
+    field(out, key!("request_id"), r.request_id);
+    field(out, key!("workload"), r.workload);
+    field(out, key!("method"), r.method);
     if let Some(h) = r.host {
-        field(out, "host", h);
+        field(out, key!("host"), h);
     }
-    field(out, "path", r.path);
-    for (name, value) in [
-        ("rule", r.rule),
-        ("token", r.token),
-        ("outcome", Some(r.outcome)),
-        ("reason", r.reason),
-        ("detail", r.detail),
+    field(out, key!("path"), r.path);
+    for (key, value) in [
+        (key!("rule"), r.rule),
+        (key!("token"), r.token),
+        (key!("outcome"), Some(r.outcome)),
+        (key!("reason"), r.reason),
+        (key!("detail"), r.detail),
     ] {
         if let Some(v) = value {
-            field(out, name, v);
+            field(out, key, v);
         }
     }
     if let Some(s) = r.status {

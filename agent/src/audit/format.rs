@@ -9,33 +9,41 @@ use std::time::SystemTime;
 
 use super::Fields;
 
+/// `,"name":`, the start of a field, as one literal (one copy per field).
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+pub(super) use key;
+
 /// Appends one audit line (ending in `\n`) for `f` at `now` to `out`.
 pub fn format_line(out: &mut Vec<u8>, f: &Fields<'_>, now: SystemTime) {
     out.extend_from_slice(br#"{"timestamp":""#);
     timestamp(out, now);
     out.extend_from_slice(br#"","level":"INFO","target":"audit""#);
-    field(out, "request_id", f.request_id);
+    field(out, key!("request_id"), f.request_id);
     if let Some(t) = f.trace_id {
-        field(out, "trace_id", t);
+        field(out, key!("trace_id"), t);
     }
-    field(out, "workload", f.workload);
-    field(out, "method", f.method);
-    field(out, "path", f.path);
-    field(out, "decision", f.decision);
-    field(out, "reason", f.reason);
-    for (name, value) in [
-        ("detail", f.detail),
-        ("rule", f.rule),
-        ("iss", f.iss),
-        ("sub", f.sub),
-        ("email", f.email),
-        ("client_id", f.client_id),
-        ("act", f.act.as_deref()),
-        ("k8s_user", f.k8s_user),
-        ("k8s_groups", f.k8s_groups.as_deref()),
+    field(out, key!("workload"), f.workload);
+    field(out, key!("method"), f.method);
+    field(out, key!("path"), f.path);
+    field(out, key!("decision"), f.decision);
+    field(out, key!("reason"), f.reason);
+    for (key, value) in [
+        (key!("detail"), f.detail),
+        (key!("rule"), f.rule),
+        (key!("iss"), f.iss),
+        (key!("sub"), f.sub),
+        (key!("email"), f.email),
+        (key!("client_id"), f.client_id),
+        (key!("act"), f.act.as_deref()),
+        (key!("k8s_user"), f.k8s_user),
+        (key!("k8s_groups"), f.k8s_groups.as_deref()),
     ] {
         if let Some(v) = value {
-            field(out, name, v);
+            field(out, key, v);
         }
     }
     // A socket address is digits, hex, '.', ':', '[', ']' and '%': nothing to escape.
@@ -74,18 +82,8 @@ pub(crate) fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 }
 
 /// `n` in decimal.
-pub(super) fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub(super) fn decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 thread_local! {
@@ -118,11 +116,10 @@ pub(super) fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     out.extend_from_slice(&frac);
 }
 
-/// `,"name":"value"` with the value JSON-escaped (quotes, backslashes, control characters).
-pub(super) fn field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+/// `key` (`,"name":`, from [`key!`]) and `"value"`, the value
+/// JSON-escaped (quotes, backslashes, control characters).
+pub(super) fn field(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.extend_from_slice(key.as_bytes());
     // Most values need no escape: copy them as they are.
     if !needs_escape(value.as_bytes()) {
         out.push(b'"');
