@@ -163,10 +163,8 @@ fn scheme_token<'v>(value: &'v str, scheme: &str) -> Option<&'v str> {
     if scheme.is_empty() {
         return Some(value.trim());
     }
-    let head = value.get(..scheme.len())?;
-    let rest = value.get(scheme.len()..)?;
-    // Exactly the scheme, then whitespace: `Bearerx` is another scheme.
-    (head.eq_ignore_ascii_case(scheme) && rest.starts_with([' ', '\t'])).then(|| rest.trim())
+    // The byte at `scheme.len()` is then a space or tab: a char boundary.
+    is_scheme_prefixed(value.as_bytes(), scheme).then(|| value[scheme.len()..].trim())
 }
 
 fn header_token<'r>(
@@ -248,12 +246,10 @@ fn strip_header(headers: &mut HeaderMap, name: &HeaderName, scheme: &str) {
         return;
     }
     // A value goes unless it is visible ASCII under another scheme (a
-    // value that is not visible ASCII goes too: no source reads it).
-    let goes = |v: &HeaderValue| {
-        // The usual value, `Bearer <token>`, is settled by its prefix: no
-        // scan of the whole token.
-        is_scheme_prefixed(v.as_bytes(), scheme) || v.to_str().map_or(true, |s| scheme_token(s, scheme).is_some())
-    };
+    // value that is not visible ASCII goes too: no source reads it). The
+    // usual value, `Bearer <token>`, is settled by its prefix: no scan of
+    // the whole token.
+    let goes = |v: &HeaderValue| is_scheme_prefixed(v.as_bytes(), scheme) || v.to_str().is_err();
     let http::header::Entry::Occupied(entry) = headers.entry(name) else {
         return;
     };
@@ -268,8 +264,8 @@ fn strip_header(headers: &mut HeaderMap, name: &HeaderName, scheme: &str) {
     }
 }
 
-/// `value` starts with `scheme` (any case) and a space or tab: what
-/// [`scheme_token`] accepts, checked on the bytes.
+/// `value` starts with `scheme` (any case) and a space or tab, exactly:
+/// `Bearerx` is another scheme.
 fn is_scheme_prefixed(value: &[u8], scheme: &str) -> bool {
     value.len() > scheme.len()
         && value[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
