@@ -17,6 +17,12 @@
 //! nodeward with its usual runtime (all threads in one callgrind total).
 //! Both log one line per request, as in the throughput scenarios.
 //!
+//! The cached path is also counted with the RBAC rule of
+//! `nodeward-rbac-cached` in the way (the testkit's fake API server answers
+//! the one SubjectAccessReview; every later request is an RBAC cache hit):
+//! the difference is the instruction twin of the report's "cached RBAC
+//! decision" row.
+//!
 //! `--miss` counts the cache-miss path instead: nodeward's cached path beside
 //! `nodeward-miss-rs256`, `-es256` and `-eddsa` (the throughput scenarios'
 //! configuration, `token_cache.max_entries: 0`, and their pools of fresh
@@ -33,8 +39,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 
+use nodeward_testkit::kubeapi::FakeKubeApi;
+
 use super::Bench;
-use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodeward_config};
+use super::env::{
+    ConfigKnobs, NginxRole, RBAC_NAMESPACE, Workload, free_ports, nginx_conf, nodeward_config, rbac_config,
+};
+use super::scenarios::BENCH_RBAC;
 
 /// What runs under callgrind.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +55,9 @@ enum Subject {
     /// nodeward: the reused token (cached path), or a pool's tokens with
     /// `token_cache.max_entries: 0` (every request a miss).
     Nodeward { pool: Option<&'static str> },
+    /// nodeward's cached path with `nodeward-rbac-cached`'s rule: a cached
+    /// SubjectAccessReview answer per request.
+    NodewardRbac,
     /// The raw aws-lc-rs verify of a pool (an optimized xtask, `--floor-count`).
     Raw(&'static str),
 }
@@ -53,17 +67,19 @@ impl Subject {
         match self {
             Self::Nginx => "nginx-proxy".into(),
             Self::Nodeward { pool: None } => "nodeward-cached".into(),
+            Self::NodewardRbac => "nodeward-rbac-cached".into(),
             Self::Nodeward { pool: Some(alg) } => format!("nodeward-miss-{}", alg.to_ascii_lowercase()),
             Self::Raw(alg) => format!("raw-verify-{}", alg.to_ascii_lowercase()),
         }
     }
 }
 
-/// The subjects of a run: the cached path against NGINX, or (`--miss`) the
-/// cached path, the three miss paths and their raw verifies.
+/// The subjects of a run: the cached path against NGINX and with the RBAC
+/// rule, or (`--miss`) the cached path, the three miss paths and their raw
+/// verifies.
 fn subjects(miss: bool) -> Vec<Subject> {
     if !miss {
-        return vec![Subject::Nginx, Subject::Nodeward { pool: None }];
+        return vec![Subject::Nginx, Subject::Nodeward { pool: None }, Subject::NodewardRbac];
     }
     let mut v = vec![Subject::Nodeward { pool: None }];
     for alg in super::ALGS {
@@ -202,6 +218,8 @@ async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Re
         Subject::Nodeward { pool: Some(alg) } => b.pools.get(alg).map(Vec::as_slice),
         _ => None,
     };
+    // The fake API server of the RBAC subject lives as long as its agent.
+    let mut api = None;
     if matches!(subject, Subject::Nginx) {
         let conf = dir.join("nginx.conf");
         std::fs::create_dir_all(dir.join("tmp"))?;
@@ -219,7 +237,7 @@ async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Re
             .args(["-g", "daemon off; master_process off;"]);
     } else {
         let workloads = [Workload { listen: addr }];
-        let yaml = nodeward_config(
+        let mut yaml = nodeward_config(
             &b.idp.issuer,
             b.app.addr,
             admin,
@@ -230,6 +248,12 @@ async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Re
                 ..ConfigKnobs::default()
             },
         )?;
+        if matches!(subject, Subject::NodewardRbac) {
+            let api = api.insert(FakeKubeApi::start().await);
+            api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
+                .context("the RBAC objects for the fake API server")?;
+            yaml = rbac_config(&yaml, &api.write_kubeconfig(&dir))?;
+        }
         let config = dir.join("nodeward.yaml");
         std::fs::write(&config, yaml)?;
         cmd.arg(&b.bin).args(["run", "--config"]).arg(&config);
@@ -268,6 +292,9 @@ async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Re
     }
     if pool.is_some() {
         misses_only(b, admin, n).await?;
+    }
+    if api.is_some() {
+        rbac_hits_only(b, admin, n).await?;
     }
     // SIGTERM: nginx exits at once, nodeward drains and exits; callgrind
     // writes its totals at exit.
@@ -317,19 +344,7 @@ fn thread_totals(dir: &Path) -> anyhow::Result<Totals> {
 
 /// A miss run's every request was a miss: no cache hit at all.
 async fn misses_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
-    let text = b
-        .http
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let value = metrics(b, admin).await?;
     let (hits, misses) = (
         value("nodeward_token_cache_hits_total"),
         value("nodeward_token_cache_misses_total"),
@@ -339,6 +354,38 @@ async fn misses_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
         "a miss run had {hits} cache hits and {misses} misses for {n} requests"
     );
     Ok(())
+}
+
+/// Checks (on `/metrics`) that the RBAC run asked one SubjectAccessReview
+/// and answered every other request from its cache.
+async fn rbac_hits_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
+    let value = metrics(b, admin).await?;
+    let (hits, misses) = (
+        value("nodeward_rbac_cache_hits_total"),
+        value("nodeward_rbac_cache_misses_total"),
+    );
+    ensure!(
+        misses == 1.0 && hits == (n - 1) as f64,
+        "the RBAC run had {hits} RBAC cache hits and {misses} misses for {n} requests"
+    );
+    Ok(())
+}
+
+/// The sum of each metric's series on the agent's `/metrics`, by name.
+async fn metrics(b: &Bench, admin: u16) -> anyhow::Result<impl Fn(&str) -> f64> {
+    let text = b
+        .http
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(move |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    })
 }
 
 /// Polls until the proxy answers a request with 200 (bounded).
@@ -419,6 +466,14 @@ pub fn markdown(counts: &[Count], bin: &Path) -> String {
         md.push_str(&format!(
             "\nnodeward's cached path / NGINX's bare hop: **{:.2}×** instructions per request\n",
             nodeward.per_request / nginx.per_request
+        ));
+    }
+    if let (Some(plain), Some(rbac)) = (by("nodeward-cached"), by("nodeward-rbac-cached")) {
+        md.push_str(&format!(
+            "
+the cached RBAC decision: **{:+.0}** instructions per request over the cached path without the rule
+",
+            rbac.per_request - plain.per_request
         ));
     }
     if let Some(hit) = by("nodeward-cached") {

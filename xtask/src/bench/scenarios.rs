@@ -64,7 +64,7 @@ pub enum Proxy {
 /// The RBAC objects of `nodeward-rbac-cached`: the benchmark token's mapped
 /// user (`oidc:` + its `email` claim) may `get` the `orders` workload's
 /// `services/proxy` in its namespace.
-const BENCH_RBAC: &str = r#"
+pub(super) const BENCH_RBAC: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: orders-caller}
