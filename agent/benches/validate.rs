@@ -528,7 +528,7 @@ fn rbac(c: &mut Criterion) {
     });
     let attrs = Attributes::Resource {
         verb: "get".into(),
-        group: String::new(),
+        group: "".into(),
         resource: "services".into(),
         subresource: "proxy".into(),
         namespace: "shop".into(),

@@ -5,6 +5,7 @@
 //! cache and the request's parts, so the proxy and `nodeward explain` run
 //! exactly this.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -303,7 +304,7 @@ impl Verifier<'_> {
                 Some(user),
             ));
         };
-        match Box::pin(reviews.access(&user, &attrs)).await {
+        match reviews.access(&user, &attrs).await {
             Ok(a) if a.allowed => Ok(()),
             Ok(a) => Err((
                 Reason::RbacDenied,
@@ -329,20 +330,22 @@ impl Verifier<'_> {
 }
 
 /// The verb a method stands for in RBAC (as kube-rbac-proxy maps it).
-fn verb(m: &Method) -> String {
+fn verb(m: &Method) -> Cow<'static, str> {
     match *m {
         Method::GET | Method::HEAD => "get".into(),
         Method::POST => "create".into(),
         Method::PUT => "update".into(),
         Method::PATCH => "patch".into(),
         Method::DELETE => "delete".into(),
-        ref other => other.as_str().to_ascii_lowercase(),
+        ref other => other.as_str().to_ascii_lowercase().into(),
     }
 }
 
-/// The rule's attributes for this request, placeholders filled in.
-fn attributes(rbac: &KubernetesRbac, req: &Request<'_>) -> Attributes {
-    let verb = rbac.verb.clone().unwrap_or_else(|| verb(req.method));
+/// The rule's attributes for this request, placeholders filled in. They
+/// borrow from the rule, the called workload and the request wherever the
+/// value is one of those as it stands, so a cached decision builds nothing.
+fn attributes<'a>(rbac: &'a KubernetesRbac, req: &Request<'a>) -> Attributes<'a> {
+    let verb = rbac.verb.as_deref().map_or_else(|| verb(req.method), Cow::Borrowed);
     match &rbac.resource {
         Some(r) => Attributes::Resource {
             verb,
@@ -354,34 +357,109 @@ fn attributes(rbac: &KubernetesRbac, req: &Request<'_>) -> Attributes {
         },
         None => Attributes::NonResource {
             verb,
-            path: req.path.to_string(),
+            path: Cow::Borrowed(req.path),
         },
     }
 }
 
+/// The value of placeholder `name` (without its braces) for workload `t`.
+fn placeholder<'a>(name: &str, t: &'a Target) -> &'a str {
+    match name {
+        "namespace" => t.namespace.as_str(),
+        "pod" => t.pod.as_deref().unwrap_or_default(),
+        "workload" => t.workload.as_str(),
+        _ => name
+            .strip_prefix("label:")
+            .and_then(|k| t.labels.get(k))
+            .map_or("", String::as_str),
+    }
+}
+
 /// `{namespace}`, `{pod}`, `{workload}`, `{label:KEY}` of the called workload.
-fn fill(template: &str, t: &Target) -> String {
+/// A template without placeholders, or that is one placeholder and nothing
+/// else, is borrowed as it is; only a mix is written out.
+fn fill<'a>(template: &'a str, t: &'a Target) -> Cow<'a, str> {
     if !template.contains('{') {
-        return template.to_string();
+        return Cow::Borrowed(template);
+    }
+    if let Some(name) = template.strip_prefix('{').and_then(|r| r.strip_suffix('}'))
+        && !name.contains(['{', '}'])
+    {
+        return Cow::Borrowed(placeholder(name, t));
     }
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let Some(end) = rest[start..].find('}') else { break };
-        let name = &rest[start + 1..start + end];
-        let value = match name {
-            "namespace" => t.namespace.as_str(),
-            "pod" => t.pod.as_deref().unwrap_or_default(),
-            "workload" => t.workload.as_str(),
-            _ => name
-                .strip_prefix("label:")
-                .and_then(|k| t.labels.get(k))
-                .map_or("", String::as_str),
-        };
-        out.push_str(value);
+        out.push_str(placeholder(&rest[start + 1..start + end], t));
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            workload: "orders".into(),
+            namespace: "shop".into(),
+            pod: Some("orders-7d9f".into()),
+            labels: [
+                ("app".to_string(), "orders".to_string()),
+                ("tier".to_string(), "api".to_string()),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn templates_fill_the_same_whether_borrowed_or_written_out() {
+        let t = target();
+        // (template, value, borrowed: no copy is made for it)
+        let cases = [
+            ("services", "services", true),
+            ("", "", true),
+            ("{namespace}", "shop", true),
+            ("{workload}", "orders", true),
+            ("{pod}", "orders-7d9f", true),
+            ("{label:tier}", "api", true),
+            ("{label:missing}", "", true),
+            ("{unknown}", "", true),
+            ("{}", "", true),
+            ("{namespace}-{workload}", "shop-orders", false),
+            ("{namespace}x", "shopx", false),
+            ("x{namespace}", "xshop", false),
+            ("{{namespace}}", "}", false),
+            ("{namespace", "{namespace", false),
+            ("namespace}", "namespace}", true),
+            ("{label:app}/{pod}", "orders/orders-7d9f", false),
+        ];
+        for (template, want, borrowed) in cases {
+            let got = fill(template, &t);
+            assert_eq!(got, want, "{template:?}");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), borrowed, "{template:?}");
+        }
+        let podless = Target { pod: None, ..t };
+        assert_eq!(fill("{pod}", &podless), "");
+    }
+
+    #[test]
+    fn the_verb_is_the_rules_or_the_methods() {
+        for (m, v) in [
+            (Method::GET, "get"),
+            (Method::HEAD, "get"),
+            (Method::POST, "create"),
+            (Method::PUT, "update"),
+            (Method::PATCH, "patch"),
+            (Method::DELETE, "delete"),
+            (Method::OPTIONS, "options"),
+            (Method::from_bytes(b"PROPFIND").expect("method"), "propfind"),
+        ] {
+            assert_eq!(verb(&m), v);
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! never a stale or guessed answer: the caller fails closed. Errors are not
 //! cached.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hash as _, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,23 +23,56 @@ use crate::config::RbacConfig;
 use crate::identity::KubeUser;
 
 /// What is asked: a resource or a non-resource URL, and the verb.
+///
+/// Each value borrows where it can (a rule's literal, the called workload's
+/// namespace, the request's path), so asking a cached question builds
+/// nothing; the cache keeps an owned copy ([`Attributes::into_owned`]) of
+/// the questions it actually asked. Borrowed and owned values hash and
+/// compare alike.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Attributes {
+pub enum Attributes<'a> {
     Resource {
-        verb: String,
-        group: String,
-        resource: String,
-        subresource: String,
-        namespace: String,
-        name: String,
+        verb: Cow<'a, str>,
+        group: Cow<'a, str>,
+        resource: Cow<'a, str>,
+        subresource: Cow<'a, str>,
+        namespace: Cow<'a, str>,
+        name: Cow<'a, str>,
     },
     NonResource {
-        verb: String,
-        path: String,
+        verb: Cow<'a, str>,
+        path: Cow<'a, str>,
     },
 }
 
-impl std::fmt::Display for Attributes {
+impl Attributes<'_> {
+    pub fn into_owned(self) -> Attributes<'static> {
+        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        match self {
+            Self::Resource {
+                verb,
+                group,
+                resource,
+                subresource,
+                namespace,
+                name,
+            } => Attributes::Resource {
+                verb: own(verb),
+                group: own(group),
+                resource: own(resource),
+                subresource: own(subresource),
+                namespace: own(namespace),
+                name: own(name),
+            },
+            Self::NonResource { verb, path } => Attributes::NonResource {
+                verb: own(verb),
+                path: own(path),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Attributes<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Resource {
@@ -105,12 +139,12 @@ pub enum ReviewError {
 /// question is compared on every hit (a collision is a miss, not an answer).
 struct Answer {
     user: Arc<KubeUser>,
-    attrs: Attributes,
+    attrs: Attributes<'static>,
     access: Arc<Access>,
 }
 
 impl Answer {
-    fn answers(&self, user: &Arc<KubeUser>, attrs: &Attributes) -> bool {
+    fn answers(&self, user: &Arc<KubeUser>, attrs: &Attributes<'_>) -> bool {
         (Arc::ptr_eq(&self.user, user) || self.user == *user) && self.attrs == *attrs
     }
 }
@@ -137,8 +171,9 @@ impl moka::Expiry<u64, Arc<TokenStatus>> for TokenExpiry {
 
 pub struct Reviews {
     client: kube::Client,
-    access: moka::future::Cache<u64, Arc<Answer>>,
-    tokens: moka::future::Cache<u64, Arc<TokenStatus>>,
+    // Keyed by a hash already: moka's own hashing of it need not be SipHash.
+    access: moka::future::Cache<u64, Arc<Answer>, foldhash::fast::RandomState>,
+    tokens: moka::future::Cache<u64, Arc<TokenStatus>, foldhash::fast::RandomState>,
     hasher: foldhash::quality::RandomState,
     timeout: Duration,
     metrics: KubeMetrics,
@@ -150,11 +185,11 @@ impl Reviews {
             access: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .expire_after(AccessExpiry(cfg.clone()))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             tokens: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .expire_after(TokenExpiry)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             hasher: foldhash::quality::RandomState::default(),
             timeout: cfg.timeout,
             client,
@@ -165,8 +200,9 @@ impl Reviews {
     /// May `user` do `attrs`? From the cache, else one SubjectAccessReview
     /// shared by every concurrent caller asking the same.
     /// The hit path allocates nothing: the question is hashed and compared
-    /// where it lies, and cloned only to be asked.
-    pub async fn access(&self, user: &Arc<KubeUser>, attrs: &Attributes) -> Result<Arc<Access>, Arc<ReviewError>> {
+    /// where it lies, and copied only to be asked. The miss path is a future
+    /// of its own, boxed, so a hit does not carry (and move) its state.
+    pub async fn access(&self, user: &Arc<KubeUser>, attrs: &Attributes<'_>) -> Result<Arc<Access>, Arc<ReviewError>> {
         let key = {
             let mut h = self.hasher.build_hasher();
             user.hash(&mut h);
@@ -179,19 +215,31 @@ impl Reviews {
             self.metrics.rbac_cache_hits.inc();
             return Ok(hit.access.clone());
         }
+        Box::pin(self.access_miss(key, user, attrs)).await
+    }
+
+    async fn access_miss(
+        &self,
+        key: u64,
+        user: &Arc<KubeUser>,
+        attrs: &Attributes<'_>,
+    ) -> Result<Arc<Access>, Arc<ReviewError>> {
         self.metrics.rbac_cache_misses.inc();
-        let ask = self.ask_access(user.clone(), attrs.clone());
+        let ask = self.ask_access(user.clone(), attrs.clone().into_owned());
         let got = self.access.try_get_with(key, ask).await?;
         if got.answers(user, attrs) {
             Ok(got.access.clone())
         } else {
             // Another question with the same hash filled the entry: ask this one, uncached.
-            let own = self.ask_access(user.clone(), attrs.clone()).await.map_err(Arc::new)?;
+            let own = self
+                .ask_access(user.clone(), attrs.clone().into_owned())
+                .await
+                .map_err(Arc::new)?;
             Ok(own.access.clone())
         }
     }
 
-    async fn ask_access(&self, user: Arc<KubeUser>, attrs: Attributes) -> Result<Arc<Answer>, ReviewError> {
+    async fn ask_access(&self, user: Arc<KubeUser>, attrs: Attributes<'static>) -> Result<Arc<Answer>, ReviewError> {
         let spec = sar_spec(&user, &attrs);
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let review = SubjectAccessReview {
@@ -298,7 +346,7 @@ impl Reviews {
     }
 }
 
-fn sar_spec(user: &KubeUser, attrs: &Attributes) -> SubjectAccessReviewSpec {
+fn sar_spec(user: &KubeUser, attrs: &Attributes<'_>) -> SubjectAccessReviewSpec {
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let (resource_attributes, non_resource_attributes) = match attrs {
         Attributes::Resource {
@@ -310,9 +358,9 @@ fn sar_spec(user: &KubeUser, attrs: &Attributes) -> SubjectAccessReviewSpec {
             name,
         } => (
             Some(ResourceAttributes {
-                verb: Some(verb.clone()),
-                group: Some(group.clone()),
-                resource: Some(resource.clone()),
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
                 subresource: non_empty(subresource),
                 namespace: non_empty(namespace),
                 name: non_empty(name),
@@ -323,8 +371,8 @@ fn sar_spec(user: &KubeUser, attrs: &Attributes) -> SubjectAccessReviewSpec {
         Attributes::NonResource { verb, path } => (
             None,
             Some(NonResourceAttributes {
-                verb: Some(verb.clone()),
-                path: Some(path.clone()),
+                verb: Some(verb.to_string()),
+                path: Some(path.to_string()),
             }),
         ),
     };
@@ -335,5 +383,59 @@ fn sar_spec(user: &KubeUser, attrs: &Attributes) -> SubjectAccessReviewSpec {
         extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
         resource_attributes,
         non_resource_attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(a: &Attributes<'_>) -> u64 {
+        foldhash::quality::FixedState::with_seed(7).hash_one(a)
+    }
+
+    #[test]
+    fn a_borrowed_question_is_the_same_question_as_its_owned_copy() {
+        let (ns, path) = (String::from("shop"), String::from("/metrics"));
+        let borrowed = [
+            Attributes::Resource {
+                verb: "get".into(),
+                group: "".into(),
+                resource: "services".into(),
+                subresource: "proxy".into(),
+                namespace: Cow::Borrowed(&ns),
+                name: "orders".into(),
+            },
+            Attributes::NonResource {
+                verb: "get".into(),
+                path: Cow::Borrowed(&path),
+            },
+        ];
+        for a in borrowed {
+            let owned = a.clone().into_owned();
+            assert!(matches!(
+                &owned,
+                Attributes::NonResource {
+                    path: Cow::Owned(_),
+                    ..
+                } | Attributes::Resource {
+                    namespace: Cow::Owned(_),
+                    ..
+                }
+            ));
+            assert_eq!(owned, a);
+            assert_eq!(hash(&owned), hash(&a), "{a}");
+            assert_eq!(owned.to_string(), a.to_string());
+        }
+        // One field apart is another question.
+        let a = Attributes::NonResource {
+            verb: "get".into(),
+            path: "/a".into(),
+        };
+        let b = Attributes::NonResource {
+            verb: "get".into(),
+            path: "/b".into(),
+        };
+        assert_ne!(a.clone().into_owned(), b);
     }
 }
