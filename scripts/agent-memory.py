@@ -6,6 +6,9 @@
                                  the heap, shared libraries
   agent-memory.py text BINARY    the binary's code by symbol, grouped by the
                                  first path segment of each (demangled) name
+  agent-memory.py heap MASSIF    the heap by allocation site, from a massif
+                                 file (scripts/nodeward-under-massif), at a
+                                 detailed snapshot in the middle of the window
 
 For the per-node agent at N = 100, run beside the benchmark, during its
 per-node window:
@@ -73,7 +76,60 @@ def text(binary):
         print(f"{size / MIB:7.2f} MiB  {crate}")
 
 
+# Frames that only say how the memory was allocated, not what for.
+PLUMBING = re.compile(
+    r"^(UnknownInlinedFun|alloc|alloc_impl\w*|allocate|try_allocate\w*|with_capacity\w*|new<|box_new\w*|grow\w*"
+    r"|reserve\w*|do_reserve\w*|finish_grow|malloc|exchange_malloc|\{closure|unwrap_or_else|try_new_uninit\w*"
+    r"|new_uninit\w*|__rust\w*|alloc::|<alloc|core::|spec_\w*|to_vec|clone|from<|into)\b"
+)
+
+
+def heap(path):
+    snapshots, cur, tree = [], None, None
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("snapshot="):
+                cur = {"heap": 0, "lines": []}
+                snapshots.append(cur)
+            elif line.startswith("mem_heap_B="):
+                cur["heap"] = int(line.split("=")[1])
+            elif line.startswith("heap_tree="):
+                tree = cur["lines"] if line != "heap_tree=empty" else None
+            elif line.startswith("#"):
+                tree = None
+            elif tree is not None and line.strip():
+                tree.append(line)
+    peak = max(s["heap"] for s in snapshots)
+    steady = [i for i, s in enumerate(snapshots) if s["lines"] and s["heap"] >= 0.9 * peak]
+    pick = snapshots[steady[len(steady) // 2]]
+    # Parse the indented tree: each node "nID: BYTES LOCATION", children indented one more.
+    roots, stack = [], []
+    for line in pick["lines"]:
+        depth = len(line) - len(line.lstrip(" "))
+        m = re.match(r"\s*n\d+: (\d+) (.*)", line)
+        node = {"bytes": int(m.group(1)), "loc": re.sub(r"0x[0-9A-Fa-f]+: ", "", m.group(2)), "kids": []}
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        (stack[-1][1]["kids"] if stack else roots).append(node)
+        stack.append((depth, node))
+    print(f"{path}: snapshot {steady[len(steady) // 2]} of {len(snapshots)}, heap {pick['heap'] / MIB:.2f} MiB (peak {peak / MIB:.2f})")
+    print("| KiB | allocated by (innermost meaningful frames first) |")
+    print("|---|---|")
+    for site in roots[0]["kids"]:
+        frames, node = [], site
+        while True:
+            name = node["loc"].split(" (")[0]
+            if not PLUMBING.match(name):
+                frames.append(node["loc"][:120])
+            if len(frames) == 3 or len(node["kids"]) != 1:
+                break
+            node = node["kids"][0]
+        print(f"| {site['bytes'] / 1024:.0f} | {' <- '.join(frames) or site['loc'][:120]} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("smaps", "text"):
+    commands = {"smaps": smaps, "text": text, "heap": heap}
+    if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
-    {"smaps": smaps, "text": text}[sys.argv[1]](sys.argv[2])
+    commands[sys.argv[1]](sys.argv[2])
