@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn the_verb_is_the_rules_or_the_methods() {
+    fn methods_map_to_rbac_verbs_as_kube_rbac_proxy_maps_them() {
         for (m, v) in [
             (Method::GET, "get"),
             (Method::HEAD, "get"),

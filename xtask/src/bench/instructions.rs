@@ -39,13 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 
-use nodeward_testkit::kubeapi::FakeKubeApi;
-
 use super::Bench;
-use super::env::{
-    ConfigKnobs, NginxRole, RBAC_NAMESPACE, Workload, free_ports, nginx_conf, nodeward_config, rbac_config,
-};
-use super::scenarios::BENCH_RBAC;
+use super::env::{ConfigKnobs, NginxRole, Workload, free_ports, nginx_conf, nodeward_config};
 
 /// What runs under callgrind.
 #[derive(Debug, Clone, Copy)]
@@ -249,10 +244,9 @@ async fn count(b: &Bench, subject: Subject, n: u64, repeat: usize) -> anyhow::Re
             },
         )?;
         if matches!(subject, Subject::NodewardRbac) {
-            let api = api.insert(FakeKubeApi::start().await);
-            api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
-                .context("the RBAC objects for the fake API server")?;
-            yaml = rbac_config(&yaml, &api.write_kubeconfig(&dir))?;
+            let (server, with_rule) = super::scenarios::with_rbac(&yaml, &dir).await?;
+            api = Some(server);
+            yaml = with_rule;
         }
         let config = dir.join("nodeward.yaml");
         std::fs::write(&config, yaml)?;
@@ -344,11 +338,7 @@ fn thread_totals(dir: &Path) -> anyhow::Result<Totals> {
 
 /// A miss run's every request was a miss: no cache hit at all.
 async fn misses_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
-    let value = metrics(b, admin).await?;
-    let (hits, misses) = (
-        value("nodeward_token_cache_hits_total"),
-        value("nodeward_token_cache_misses_total"),
-    );
+    let (hits, misses) = hits_and_misses(b, admin, "token").await?;
     ensure!(
         hits == 0.0 && misses >= (n - 1) as f64,
         "a miss run had {hits} cache hits and {misses} misses for {n} requests"
@@ -359,11 +349,7 @@ async fn misses_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
 /// Checks (on `/metrics`) that the RBAC run asked one SubjectAccessReview
 /// and answered every other request from its cache.
 async fn rbac_hits_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
-    let value = metrics(b, admin).await?;
-    let (hits, misses) = (
-        value("nodeward_rbac_cache_hits_total"),
-        value("nodeward_rbac_cache_misses_total"),
-    );
+    let (hits, misses) = hits_and_misses(b, admin, "rbac").await?;
     ensure!(
         misses == 1.0 && hits == (n - 1) as f64,
         "the RBAC run had {hits} RBAC cache hits and {misses} misses for {n} requests"
@@ -371,8 +357,9 @@ async fn rbac_hits_only(b: &Bench, admin: u16, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sum of each metric's series on the agent's `/metrics`, by name.
-async fn metrics(b: &Bench, admin: u16) -> anyhow::Result<impl Fn(&str) -> f64> {
+/// `nodeward_{cache}_cache_hits_total` and `..._misses_total` on the
+/// agent's `/metrics`, each summed over its series.
+async fn hits_and_misses(b: &Bench, admin: u16, cache: &str) -> anyhow::Result<(f64, f64)> {
     let text = b
         .http
         .get(format!("http://127.0.0.1:{admin}/metrics"))
@@ -380,12 +367,16 @@ async fn metrics(b: &Bench, admin: u16) -> anyhow::Result<impl Fn(&str) -> f64> 
         .await?
         .text()
         .await?;
-    Ok(move |name: &str| -> f64 {
+    let value = |name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    })
+    };
+    Ok((
+        value(&format!("nodeward_{cache}_cache_hits_total")),
+        value(&format!("nodeward_{cache}_cache_misses_total")),
+    ))
 }
 
 /// Polls until the proxy answers a request with 200 (bounded).
@@ -470,9 +461,7 @@ pub fn markdown(counts: &[Count], bin: &Path) -> String {
     }
     if let (Some(plain), Some(rbac)) = (by("nodeward-cached"), by("nodeward-rbac-cached")) {
         md.push_str(&format!(
-            "
-the cached RBAC decision: **{:+.0}** instructions per request over the cached path without the rule
-",
+            "\nthe cached RBAC decision: **{:+.0}** instructions per request over the cached path without the rule\n",
             rbac.per_request - plain.per_request
         ));
     }

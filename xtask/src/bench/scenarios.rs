@@ -64,7 +64,7 @@ pub enum Proxy {
 /// The RBAC objects of `nodeward-rbac-cached`: the benchmark token's mapped
 /// user (`oidc:` + its `email` claim) may `get` the `orders` workload's
 /// `services/proxy` in its namespace.
-pub(super) const BENCH_RBAC: &str = r#"
+const BENCH_RBAC: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: orders-caller}
@@ -81,6 +81,18 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: orders-c
 subjects:
   - {kind: User, name: "oidc:bench@example.com", apiGroup: rbac.authorization.k8s.io}
 "#;
+
+/// `nodeward-rbac-cached`'s parts: the testkit's fake API server with
+/// [`BENCH_RBAC`] applied, and `yaml` (a nodeward configuration) with its
+/// `kubernetes_rbac` rule and a kubeconfig for that server (written in
+/// `dir`). The server must outlive the agent.
+pub(super) async fn with_rbac(yaml: &str, dir: &Path) -> anyhow::Result<(FakeKubeApi, String)> {
+    let api = FakeKubeApi::start().await;
+    api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
+        .context("the RBAC objects for the fake API server")?;
+    let yaml = rbac_config(yaml, &api.write_kubeconfig(dir))?;
+    Ok((api, yaml))
+}
 
 impl Proxy {
     /// Why this proxy cannot run here, if it cannot.
@@ -507,10 +519,6 @@ async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Run
             (Running::Egress(Box::new(e)), target)
         }
         Proxy::NodewardRbac => {
-            let api = FakeKubeApi::start().await;
-            api.apply_yaml(&BENCH_RBAC.replace("NAMESPACE", RBAC_NAMESPACE))
-                .context("the RBAC objects for the fake API server")?;
-            let kubeconfig = api.write_kubeconfig(dir);
             let workloads = [Workload { listen: addr }];
             let base = nodeward_config(
                 &b.idp.issuer,
@@ -520,7 +528,7 @@ async fn start_proxy(b: &Bench, s: &Scenario, dir: &Path) -> anyhow::Result<(Run
                 &dir.join(s.name),
                 &ConfigKnobs::default(),
             )?;
-            let yaml = rbac_config(&base, &kubeconfig)?;
+            let (api, yaml) = with_rbac(&base, dir).await?;
             let mut agent = Nodeward::spawn(&b.bin, s.name, dir, &yaml, admin)?;
             agent.wait_ready(&b.http, &[addr]).await?;
             (Running::Rbac(agent, Box::new(api)), addr)
