@@ -128,6 +128,42 @@ impl Env {
 }
 
 #[tokio::test]
+async fn a_repeated_content_length_reaches_the_upstream_as_one_plain_value() {
+    // One length said twice, as a list, or with a leading zero is valid
+    // (RFC 9110 §8.6) and the agent's parser reads it as 5; the upstream's
+    // parser must not get the chance to read it otherwise.
+    // Refused (hyper's parser takes no list in a request) is safe too.
+    let e = env().await;
+    let mut forwarded = 0;
+    for (name, length) in [
+        ("two fields", "Content-Length: 5\r\nContent-Length: 5"),
+        ("a list", "Content-Length: 5, 5"),
+        ("a leading zero", "Content-Length: 05"),
+    ] {
+        let req = format!("POST /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{length}\r\n\r\nhello");
+        let resp = exchange(e.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        match statuses(&resp).as_slice() {
+            [400] => continue,
+            [200] => forwarded += 1,
+            other => panic!("{name}: answered {other:?}: {resp}"),
+        }
+        let (_, body) = resp.split_once("\r\n\r\n").expect("a head");
+        let echoed: Value = serde_json::from_str(body).unwrap_or_else(|err| panic!("{name}: {err}: {body}"));
+        assert_eq!(echoed["headers"]["content-length"], json!(["5"]), "{name}");
+    }
+    assert!(
+        forwarded >= 2,
+        "two fields and a leading zero are valid lengths: {forwarded} forwarded"
+    );
+    let seen = e.up.seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        vec![("/healthz".to_string(), 5); forwarded],
+        "each body forwarded whole, once"
+    );
+}
+
+#[tokio::test]
 async fn smuggling_shapes_are_refused_and_nothing_is_forwarded_twice() {
     let e = env().await;
     // Each shape hides a second request for /smuggled (which needs a token,

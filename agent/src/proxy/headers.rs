@@ -48,6 +48,63 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[error("Connection lists {0}, which frames or routes the request")]
 pub struct ListedFraming(pub String);
 
+/// The `Content-Length` a message is forwarded with, as RFC 9112 §6.3 asks
+/// of a proxy. A message that came with a `Transfer-Encoding` was framed by
+/// it (its parser let that win), so a length beside it frames nothing and
+/// goes: forwarded, a stale 3 would cut a chunked body at the next hop, a
+/// stale 50 would leave its reader waiting. One length repeated (`5, 5`, or
+/// two fields), which the parser accepted because the values agree, and one
+/// spelled out of the ordinary (`05`) go on as the one plain value, so the
+/// next parser cannot read them otherwise. A length that does not parse
+/// (the parsers before this one refuse it) goes, and the next hop frames the
+/// body by what it is.
+///
+/// Runs before [`strip_hop_by_hop`], which removes the `Transfer-Encoding`.
+pub fn canonical_length(headers: &mut HeaderMap) {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    let mut fields = 0;
+    let mut agreed: Option<Option<u64>> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        fields += 1;
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = decimal(part.trim_ascii());
+            agreed = match agreed {
+                None => Some(n),
+                Some(m) if m == n => Some(m),
+                Some(_) => Some(None),
+            };
+        }
+    }
+    match agreed {
+        None => {}
+        Some(Some(n)) => {
+            let plain = fields == 1
+                && headers
+                    .get(CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() == itoa::Buffer::new().format(n).as_bytes());
+            if !plain {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
+        Some(None) => {
+            headers.remove(CONTENT_LENGTH);
+        }
+    }
+}
+
+/// Digits only (no sign, no spaces, no hex), within `u64`.
+fn decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
 /// Removes hop-by-hop headers and those `Connection` names. All of them go
 /// in any case; `Err` says the client listed a header that routes or frames
 /// the request (a request is refused for it, a response just cleaned).
@@ -315,6 +372,48 @@ fn hex_into(out: &mut [u8], mut v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_length_is_one_plain_value_or_none() {
+        use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+        let lengths = |h: &HeaderMap| -> Vec<String> {
+            h.get_all(CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().expect("visible ASCII").to_string())
+                .collect()
+        };
+        let cases: &[(&[&str], bool, &[&str])] = &[
+            (&["5"], false, &["5"]),
+            (&["0"], false, &["0"]),
+            (&["5", "5"], false, &["5"]),
+            (&["5, 5"], false, &["5"]),
+            (&["5,5", " 5 "], false, &["5"]),
+            (&["05"], false, &["5"]),
+            (&["5", "6"], false, &[]),
+            (&["5, 6"], false, &[]),
+            (&["+5"], false, &[]),
+            (&["-1"], false, &[]),
+            (&["0x5"], false, &[]),
+            (&["5,"], false, &[]),
+            (&["99999999999999999999"], false, &[]),
+            (&["18446744073709551615"], false, &["18446744073709551615"]),
+            (&["3"], true, &[]),
+            (&["5", "5"], true, &[]),
+            (&[], false, &[]),
+        ];
+        for (given, chunked, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in *given {
+                h.append(CONTENT_LENGTH, HeaderValue::from_str(v).expect("a header value"));
+            }
+            if *chunked {
+                h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            canonical_length(&mut h);
+            assert_eq!(lengths(&h), *want, "{given:?} chunked: {chunked}");
+            assert_eq!(h.contains_key(TRANSFER_ENCODING), *chunked, "only the length changes");
+        }
+    }
 
     #[test]
     fn made_request_ids_are_prefix_and_counter_in_hex() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -128,6 +128,7 @@ impl Client {
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.inner.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => Err(unasked_upgrade()),
             Ok(Ok(resp)) => Ok(downstream(resp.map(|b| b.map_err(Into::into).boxed_unsync()))),
             Ok(Err(e)) => Err(match client_fault(&e) {
                 Some(fault) => fault,
@@ -160,6 +161,10 @@ impl Client {
             biased;
             answered = self.exchange(bound, target, req) => {
                 let (resp, give_back) = answered?;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    bound.abandon(give_back.generation);
+                    return Err(unasked_upgrade());
+                }
                 Ok(downstream(resp.map(|b| bound.watch_response(b, give_back).boxed_unsync())))
             }
             () = deadline => Err(ProxyError::UpstreamTimeout(self.timeout)),
@@ -282,8 +287,20 @@ impl Drop for Abandon<'_> {
     }
 }
 
+/// A `101 Switching Protocols` from the upstream. The agent never asks for
+/// an upgrade (`Upgrade` is hop-by-hop and goes with the rest), so a 101 is
+/// an answer to a question nobody asked: passed on, it would end the
+/// client's exchange without a final response. A bad gateway, and the
+/// connection is not used again.
+fn unasked_upgrade() -> ProxyError {
+    ProxyError::UpstreamProtocol("the upstream switched protocols though no upgrade was asked for".into())
+}
+
 /// The upstream's response head as the client gets it.
 fn downstream(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    // Framed anew for the client: the length the upstream sent only if it
+    // is the one that framed the body.
+    headers::canonical_length(resp.headers_mut());
     // An upstream's `Connection` header cannot frame anything here: just clean.
     let _ = headers::strip_hop_by_hop(resp.headers_mut());
     // The version is per hop too (RFC 9110 §6.2): an HTTP/1.0
