@@ -62,14 +62,26 @@ pub struct ListedFraming(pub String);
 /// Runs before [`strip_hop_by_hop`], which removes the `Transfer-Encoding`.
 pub fn canonical_length(headers: &mut HeaderMap) {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-    if headers.contains_key(TRANSFER_ENCODING) {
+    // One pass over the fields instead of a hashed lookup per name: a
+    // message has a handful, and most have one plain length or none.
+    let (mut chunked, mut lengths, mut plain) = (false, 0, true);
+    for (name, value) in headers.iter() {
+        if *name == TRANSFER_ENCODING {
+            chunked = true;
+        } else if *name == CONTENT_LENGTH {
+            lengths += 1;
+            plain &= is_plain_length(value.as_bytes());
+        }
+    }
+    if lengths == 0 || (lengths == 1 && plain && !chunked) {
+        return;
+    }
+    if chunked {
         headers.remove(CONTENT_LENGTH);
         return;
     }
-    let mut fields = 0;
     let mut agreed: Option<Option<u64>> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        fields += 1;
         for part in value.as_bytes().split(|&b| b == b',') {
             let n = decimal(part.trim_ascii());
             agreed = match agreed {
@@ -79,21 +91,15 @@ pub fn canonical_length(headers: &mut HeaderMap) {
             };
         }
     }
-    match agreed {
-        None => {}
-        Some(Some(n)) => {
-            let plain = fields == 1
-                && headers
-                    .get(CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes() == itoa::Buffer::new().format(n).as_bytes());
-            if !plain {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            }
-        }
-        Some(None) => {
-            headers.remove(CONTENT_LENGTH);
-        }
-    }
+    match agreed.flatten() {
+        Some(n) => headers.insert(CONTENT_LENGTH, HeaderValue::from(n)),
+        None => headers.remove(CONTENT_LENGTH),
+    };
+}
+
+/// A length as its shortest decimal that surely fits `u64` (19 digits).
+fn is_plain_length(b: &[u8]) -> bool {
+    matches!(b, [b'0']) || (matches!(b, [b'1'..=b'9', ..]) && b.len() <= 19 && b.iter().all(u8::is_ascii_digit))
 }
 
 /// Digits only (no sign, no spaces, no hex), within `u64`.
@@ -389,6 +395,8 @@ mod tests {
             (&["5, 5"], false, &["5"]),
             (&["5,5", " 5 "], false, &["5"]),
             (&["05"], false, &["5"]),
+            (&["00"], false, &["0"]),
+            (&["1234567890123456789"], false, &["1234567890123456789"]),
             (&["5", "6"], false, &[]),
             (&["5, 6"], false, &[]),
             (&["+5"], false, &[]),
