@@ -700,3 +700,39 @@ async fn an_unasked_101_is_a_502_and_never_a_tunnel() {
     assert!(find(&d.raw, b" 101 ").is_none(), "a 101 reached the client");
     clean_and_still_serving(&d, &agent, &token).await;
 }
+
+#[tokio::test]
+async fn an_h2c_client_gets_the_same_framing_and_refusals() {
+    // h2c streams go through the pooled client, not the bound connection:
+    // the same rules for the response head, whichever path it took.
+    use http_body_util::{BodyExt, Full};
+    let (_idp, _up, agent, token, _d) = setup().await;
+    let h2 = nodeward_testkit::wire::h2c();
+    for (path, status, body) in [
+        ("/cl-short-and-chunked", 200, "hello"),
+        ("/cl-same-twice", 200, "hello"),
+        ("/cl-same-list", 200, "hello"),
+        ("/switch", 502, ""),
+        ("/bad/cl-list", 502, ""),
+    ] {
+        let req = http::Request::get(format!("{}{path}", agent.url("orders")))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(10), h2.request(req))
+            .await
+            .expect("answered within 10 s")
+            .expect("h2c");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let lengths: Vec<_> = resp.headers().get_all("content-length").iter().cloned().collect();
+        let got = resp.into_body().collect().await.expect("whole body").to_bytes();
+        if status == 200 {
+            assert_eq!(got, body.as_bytes(), "{path}");
+            assert!(lengths.is_empty() || lengths == ["5"], "{path}: {lengths:?}");
+        } else {
+            let refusal: serde_json::Value = serde_json::from_slice(&got).expect("the agent's JSON");
+            assert_eq!(refusal["reason"], "upstream_unavailable", "{path}: {refusal}");
+        }
+    }
+    assert_still_serves(&agent, &token).await;
+}
