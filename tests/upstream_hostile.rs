@@ -242,11 +242,16 @@ struct Resp {
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
+    /// Every value of the field `name`, in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.head.lines().skip(1).filter_map(move |l| {
             let (n, v) = l.split_once(':')?;
             n.eq_ignore_ascii_case(name).then_some(v.trim())
         })
+    }
+
+    fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.values(name).next()
     }
 }
 
@@ -465,13 +470,7 @@ async fn framed_as_hello(paths: &[(&str, usize)]) {
     for (path, next) in paths {
         let r = d.request("GET", path).await;
         assert_resp(&r, 200, "hello");
-        let lengths: Vec<&str> = r
-            .head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.trim())
-            .collect();
+        let lengths: Vec<&str> = r.values("content-length").collect();
         assert!(lengths.is_empty() || lengths == ["5"], "{path}: {r:?}");
         assert_conn(&d.request("GET", "/conn").await, *next);
     }

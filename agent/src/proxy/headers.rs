@@ -59,8 +59,9 @@ pub struct ListedFraming(pub String);
 /// (the parsers before this one refuse it) goes, and the next hop frames the
 /// body by what it is.
 ///
-/// Runs before [`strip_hop_by_hop`], which removes the `Transfer-Encoding`.
-pub fn canonical_length(headers: &mut HeaderMap) {
+/// Part of [`strip_hop_by_hop`], before it removes the `Transfer-Encoding`
+/// this looks for: every message the agent forwards goes through both.
+fn canonical_length(headers: &mut HeaderMap) {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     // One pass over the fields instead of a hashed lookup per name: a
     // message has a handful, and most have one plain length or none.
@@ -111,10 +112,13 @@ fn decimal(text: &[u8]) -> Option<u64> {
         .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-/// Removes hop-by-hop headers and those `Connection` names. All of them go
-/// in any case; `Err` says the client listed a header that routes or frames
-/// the request (a request is refused for it, a response just cleaned).
+/// Removes hop-by-hop headers and those `Connection` names, and leaves the
+/// `Content-Length` only if it framed the message ([`canonical_length`]).
+/// All of them go in any case; `Err` says the client listed a header that
+/// routes or frames the request (a request is refused for it, a response
+/// just cleaned).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), ListedFraming> {
+    canonical_length(headers);
     // One pass over the names first: most messages carry none of these
     // (a name `Connection` lists can only matter when `Connection` is
     // there), and a hashed removal per hop-by-hop name costs more than

@@ -142,7 +142,6 @@ pub async fn admit(
     let policy = &*workload.policy;
     // Borrowed, not copied: admit changes the headers, never the URI.
     let raw_path = parts.uri.path();
-    headers::canonical_length(&mut parts.headers);
     if let Err(e) = headers::strip_hop_by_hop(&mut parts.headers) {
         return refused(Reason::InvalidHeader, e.to_string(), raw_path);
     }

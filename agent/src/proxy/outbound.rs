@@ -200,7 +200,6 @@ impl Service {
             audit(&o, Some(status.as_u16()), method);
             resp
         };
-        headers::canonical_length(&mut parts.headers);
         if let Err(e) = headers::strip_hop_by_hop(&mut parts.headers) {
             return refuse(
                 StatusCode::BAD_REQUEST,

@@ -298,10 +298,9 @@ fn unasked_upgrade() -> ProxyError {
 
 /// The upstream's response head as the client gets it.
 fn downstream(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    // Framed anew for the client: the length the upstream sent only if it
-    // is the one that framed the body.
-    headers::canonical_length(resp.headers_mut());
-    // An upstream's `Connection` header cannot frame anything here: just clean.
+    // An upstream's `Connection` header cannot frame anything here: just
+    // clean. The client's framing is hyper's, from the body: the upstream's
+    // length goes on only if it is the one that framed the body.
     let _ = headers::strip_hop_by_hop(resp.headers_mut());
     // The version is per hop too (RFC 9110 §6.2): an HTTP/1.0
     // upstream (Python's http.server) must not make the agent
