@@ -14,6 +14,10 @@
 //! must equal the requests answered), reloads and rotations all applied, and
 //! flat memory (the last third's highest RSS sample at most 25% + 4 MiB over
 //! the first third's).
+//!
+//! [`train`] drives the same agent, clients and checks with a node's usual
+//! mix instead (mostly cached tokens, some cache misses), as fast as it
+//! answers: the training run of the shipped PGO build (`cargo xtask dist`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,18 +56,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Settings {
     duration: Duration,
-    rate: u64,
+    /// Requests per second offered in total; `None`: as fast as answered.
+    rate: Option<u64>,
     workers: usize,
     nodeward: Option<PathBuf>,
+    /// The classes each worker cycles through, in order.
+    schedule: &'static [Class],
+    /// `LLVM_PROFILE_FILE` for an instrumented agent ([`train`]).
+    profile_file: Option<PathBuf>,
 }
 
 impl Settings {
     fn parse(args: &[String]) -> anyhow::Result<Self> {
         let mut s = Self {
             duration: Duration::from_secs(600),
-            rate: 200,
+            rate: Some(200),
             workers: 8,
             nodeward: None,
+            schedule: &Class::ALL,
+            profile_file: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -73,14 +84,17 @@ impl Settings {
                     let v = value()?;
                     s.duration = humantime::parse_duration(v).with_context(|| format!("--duration {v:?}"))?;
                 }
-                "--rate" => s.rate = value()?.parse().context("--rate")?,
+                "--rate" => s.rate = Some(value()?.parse().context("--rate")?),
                 "--workers" => s.workers = value()?.parse().context("--workers")?,
                 "--nodeward" => s.nodeward = Some(value()?.into()),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
         anyhow::ensure!(s.duration >= Duration::from_secs(10), "--duration must be at least 10s");
-        anyhow::ensure!(s.rate > 0 && s.workers > 0, "--rate and --workers must be above zero");
+        anyhow::ensure!(
+            s.rate != Some(0) && s.workers > 0,
+            "--rate and --workers must be above zero"
+        );
         Ok(s)
     }
 }
@@ -114,6 +128,70 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What a node's agent mostly sees, for [`train`]: tokens it has seen
+/// before over kept-alive HTTP/1.1 connections, and among them h2c, writes
+/// with a body, refusals (403, 401), anonymous routes and cache misses of
+/// each key type. No unknown kids: each would cost a JWKS refetch.
+const TRAINING: [Class; 24] = {
+    use Class::*;
+    [
+        AliceH1,
+        AliceH1,
+        BobH2,
+        AliceH1,
+        AdminPost,
+        AliceH1,
+        AnonymousHealth,
+        AliceH1,
+        Fresh,
+        AliceH1,
+        AliceAdminDenied,
+        AliceH1,
+        BobH2,
+        AliceH1,
+        NoToken,
+        AliceH1,
+        AdminPost,
+        AliceH1,
+        AuditRoute,
+        AliceH1,
+        Fresh,
+        AliceH1,
+        Tampered,
+        AnonymousHealth,
+    ]
+};
+
+/// Drives the agent `bin` with [`TRAINING`]'s mix for `duration` as fast
+/// as it answers, with the soak's config reloads and key rotations. An
+/// instrumented build writes its profile to `profile_file` (`%p`, `%m`
+/// expanded by the LLVM runtime) when it exits. Every answer is checked as
+/// in a soak: a build that decides wrongly is neither one to optimise for
+/// nor one to ship. Returns the number of requests answered.
+pub fn train(bin: &Path, profile_file: Option<&Path>, duration: Duration) -> anyhow::Result<u64> {
+    let set = Settings {
+        duration,
+        rate: None,
+        workers: 8,
+        nodeward: None,
+        schedule: &TRAINING,
+        profile_file: profile_file.map(Path::to_owned),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(soak(bin, &set))?;
+    println!("{}", report.table());
+    // Not the memory check: an instrumented build's is not the shipped one's.
+    let violations = report.decisions_violations();
+    if !violations.is_empty() {
+        bail!("the training run went wrong: {}", violations.join("; "));
+    }
+    Ok(report.tallies.values().map(|t| t.sent - t.lost).sum())
+}
+
 fn build_release() -> anyhow::Result<PathBuf> {
     crate::bench::env::build_release("nodeward")
 }
@@ -142,8 +220,9 @@ struct Agent {
 
 impl Agent {
     /// `sh` writes its PID and `exec`s nodeward (so the PID is the agent's),
-    /// with the audit log (stdout) on /dev/null.
-    fn spawn(bin: &Path, dir: &Path, config: &Path, admin: u16) -> anyhow::Result<Self> {
+    /// with the audit log (stdout) on /dev/null. An instrumented build
+    /// writes its profile to `profile` when it exits.
+    fn spawn(bin: &Path, dir: &Path, config: &Path, admin: u16, profile: Option<&Path>) -> anyhow::Result<Self> {
         let pid_file = dir.join("agent.pid");
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -153,6 +232,9 @@ impl Agent {
             .arg(bin)
             .args(["run", "--reload-interval", "200ms", "--config"])
             .arg(config);
+        if let Some(profile) = profile {
+            cmd.env("LLVM_PROFILE_FILE", profile);
+        }
         let proc = ChildProc::spawn("nodeward", &mut cmd, &dir.join("agent.stderr"))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let pid = loop {
@@ -237,6 +319,9 @@ enum Class {
     RandomKid,
     WrongAudience,
     Tampered,
+    /// A valid token never sent before: a cache miss (training only: a
+    /// soak's stream of them would fill the token cache, which is not a leak).
+    Fresh,
 }
 
 impl Class {
@@ -271,6 +356,7 @@ impl Class {
             Class::RandomKid => "random kid",
             Class::WrongAudience => "wrong audience",
             Class::Tampered => "tampered signature",
+            Class::Fresh => "fresh token (RS256/ES256/EdDSA), a miss",
         }
     }
 
@@ -286,7 +372,12 @@ impl Class {
     /// The expected status; `ops_admin` is whether the config in force lets `ops` in.
     fn expected(self, ops_admin: bool) -> u16 {
         match self {
-            Class::AliceH1 | Class::BobH2 | Class::AdminPost | Class::AuditRoute | Class::AnonymousHealth => 200,
+            Class::AliceH1
+            | Class::BobH2
+            | Class::AdminPost
+            | Class::AuditRoute
+            | Class::AnonymousHealth
+            | Class::Fresh => 200,
             Class::OpsAdminPost if ops_admin => 200,
             Class::OpsAdminPost | Class::AliceAdminDenied => 403,
             _ => 401,
@@ -365,6 +456,11 @@ struct Shared {
     ops_admin: AtomicBool,
     /// A reload is in progress: its dependent requests accept either answer.
     changing: AtomicBool,
+    /// Counts the starts and ends of key rotations (odd: one in progress).
+    /// A fresh token signed meanwhile may be of a key the agent has not
+    /// fetched yet: [`Class::Fresh`] accepts a 401 when its exchange
+    /// overlapped a rotation.
+    rotation_epoch: AtomicU64,
     tallies: Mutex<BTreeMap<Class, Tally>>,
     random: AtomicU64,
 }
@@ -378,16 +474,46 @@ impl Shared {
 
 type H = Client<HttpConnector, Full<Bytes>>;
 
-async fn worker(sh: Arc<Shared>, h1: H, h2: H, base: String, period: Duration, stop: Arc<AtomicBool>, first: usize) {
+/// Sends `schedule`'s classes in turn, from its `first`, one per `period`
+/// (`None`: each as soon as the last is answered), until `stop`.
+async fn worker(
+    sh: Arc<Shared>,
+    h1: H,
+    h2: H,
+    base: String,
+    (schedule, period): (&[Class], Option<Duration>),
+    stop: Arc<AtomicBool>,
+    first: usize,
+) {
     let mut i = first;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = period.map(|p| {
+        let mut tick = tokio::time::interval(p);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let class = Class::ALL[i % Class::ALL.len()];
+        if let Some(tick) = &mut tick {
+            tick.tick().await;
+        }
+        let class = schedule[i % schedule.len()];
         i += 1;
+        let epoch_before = sh.rotation_epoch.load(Ordering::SeqCst);
         let token = match class {
             Class::AnonymousHealth | Class::NoToken => None,
+            Class::Fresh => {
+                // A token nobody sent before (its own jti), of each key type in turn.
+                let n = sh.random.fetch_add(1, Ordering::Relaxed);
+                let alg = ["RS256", "ES256", "EdDSA"][(n % 3) as usize];
+                let claims =
+                    json!({"aud": "orders", "sub": "erin", "email": "erin@example.com", "jti": format!("fresh-{n}")});
+                sh.idp
+                    .mint(&MintRequest {
+                        alg: Some(alg.into()),
+                        claims: claims.as_object().cloned().unwrap_or_default(),
+                        ..MintRequest::default()
+                    })
+                    .ok()
+            }
             Class::RandomKid => {
                 let n = sh.random.fetch_add(1, Ordering::Relaxed);
                 let header = json!({"kid": format!("soak-random-{n}")});
@@ -408,11 +534,17 @@ async fn worker(sh: Arc<Shared>, h1: H, h2: H, base: String, period: Duration, s
                 .cloned(),
         };
         let (method, path) = class.request();
+        // The admin route's POSTs carry a body, as writes do.
+        let body = if method == http::Method::POST {
+            Bytes::from_static(br#"{"qty":1}"#)
+        } else {
+            Bytes::new()
+        };
         let mut req = http::Request::builder().method(method).uri(format!("{base}{path}"));
         if let Some(t) = &token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+        let Ok(req) = req.body(Full::new(body)) else {
             continue;
         };
         // Read the expectation on both sides of the exchange: a reload that
@@ -422,6 +554,7 @@ async fn worker(sh: Arc<Shared>, h1: H, h2: H, base: String, period: Duration, s
         let client = if class == Class::BobH2 { &h2 } else { &h1 };
         let answer = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
         let changing = changing_before || sh.changing.load(Ordering::SeqCst);
+        let rotating = epoch_before % 2 == 1 || sh.rotation_epoch.load(Ordering::SeqCst) != epoch_before;
         let ops_after = sh.ops_admin.load(Ordering::SeqCst);
         let status = match answer {
             Ok(Ok(resp)) => {
@@ -451,7 +584,9 @@ async fn worker(sh: Arc<Shared>, h1: H, h2: H, base: String, period: Duration, s
         let depends = class.expected(true) != class.expected(false);
         sh.record(class, |t| {
             t.sent += 1;
-            if depends && (changing || ops_before != ops_after) {
+            if class == Class::Fresh && rotating && status == 401 {
+                t.transitional += 1;
+            } else if depends && (changing || ops_before != ops_after) {
                 if status == class.expected(true) || status == class.expected(false) {
                     t.transitional += 1;
                 } else {
@@ -504,6 +639,13 @@ impl Report {
     }
 
     fn violations(&self) -> Vec<String> {
+        let mut v = self.decisions_violations();
+        v.extend(self.memory_violations());
+        v
+    }
+
+    /// Wrong or lost answers, uncounted decisions, unapplied changes, errors.
+    fn decisions_violations(&self) -> Vec<String> {
         let mut v = self.errors.clone();
         let total = |f: fn(&Tally) -> u64| self.tallies.values().map(f).sum::<u64>();
         if total(|t| t.wrong) > 0 {
@@ -528,6 +670,12 @@ impl Report {
                 self.rotations.1, self.rotations.0
             ));
         }
+        v
+    }
+
+    /// Memory that is not flat.
+    fn memory_violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
         if self.rss.len() < 6 {
             v.push(format!("only {} RSS samples", self.rss.len()));
         } else {
@@ -621,14 +769,16 @@ async fn soak(bin: &Path, set: &Settings) -> anyhow::Result<Report> {
         Ok(())
     };
     write_config(false)?;
-    let mut agent = Agent::spawn(bin, dir.path(), &config_file, admin)?;
+    let mut agent = Agent::spawn(bin, dir.path(), &config_file, admin, set.profile_file.as_deref())?;
     agent.wait_ready(&http, listen_addr).await?;
+    let rate = set
+        .rate
+        .map_or_else(|| "as many req/s as answered".to_owned(), |r| format!("~{r} req/s"));
     println!(
-        "soak: nodeward pid {} on {listen_addr}, dev IdP {}, {} s at ~{} req/s over {} workers",
+        "soak: nodeward pid {} on {listen_addr}, dev IdP {}, {} s at {rate} over {} workers",
         agent.pid,
         idp.issuer(),
         set.duration.as_secs(),
-        set.rate,
         set.workers
     );
 
@@ -637,13 +787,14 @@ async fn soak(bin: &Path, set: &Settings) -> anyhow::Result<Report> {
         idp: idp.idp.clone(),
         ops_admin: AtomicBool::new(false),
         changing: AtomicBool::new(false),
+        rotation_epoch: AtomicU64::new(0),
         tallies: Mutex::default(),
         random: AtomicU64::new(0),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let h1: H = Client::builder(TokioExecutor::new()).build_http();
     let h2: H = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
-    let period = Duration::from_secs_f64(set.workers as f64 / set.rate as f64);
+    let period = set.rate.map(|r| Duration::from_secs_f64(set.workers as f64 / r as f64));
     let base = format!("http://{listen_addr}");
     let workers: Vec<_> = (0..set.workers)
         .map(|w| {
@@ -652,7 +803,7 @@ async fn soak(bin: &Path, set: &Settings) -> anyhow::Result<Report> {
                 h1.clone(),
                 h2.clone(),
                 base.clone(),
-                period,
+                (set.schedule, period),
                 stop.clone(),
                 w * 5,
             ))
@@ -686,7 +837,10 @@ async fn soak(bin: &Path, set: &Settings) -> anyhow::Result<Report> {
         if now >= next_rotate {
             next_rotate += rotate_every;
             rotations += 1;
-            match rotate(&idp.idp, &stranger, &shared, &http, &base).await {
+            shared.rotation_epoch.fetch_add(1, Ordering::SeqCst);
+            let rotated = rotate(&idp.idp, &stranger, &shared, &http, &base).await;
+            shared.rotation_epoch.fetch_add(1, Ordering::SeqCst);
+            match rotated {
                 Ok(()) => rotations_ok += 1,
                 Err(e) => errors.push(format!("rotation {rotations}: {e:#}")),
             }
