@@ -1,7 +1,9 @@
 #!/bin/bash
-# Profile-guided optimisation of the agent, as measured in docs/benchmarks.md
-# ("Tried: profile-guided optimisation"). Not how nodeward ships: this builds
-# two binaries to compare, in their own target directory.
+# Profile-guided optimisation of the agent trained on the benchmark's own
+# scenarios (NGINX, wrk), as first measured in docs/benchmarks.md ("Tried:
+# profile-guided optimisation"). What ships is `cargo xtask dist`, trained on
+# a node's mix without NGINX or wrk (xtask/src/dist.rs); this script stays to
+# compare the two trainings, and builds the untrained binary beside its own.
 #
 #   bash scripts/pgo-experiment.sh            # ~15 min on 2 cores
 #   PROFILE=dist bash scripts/pgo-experiment.sh   # fat LTO, as shipped: ~35 min

@@ -55,7 +55,8 @@ usage: cargo xtask bench [--quick] [--scenarios NAME,NAME..] [--no-pernode | --p
                    scenarios that keep up run at the same request rate, so a cache miss is
                    compared with a hit under the same load, not at twice its rate
   --keep           keep the temporary directory (configs, stderr of every process)
-  --nodeward BIN   measure this nodeward binary instead of building one (before/after)
+  --nodeward BIN   measure this nodeward binary instead of building what ships
+                   (cargo xtask dist: ~35 min on 2 cores) or, with --quick, a release build
   --out DIR        write results there instead of target/bench
   --instructions   instead of the throughput scenarios: instructions per request of
                    nodeward's cached path and NGINX's bare hop under valgrind's callgrind
@@ -165,7 +166,7 @@ impl Settings {
             match (&self.nodeward, self.quick) {
                 (Some(bin), _) => format!("binary {}", bin.display()),
                 (None, true) => "built with --release".to_string(),
-                (None, false) => "built with --profile dist (fat LTO, as shipped)".to_string(),
+                (None, false) => "built by cargo xtask dist (the dist profile with PGO, as shipped)".to_string(),
             },
             self.threads,
             self.connections,
@@ -251,10 +252,10 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
     let bin = match &set.nodeward {
         Some(bin) => std::path::absolute(bin)?,
-        // A full run measures what ships (the `dist` profile: fat LTO); the
-        // quick smoke run saves CI the longer build.
+        // A full run measures what ships (`cargo xtask dist`: fat LTO and
+        // PGO); the quick smoke run saves CI the longer build.
         None if set.quick => env::build_release("nodeward")?,
-        None => env::build_profile("nodeward", "dist")?,
+        None => crate::dist::build("dist", crate::dist::TRAINING)?,
     };
     let release_xtask = if set.quick || !cfg!(debug_assertions) {
         None
@@ -517,7 +518,7 @@ fn count_instructions(mut set: Settings, miss: bool) -> anyhow::Result<ExitCode>
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let bin = match &set.nodeward {
         Some(bin) => std::path::absolute(bin)?,
-        None => env::build_profile("nodeward", "dist")?,
+        None => crate::dist::build("dist", crate::dist::TRAINING)?,
     };
     // Only the reused token is needed, or (--miss) the pools: every token
     // of a pool comes back after `pool` requests, long after a cache of

@@ -9,6 +9,7 @@
 //!   `demo --reverse-proxy` is the same tour without eBPF or root.
 //! - `test`: what CI runs: format check, clippy with warnings denied, and
 //!   every test (installing the interop test's npm packages first if needed).
+//! - `dist`: the agent as it ships, built with PGO; see `dist.rs`.
 //! - `bench`: benchmarks against the field (NGINX, one proxy per pod); see
 //!   `bench.rs`. `--quick` is CI's smoke test of the harness.
 //! - `soak`: a bounded soak with reloads and key rotations; see `soak.rs`.
@@ -18,6 +19,7 @@
 mod bench;
 mod crds;
 mod demo;
+mod dist;
 mod observe;
 mod proc;
 mod soak;
@@ -40,6 +42,10 @@ commands:
   test [ARGS..]   cargo fmt --check, cargo clippy -D warnings, cargo test
                   [ARGS..] (installs tests/interop npm packages first; the
                   root-only eBPF tests fail loudly when not root)
+  dist [--profile P]
+                  the agent as it ships: the dist profile (fat LTO) built
+                  again with the profile of a checked training run (PGO);
+                  writes target/pgo/P/nodeward (the Dockerfile's build)
   bench [--quick] nodeward beside NGINX (bare hop, njs JWT validation) and
                   beside one agent per pod, measured with wrk on loopback;
                   prints a table, writes target/bench/ (JSON, report, PNGs)
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     let result = match command.as_deref() {
         Some("demo") => demo::run(),
+        Some("dist") => dist::run(&rest),
         Some("test") => test::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("bench-steering") => steering_bench::run(&rest),
