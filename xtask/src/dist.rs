@@ -128,6 +128,14 @@ pub fn build(profile: &str, training: Duration) -> anyhow::Result<PathBuf> {
 /// `cargo build --locked --profile P -p nodeward` into `target_dir` with
 /// `flags` for the host target; the executable's path.
 fn cargo_build(profile: &str, target_dir: &Path, flags: &str) -> anyhow::Result<PathBuf> {
+    // Either would win over the target's flags, and the build would be
+    // neither instrumented nor optimised, without a word from cargo.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+        ensure!(
+            std::env::var_os(var).is_none(),
+            "{var} is set: cargo would use it instead of the PGO flags; unset it for cargo xtask dist"
+        );
+    }
     let host = host_triple()?;
     let var = format!(
         "CARGO_TARGET_{}_RUSTFLAGS",
